@@ -37,8 +37,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "KRUNNER_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// More log output on stderr: -v for debug, -vv for trace.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More log output on stderr: -v for debug, -vv for trace (KRUNNER_VERBOSE=1 or 2).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, env = "KRUNNER_VERBOSE")]
     pub verbose: u8,
 
     /// Only errors on stderr (no progress, no info lines).
@@ -161,7 +161,9 @@ mod tests {
             "alpine",
         ])
         .unwrap();
-        let Command::Pull(p) = cli.command else { panic!("not pull") };
+        let Command::Pull(p) = cli.command else {
+            panic!("not pull")
+        };
         assert_eq!(p.image, "alpine");
         assert_eq!(p.registry.insecure_registries, vec!["a:5000", "b"]);
         assert_eq!(p.registry.platform.unwrap().variant.as_deref(), Some("v8"));
@@ -170,7 +172,8 @@ mod tests {
 
     #[test]
     fn bad_platform_is_a_usage_error() {
-        let e = Cli::try_parse_from(["krunner", "pull", "--platform", "darwin/arm64", "x"]).unwrap_err();
+        let e = Cli::try_parse_from(["krunner", "pull", "--platform", "darwin/arm64", "x"])
+            .unwrap_err();
         assert!(e.to_string().contains("darwin/arm64"), "{e}");
     }
 

@@ -58,9 +58,9 @@ fn cache_dir(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("krunner"));
     }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .context("cannot choose a cache directory: neither --cache-dir, $XDG_CACHE_HOME nor $HOME is set")?;
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).context(
+        "cannot choose a cache directory: neither --cache-dir, $XDG_CACHE_HOME nor $HOME is set",
+    )?;
     Ok(PathBuf::from(home).join(".cache/krunner"))
 }
 

@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use crate::cli::{GlobalArgs, PullArgs, RegistryArgs};
-use crate::image::{registry::RegistryOptions, unpack::UnpackOptions, Cancel, ImageStore, PullOptions};
+use crate::image::{
+    registry::RegistryOptions, unpack::UnpackOptions, Cancel, ImageStore, PullOptions,
+};
 
 /// Builds pull options from the registry arguments (also used by later commands that pull).
 pub fn pull_options(global: &GlobalArgs, reg: &RegistryArgs, offline: bool) -> PullOptions {

@@ -222,11 +222,17 @@ mod tests {
             ),
         );
         let files = vec![d.path().join("missing.json"), f];
-        let c = lookup(&files, "reg.example:5000", "team/app").unwrap().unwrap();
+        let c = lookup(&files, "reg.example:5000", "team/app")
+            .unwrap()
+            .unwrap();
         assert_eq!((c.username.as_str(), c.password.expose()), ("team", "pw2"));
-        let c = lookup(&files, "reg.example:5000", "other").unwrap().unwrap();
+        let c = lookup(&files, "reg.example:5000", "other")
+            .unwrap()
+            .unwrap();
         assert_eq!((c.username.as_str(), c.password.expose()), ("all", "pw1"));
-        let c = lookup(&files, "docker.io", "library/alpine").unwrap().unwrap();
+        let c = lookup(&files, "docker.io", "library/alpine")
+            .unwrap()
+            .unwrap();
         assert_eq!(c.username, "hub");
         assert!(lookup(&files, "elsewhere", "x").unwrap().is_none());
         // A prefix that is not a path boundary must not match.
@@ -243,7 +249,7 @@ mod tests {
     fn malformed_files_are_named_and_secrets_not_shown() {
         let d = tempfile::tempdir().unwrap();
         let f = write(d.path(), "bad.json", "{ not json s3cret");
-        let e = lookup(&[f.clone()], "r", "x").unwrap_err();
+        let e = lookup(std::slice::from_ref(&f), "r", "x").unwrap_err();
         assert!(e.to_string().contains("bad.json"));
         assert!(!e.to_string().contains("s3cret"));
         let f = write(d.path(), "bad2.json", r#"{"auths":{"r":{"auth":"!!!"}}}"#);

@@ -107,9 +107,11 @@ impl TryFrom<String> for Digest {
     type Error = CacheError;
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        let ok = s
-            .strip_prefix("sha256:")
-            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let ok = s.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
         if ok {
             Ok(Digest(s))
         } else {
@@ -324,7 +326,10 @@ impl Cache {
         if dest.exists() {
             // Only reached when the existing tree is stale (rootfs_meta said no) and we hold
             // the exclusive rootfs lock, so no run is using it.
-            let old = self.root.join("tmp").join(format!("{}-old-{}", manifest.hex(), random_suffix()));
+            let old =
+                self.root
+                    .join("tmp")
+                    .join(format!("{}-old-{}", manifest.hex(), random_suffix()));
             fs::rename(&dest, &old).map_err(io_err("move aside stale rootfs", &dest))?;
             remove_tree(&old)?;
         }
@@ -344,7 +349,11 @@ impl Cache {
     }
 
     /// Takes a lock if nobody holds a conflicting one.
-    pub fn try_lock(&self, name: &LockName, mode: LockMode) -> Result<Option<LockGuard>, CacheError> {
+    pub fn try_lock(
+        &self,
+        name: &LockName,
+        mode: LockMode,
+    ) -> Result<Option<LockGuard>, CacheError> {
         let file = self.lock_file(name)?;
         let res = match mode {
             LockMode::Shared => file.try_lock_shared(),
@@ -424,11 +433,17 @@ impl Cache {
         // rootfs no run holds.
         let mut refs = self.load_refs()?;
         refs.sort_by_key(|r| std::cmp::Reverse(r.last_used));
-        let keep = if opts.all { 0 } else { opts.keep.unwrap_or(usize::MAX) };
+        let keep = if opts.all {
+            0
+        } else {
+            opts.keep.unwrap_or(usize::MAX)
+        };
         let mut kept = Vec::new();
         let mut in_use = BTreeSet::new();
         for (i, r) in refs.into_iter().enumerate() {
-            let busy = self.try_lock(&LockName::Rootfs(r.manifest.clone()), LockMode::Exclusive)?.is_none();
+            let busy = self
+                .try_lock(&LockName::Rootfs(r.manifest.clone()), LockMode::Exclusive)?
+                .is_none();
             if busy {
                 in_use.insert(r.manifest.clone());
             }
@@ -443,9 +458,14 @@ impl Cache {
 
         // Rootfs trees no kept reference names.
         let rootfs = self.root.join("rootfs");
-        for entry in fs::read_dir(&rootfs).map_err(io_err("list", &rootfs))?.flatten() {
+        for entry in fs::read_dir(&rootfs)
+            .map_err(io_err("list", &rootfs))?
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().to_string();
-            let Ok(d) = Digest::try_from(format!("sha256:{name}")) else { continue };
+            let Ok(d) = Digest::try_from(format!("sha256:{name}")) else {
+                continue;
+            };
             if kept_manifests.contains(&d) || in_use.contains(&d) {
                 continue;
             }
@@ -469,9 +489,13 @@ impl Cache {
             }
         }
         let blobs = self.root.join("blobs/sha256");
-        for entry in fs::read_dir(&blobs).map_err(io_err("list", &blobs))?.flatten() {
+        for entry in fs::read_dir(&blobs)
+            .map_err(io_err("list", &blobs))?
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().to_string();
-            let keep_it = Digest::try_from(format!("sha256:{name}")).is_ok_and(|d| live.contains(&d));
+            let keep_it =
+                Digest::try_from(format!("sha256:{name}")).is_ok_and(|d| live.contains(&d));
             if !keep_it {
                 report.bytes_freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
                 fs::remove_file(entry.path()).map_err(io_err("remove blob", &entry.path()))?;
@@ -549,11 +573,16 @@ pub fn remove_tree(path: &Path) -> Result<(), CacheError> {
 
 fn make_dirs_writable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = fs::symlink_metadata(path) else { return };
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
     if !meta.is_dir() {
         return;
     }
-    let _ = fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
+    let _ = fs::set_permissions(
+        path,
+        fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+    );
     if let Ok(rd) = fs::read_dir(path) {
         for e in rd.flatten() {
             make_dirs_writable(&e.path());
@@ -563,7 +592,9 @@ fn make_dirs_writable(path: &Path) {
 
 /// Total size of regular files under `path` (not following symlinks).
 pub fn tree_size(path: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
     if !meta.is_dir() {
         return meta.len();
     }
@@ -642,7 +673,12 @@ mod tests {
         fs::write(c.ingest_path(&d("z")), b"partial").unwrap();
         // "a" is the least recently used but in use by a run.
         let _run = c.lock(&LockName::Rootfs(d("a")), LockMode::Shared).unwrap();
-        let rep = c.prune(&PruneOptions { keep: Some(1), all: false }).unwrap();
+        let rep = c
+            .prune(&PruneOptions {
+                keep: Some(1),
+                all: false,
+            })
+            .unwrap();
         assert_eq!(rep.refs_removed, vec!["r/b:latest".to_string()]);
         assert!(c.rootfs_dir(&d("a")).exists());
         assert!(!c.rootfs_dir(&d("b")).exists());
@@ -651,7 +687,15 @@ mod tests {
         assert!(!c.has_blob(&d("b"), None));
         assert!(c.has_blob(&d("a"), None));
         assert!(!c.ingest_path(&d("z")).exists());
-        let left: Vec<String> = c.load_refs().unwrap().into_iter().map(|r| r.reference).collect();
-        assert_eq!(left, vec!["r/c:latest".to_string(), "r/a:latest".to_string()]);
+        let left: Vec<String> = c
+            .load_refs()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.reference)
+            .collect();
+        assert_eq!(
+            left,
+            vec!["r/c:latest".to_string(), "r/a:latest".to_string()]
+        );
     }
 }

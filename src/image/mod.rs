@@ -102,7 +102,9 @@ pub enum PullError {
         media_type: String,
     },
     /// `--offline` and the image is not cached.
-    #[error("{image} ({platform}) is not in the cache at {cache} and --offline forbids fetching it")]
+    #[error(
+        "{image} ({platform}) is not in the cache at {cache} and --offline forbids fetching it"
+    )]
     NotCached {
         /// The image.
         image: String,
@@ -328,9 +330,8 @@ impl ImageStore {
             });
         }
 
-        let reg = Arc::new(
-            Registry::connect(&reference, &opts.registry).map_err(|e| ctx.registry(e))?,
-        );
+        let reg =
+            Arc::new(Registry::connect(&reference, &opts.registry).map_err(|e| ctx.registry(e))?);
         let (top, top_digest) = tokio::select! {
             r = reg.manifest(&reference) => r.map_err(|e| ctx.registry(e))?,
             _ = cancel.cancelled() => return Err(ctx.interrupted()),
@@ -442,13 +443,26 @@ impl ImageStore {
                 }
             })?;
             if l.size < 0 {
-                return Err(ctx.bad("manifest", manifest_digest, format!("layer {d} has a negative size")));
+                return Err(ctx.bad(
+                    "manifest",
+                    manifest_digest,
+                    format!("layer {d} has a negative size"),
+                ));
             }
             layers.push((d, comp, l.clone()));
         }
 
         // The config first: it has the diff_ids that check each unpacked layer.
-        fetch_blob(ctx, &reg, reference, &manifest.config, &config_digest, None, cancel).await?;
+        fetch_blob(
+            ctx,
+            &reg,
+            reference,
+            &manifest.config,
+            &config_digest,
+            None,
+            cancel,
+        )
+        .await?;
         let config_bytes = self
             .cache
             .read_blob(&config_digest)
@@ -461,7 +475,11 @@ impl ImageStore {
             return Err(PullError::NoPlatform {
                 image: ctx.image.clone(),
                 wanted: platform.clone(),
-                available: format_platform(&config.os, &config.architecture, config.variant.as_deref()),
+                available: format_platform(
+                    &config.os,
+                    &config.architecture,
+                    config.variant.as_deref(),
+                ),
             });
         }
         if config.rootfs.diff_ids.len() != layers.len() {
@@ -508,8 +526,13 @@ impl ImageStore {
         let mut downloads = JoinSet::new();
         let count = layers.len();
         for (i, (d, _, desc)) in layers.iter().enumerate() {
-            let (reg, reference, desc, d, sem) =
-                (reg.clone(), reference.clone(), desc.clone(), d.clone(), sem.clone());
+            let (reg, reference, desc, d, sem) = (
+                reg.clone(),
+                reference.clone(),
+                desc.clone(),
+                d.clone(),
+                sem.clone(),
+            );
             let lp = progress.layer(i, count, d.as_str(), u64::try_from(desc.size).unwrap_or(0));
             let ctx = ctx.clone();
             let cancel = cancel.clone();
@@ -593,8 +616,7 @@ impl ImageStore {
             unpacker: cache::UNPACKER_VERSION,
             created: cache::now_secs(),
         };
-        let meta_json = serde_json::to_vec_pretty(&meta)
-            .map_err(|e| ctx.internal(e))?;
+        let meta_json = serde_json::to_vec_pretty(&meta).map_err(|e| ctx.internal(e))?;
         let meta_path = build_dir.join("image.json");
         std::fs::write(&meta_path, meta_json).map_err(|e| {
             ctx.cache(CacheError::Io {
@@ -662,7 +684,12 @@ impl Ctx {
     }
 
     /// Records the reference and returns the image.
-    fn finish(&self, resolved: Digest, platform: &Platform, meta: ImageMeta) -> Result<PulledImage, PullError> {
+    fn finish(
+        &self,
+        resolved: Digest,
+        platform: &Platform,
+        meta: ImageMeta,
+    ) -> Result<PulledImage, PullError> {
         self.cache
             .record_ref(RefRecord {
                 reference: self.image.clone(),
@@ -697,9 +724,14 @@ fn format_platform(os: &str, arch: &str, variant: Option<&str>) -> String {
 }
 
 /// Chooses the platform's manifest from an index, or lists what the index has.
-fn pick_platform(ctx: &Ctx, bytes: &[u8], digest: &Digest, want: &Platform) -> Result<Digest, PullError> {
-    let index: IndexJson = serde_json::from_slice(bytes)
-        .map_err(|e| ctx.bad("index", digest, e.to_string()))?;
+fn pick_platform(
+    ctx: &Ctx,
+    bytes: &[u8],
+    digest: &Digest,
+    want: &Platform,
+) -> Result<Digest, PullError> {
+    let index: IndexJson =
+        serde_json::from_slice(bytes).map_err(|e| ctx.bad("index", digest, e.to_string()))?;
     let mut available = BTreeSet::new();
     for m in &index.manifests {
         let Some(p) = &m.platform else { continue };
@@ -711,9 +743,14 @@ fn pick_platform(ctx: &Ctx, bytes: &[u8], digest: &Digest, want: &Platform) -> R
             if m.size <= 0 {
                 return Err(ctx.bad("index", digest, format!("entry {} has no size", m.digest)));
             }
-            return Digest::try_from(m.digest.as_str()).map_err(|e| ctx.bad("index", digest, e.to_string()));
+            return Digest::try_from(m.digest.as_str())
+                .map_err(|e| ctx.bad("index", digest, e.to_string()));
         }
-        available.insert(format_platform(&p.os, &p.architecture, p.variant.as_deref()));
+        available.insert(format_platform(
+            &p.os,
+            &p.architecture,
+            p.variant.as_deref(),
+        ));
     }
     Err(PullError::NoPlatform {
         image: ctx.image.clone(),
@@ -833,13 +870,15 @@ impl UnpackJob {
                 diff_id: Some(&layer.diff_id),
                 compressed_size: layer.size,
             };
-            let s = unpack::apply_layer(Path::new(&self.root), &info, reader, &self.opts).map_err(|e| {
-                if self.cancel.is_cancelled() || self.abort.load(Ordering::Relaxed) {
-                    UnpackFailure::Cancelled
-                } else {
-                    UnpackFailure::Layer(e)
-                }
-            })?;
+            let s = unpack::apply_layer(Path::new(&self.root), &info, reader, &self.opts).map_err(
+                |e| {
+                    if self.cancel.is_cancelled() || self.abort.load(Ordering::Relaxed) {
+                        UnpackFailure::Cancelled
+                    } else {
+                        UnpackFailure::Layer(e)
+                    }
+                },
+            )?;
             self.progress.step(&format!(
                 "layer {}/{} {}: applied {} entries",
                 i + 1,

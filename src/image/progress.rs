@@ -113,7 +113,9 @@ impl LayerProgress {
                 t.inc(b.length().unwrap_or(0));
                 b.finish_with_message("cached");
             }
-            None => tracing::info!(image = %self.inner.image, "{}: already in the cache", self.inner.label),
+            None => {
+                tracing::info!(image = %self.inner.image, "{}: already in the cache", self.inner.label)
+            }
         }
     }
 

@@ -132,7 +132,10 @@ pub struct Registry {
 
 impl Registry {
     /// Prepares a client for `reference`'s registry: scheme and credentials.
-    pub fn connect(reference: &Reference, opts: &RegistryOptions) -> Result<Registry, RegistryError> {
+    pub fn connect(
+        reference: &Reference,
+        opts: &RegistryOptions,
+    ) -> Result<Registry, RegistryError> {
         let registry = reference.resolve_registry().to_string();
         let plain = is_loopback(&registry)
             || opts
@@ -152,7 +155,11 @@ impl Registry {
             platform_resolver: None,
             ..Default::default()
         };
-        let creds = auth::lookup(&opts.auth_files, reference.registry(), reference.repository())?;
+        let creds = auth::lookup(
+            &opts.auth_files,
+            reference.registry(),
+            reference.repository(),
+        )?;
         let auth = match creds {
             Some(c) => {
                 tracing::debug!(
@@ -174,7 +181,10 @@ impl Registry {
     }
 
     /// Fetches a manifest or index by tag or digest: its bytes and their verified digest.
-    pub async fn manifest(&self, reference: &Reference) -> Result<(bytes::Bytes, Digest), RegistryError> {
+    pub async fn manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<(bytes::Bytes, Digest), RegistryError> {
         let (body, digest) = self
             .client
             .pull_manifest_raw(reference, &self.auth, MANIFEST_MEDIA_TYPES)
@@ -184,9 +194,11 @@ impl Registry {
             op: format!("manifest {}", reference.whole()),
             registry: self.registry.clone(),
             repository: self.repository.clone(),
-            source: Box::new(oci_client::errors::OciDistributionError::GenericError(Some(
-                format!("registry answered with unsupported digest {digest}"),
-            ))),
+            source: Box::new(oci_client::errors::OciDistributionError::GenericError(
+                Some(format!(
+                    "registry answered with unsupported digest {digest}"
+                )),
+            )),
         })?;
         Ok((body, digest))
     }
@@ -244,7 +256,12 @@ impl Registry {
                 registry: self.registry.clone(),
             });
         }
-        writer.inner.into_inner().sync_all().await.map_err(write_err)?;
+        writer
+            .inner
+            .into_inner()
+            .sync_all()
+            .await
+            .map_err(write_err)?;
         Ok(received)
     }
 
@@ -317,12 +334,18 @@ struct CountingWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<W> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         if self.written + buf.len() as u64 > self.limit {
             // A registry sending more than the descriptor's size is wrong or hostile: stop now
             // rather than fill the disk.
             self.written += buf.len() as u64;
-            return Poll::Ready(Err(std::io::Error::other("blob larger than its descriptor")));
+            return Poll::Ready(Err(std::io::Error::other(
+                "blob larger than its descriptor",
+            )));
         }
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &res {
@@ -348,10 +371,21 @@ mod tests {
 
     #[test]
     fn loopback_detection() {
-        for r in ["127.0.0.1:5000", "127.1.2.3", "localhost:5000", "localhost", "[::1]:5000"] {
+        for r in [
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "localhost:5000",
+            "localhost",
+            "[::1]:5000",
+        ] {
             assert!(is_loopback(r), "{r}");
         }
-        for r in ["ghcr.io", "10.0.0.1:5000", "localhost.example:5000", "docker.io"] {
+        for r in [
+            "ghcr.io",
+            "10.0.0.1:5000",
+            "localhost.example:5000",
+            "docker.io",
+        ] {
             assert!(!is_loopback(r), "{r}");
         }
     }
