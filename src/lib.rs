@@ -13,4 +13,5 @@
 pub mod cli;
 pub mod commands;
 pub mod image;
+pub mod launcher;
 pub mod secret;

@@ -16,6 +16,9 @@ int32_t krun_free_ctx(uint32_t ctx_id);
 int32_t krun_set_vm_config(uint32_t ctx_id, uint8_t num_vcpus, uint32_t ram_mib);
 int32_t krun_set_root(uint32_t ctx_id, const char *root_path);
 int32_t krun_add_virtiofs(uint32_t ctx_id, const char *c_tag, const char *c_path);
+/* shm_size 0 = no DAX window; read_only makes the share read-only for the guest. */
+int32_t krun_add_virtiofs3(uint32_t ctx_id, const char *c_tag, const char *c_path,
+                           uint64_t shm_size, bool read_only);
 int32_t krun_set_workdir(uint32_t ctx_id, const char *workdir_path);
 int32_t krun_set_exec(uint32_t ctx_id, const char *exec_path, const char *const argv[],
                       const char *const envp[]);

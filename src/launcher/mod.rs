@@ -1,0 +1,39 @@
+//! The VM launcher: one guest per run, in a supervised child process, with nothing left behind.
+//!
+//! The async parent never calls libkrun or changes namespaces itself. It writes a
+//! [`spec::LaunchSpec`] into the run directory and re-executes the krunner binary as a child:
+//! - `__krun-child SPEC`: private mount namespace, overlay root, libkrun configuration, then
+//!   `krun_start_enter` (never returns on success) — see `krun_child`;
+//! - `__ns-child SPEC`: the namespace backend: new mount, pid, uts and ipc namespaces, the same
+//!   overlay root and shares, then `__ns-init` as PID 1, which pivots into the root and runs
+//!   the workload — see `ns_child`.
+
+pub mod ns_child;
+pub mod spec;
+pub mod sys;
+
+use std::ffi::OsString;
+use std::path::Path;
+
+/// Hidden argv[1] values that select a child entry point.
+pub const NS_CHILD: &str = "__ns-child";
+/// PID 1 of the namespace backend.
+pub const NS_INIT: &str = "__ns-init";
+/// The libkrun VM child.
+pub const KRUN_CHILD: &str = "__krun-child";
+
+/// Runs a child entry point if argv names one; returns its exit code.
+pub fn child_entry(args: &[OsString]) -> Option<u8> {
+    let entry = args.get(1)?.to_str()?;
+    let arg = args.get(2).map(Path::new);
+    let code = match (entry, arg) {
+        (NS_CHILD, Some(spec)) => ns_child::ns_child_main(spec),
+        (NS_INIT, Some(spec)) => ns_child::ns_init_main(spec),
+        (NS_CHILD | NS_INIT | KRUN_CHILD, _) => {
+            eprintln!("krunner: {entry} is internal and needs a spec file");
+            125
+        }
+        _ => return None,
+    };
+    Some(u8::try_from(code).unwrap_or(125))
+}

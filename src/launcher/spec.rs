@@ -1,0 +1,325 @@
+//! The backend-neutral description of one guest run, handed from the async parent to the VM
+//! child as a 0600 JSON file in the run directory (never argv or env: it names secrets' paths
+//! and may grow), plus the child→parent event log.
+//!
+//! Both backends read the same [`LaunchSpec`]; only the last step differs (krun_start_enter vs
+//! namespaces + exec).
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How the guest's root filesystem is provided.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum RootSpec {
+    /// overlayfs mounted by the child in its private mount namespace at `merged`.
+    Overlay {
+        /// The cached, read-only rootfs.
+        lower: PathBuf,
+        /// Per-run writable layer.
+        upper: PathBuf,
+        /// overlayfs work dir (same filesystem as `upper`).
+        work: PathBuf,
+        /// Mount point.
+        merged: PathBuf,
+    },
+    /// A private copy (reflink or full) that is already the root.
+    Dir(PathBuf),
+}
+
+impl RootSpec {
+    /// The directory the guest sees as `/` once the child has set it up.
+    pub fn guest_root(&self) -> &Path {
+        match self {
+            RootSpec::Overlay { merged, .. } => merged,
+            RootSpec::Dir(d) => d,
+        }
+    }
+}
+
+/// A host directory shared with the guest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Share {
+    /// virtio-fs tag (krun); also a label in logs.
+    pub tag: String,
+    /// Host directory.
+    pub host: PathBuf,
+    /// Absolute path in the guest.
+    pub guest: PathBuf,
+    /// Guest may not write.
+    pub read_only: bool,
+}
+
+/// What the guest runs: the workload under libkrun's init, or PID 1's child in namespaces.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestExec {
+    /// Absolute path in the guest.
+    pub path: String,
+    /// Arguments, without argv[0].
+    pub args: Vec<String>,
+    /// The complete environment: nothing of the host's is added.
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest.
+    pub workdir: String,
+}
+
+/// Everything a VM child needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LaunchSpec {
+    /// Run identifier (also the run directory's name).
+    pub run_id: String,
+    /// The supervising krunner process: the child exits if it is gone.
+    pub parent_pid: i32,
+    /// Root filesystem.
+    pub root: RootSpec,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Shared directories.
+    pub shares: Vec<Share>,
+    /// The workload.
+    pub exec: GuestExec,
+    /// Guest host name.
+    pub hostname: String,
+    /// RLIMIT_NOFILE (soft = hard) for the workload.
+    pub nofile: u64,
+    /// krun: where the guest console goes (None: the child's stdout/stderr).
+    pub console_log: Option<PathBuf>,
+    /// The child appends one line per step here (see [`Event`]).
+    pub events: PathBuf,
+    /// libkrun log level (0 off … 5 trace); errors such as KVM exits need ≥ 1.
+    pub krun_log_level: u32,
+    /// Extra directory to find libkrunfw.so.5 in (krun).
+    pub libkrunfw_dir: Option<PathBuf>,
+}
+
+/// Errors reading or writing a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// File I/O.
+    #[error("{op} launch spec {path}")]
+    Io {
+        /// What.
+        op: &'static str,
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad JSON.
+    #[error("launch spec {path} is invalid: {reason}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The workload does not fit libkrun's kernel command line.
+    #[error("guest command line: {0}")]
+    CommandLine(String),
+}
+
+/// libkrunfw's kernel takes at most 32 argv and 32 envp entries (CONFIG_INIT_ENV_ARG_LIMIT);
+/// the kernel adds HOME and TERM, init's own variables take a few more.
+pub const MAX_GUEST_ENV: usize = 24;
+/// See [`MAX_GUEST_ENV`].
+pub const MAX_GUEST_ARGS: usize = 30;
+/// The guest kernel reads about 2 KiB of command line; libkrun's own part takes ~250 bytes.
+pub const MAX_GUEST_CMDLINE: usize = 1500;
+
+impl LaunchSpec {
+    /// Checks that env and argv survive the trip on the kernel command line (krun), where
+    /// values are wrapped in `"` and names with `.` or kernel parameter names are eaten.
+    pub fn check_command_line(&self) -> Result<(), SpecError> {
+        let e = &self.exec;
+        if e.env.len() > MAX_GUEST_ENV {
+            return Err(SpecError::CommandLine(format!(
+                "{} environment variables; libkrun passes at most {MAX_GUEST_ENV}",
+                e.env.len()
+            )));
+        }
+        if e.args.len() > MAX_GUEST_ARGS {
+            return Err(SpecError::CommandLine(format!(
+                "{} arguments; libkrun passes at most {MAX_GUEST_ARGS}",
+                e.args.len()
+            )));
+        }
+        let mut total = e.path.len() + e.workdir.len() + 40;
+        for (k, v) in &e.env {
+            if k.is_empty() || k.contains(['=', '.', '"', ' ']) {
+                return Err(SpecError::CommandLine(format!(
+                    "environment variable name {k:?} cannot travel on the kernel command line"
+                )));
+            }
+            if v.contains('"') || v.contains('\n') {
+                return Err(SpecError::CommandLine(format!(
+                    "the value of {k} contains a quote or newline, which the kernel command line cannot carry"
+                )));
+            }
+            total += k.len() + v.len() + 4;
+        }
+        for a in &e.args {
+            if a.contains('"') || a.contains('\n') {
+                return Err(SpecError::CommandLine(format!(
+                    "argument {a:?} contains a quote or newline, which the kernel command line cannot carry"
+                )));
+            }
+            total += a.len() + 3;
+        }
+        if total > MAX_GUEST_CMDLINE {
+            return Err(SpecError::CommandLine(format!(
+                "{total} bytes of env and arguments; the guest kernel command line holds about \
+                 {MAX_GUEST_CMDLINE} (pass bulky data as files in a share)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes the spec as a new 0600 file.
+    pub fn write(&self, path: &Path) -> Result<(), SpecError> {
+        let io = |op| move |source| SpecError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        };
+        let body = serde_json::to_vec(self).map_err(|e| SpecError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io("create"))?;
+        f.write_all(&body).map_err(io("write"))
+    }
+
+    /// Reads the spec and removes the file: it is for one child, once.
+    pub fn take(path: &Path) -> Result<LaunchSpec, SpecError> {
+        let body = fs::read(path).map_err(|source| SpecError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let _ = fs::remove_file(path);
+        serde_json::from_slice(&body).map_err(|e| SpecError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A step the child reached, appended to the events file as one line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The child read its spec.
+    Started {
+        /// Its pid.
+        pid: i32,
+    },
+    /// The root is mounted (overlay) or ready.
+    RootReady,
+    /// Every krun_* configuration call returned 0.
+    Configured,
+    /// About to call krun_start_enter (krun) or exec the workload (namespace).
+    Entering,
+    /// A step failed.
+    Failed {
+        /// Which step.
+        step: String,
+        /// errno, when a syscall or libkrun call failed.
+        errno: Option<i32>,
+        /// Human-readable.
+        message: String,
+    },
+}
+
+/// Appends an event (best effort: the child must not die because logging failed).
+pub fn emit(path: &Path, event: &Event) {
+    if let Ok(line) = serde_json::to_string(event) {
+        if let Ok(mut f) = OpenOptions::new().append(true).create(true).mode(0o600).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Reads the events a child wrote, skipping lines that do not parse.
+pub fn read_events(path: &Path) -> Vec<Event> {
+    fs::read_to_string(path)
+        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            run_id: "r1".into(),
+            parent_pid: 1,
+            root: RootSpec::Dir("/tmp/x".into()),
+            cpus: 1,
+            memory_mib: 512,
+            shares: vec![],
+            exec: GuestExec {
+                path: "/bin/sh".into(),
+                args: vec!["-c".into(), "true".into()],
+                env: vec![("PATH".into(), "/bin".into())],
+                workdir: "/".into(),
+            },
+            hostname: "g".into(),
+            nofile: 1024,
+            console_log: None,
+            events: "/tmp/e".into(),
+            krun_log_level: 1,
+            libkrunfw_dir: None,
+        }
+    }
+
+    #[test]
+    fn spec_round_trips_through_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("spec.json");
+        spec().write(&p).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(spec().write(&p).is_err(), "never overwrites");
+        assert_eq!(LaunchSpec::take(&p).unwrap(), spec());
+        assert!(!p.exists(), "read once");
+    }
+
+    #[test]
+    fn command_line_limits_are_enforced() {
+        assert!(spec().check_command_line().is_ok());
+        let mut s = spec();
+        s.exec.env = (0..30).map(|i| (format!("V{i}"), "x".into())).collect();
+        assert!(s.check_command_line().is_err());
+        let mut s = spec();
+        s.exec.args = vec!["say \"hi\"".into()];
+        assert!(s.check_command_line().is_err());
+        let mut s = spec();
+        s.exec.env = vec![("BIG".into(), "x".repeat(3000))];
+        assert!(s.check_command_line().unwrap_err().to_string().contains("bytes"));
+        let mut s = spec();
+        s.exec.env = vec![("a.b".into(), "x".into())];
+        assert!(s.check_command_line().is_err());
+    }
+
+    #[test]
+    fn events_append_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("events");
+        emit(&p, &Event::Started { pid: 7 });
+        emit(&p, &Event::Entering);
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"garbage\n").unwrap();
+        assert_eq!(read_events(&p), vec![Event::Started { pid: 7 }, Event::Entering]);
+    }
+}

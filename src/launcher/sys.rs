@@ -1,0 +1,1 @@
+//! Placeholder: the syscall seam is being written.
