@@ -8,6 +8,7 @@ use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::image::reference::{Platform, DEFAULT_IMAGE_REPO};
+use crate::launcher::Backend;
 
 /// Ephemeral, isolated self-hosted GitHub Actions runners, one libkrun microVM per job.
 ///
@@ -64,6 +65,17 @@ pub enum Command {
     Pull(PullArgs),
     /// List cached images: reference, platform, manifest digest, size, last use.
     Images(ImagesArgs),
+    /// Boot one throwaway guest from IMAGE, run CMD in it, stream its output, exit with its
+    /// status.
+    ///
+    /// The image is pulled if needed. The guest gets a copy-on-write clone of the image that
+    /// is thrown away afterwards. For users this is the debug shell; for tests, the
+    /// launcher's front door.
+    Exec(ExecArgs),
+    /// Check this host: KVM, libkrun, libkrunfw, a test boot, and the namespace backend.
+    ///
+    /// Each finding comes with the fix. Exits 0 when microVMs can run here, 1 otherwise.
+    Doctor(DoctorArgs),
     /// Remove cached blobs and root filesystems that no kept image needs.
     ///
     /// Without options, removes blobs and trees no reference names, plus leftovers of
@@ -113,6 +125,120 @@ pub struct PullArgs {
     /// Use the cache only: fail if the image is not there, never contact a registry.
     #[arg(long, env = "KRUNNER_OFFLINE", value_parser = FalseyValueParser::new())]
     pub offline: bool,
+}
+
+/// A host directory shared with the guest: `HOST:GUEST[:ro]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountArg {
+    /// Absolute host path.
+    pub host: PathBuf,
+    /// Absolute guest path.
+    pub guest: PathBuf,
+    /// Read-only for the guest.
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for MountArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (spec, read_only) = match s.strip_suffix(":ro") {
+            Some(rest) => (rest, true),
+            None => (s.strip_suffix(":rw").unwrap_or(s), false),
+        };
+        let (host, guest) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected HOST:GUEST[:ro]"))?;
+        let (host, guest) = (PathBuf::from(host), PathBuf::from(guest));
+        if !host.is_absolute() || !guest.is_absolute() {
+            return Err(format!("{s:?}: both paths must be absolute"));
+        }
+        if guest.components().any(|c| matches!(c, std::path::Component::ParentDir))
+            || guest.to_string_lossy().chars().any(char::is_whitespace)
+            || guest == std::path::Path::new("/")
+        {
+            return Err(format!("{s:?}: the guest path must not be /, contain .. or whitespace"));
+        }
+        Ok(MountArg { host, guest, read_only })
+    }
+}
+
+/// What a guest gets: shared by `exec` and (later) `run`.
+#[derive(Debug, Clone, Args)]
+pub struct GuestArgs {
+    /// How to run the guest. `namespace` runs the same pipeline in Linux namespaces and
+    /// isolates far less than a microVM: use it only where KVM is not usable, or for tests.
+    #[arg(long, env = "KRUNNER_BACKEND", value_enum, default_value_t = Backend::Krun)]
+    pub backend: Backend,
+
+    /// vCPUs per guest.
+    #[arg(short = 'c', long, env = "KRUNNER_CPUS", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub cpus: u8,
+
+    /// Guest memory in MiB.
+    #[arg(short = 'm', long, env = "KRUNNER_MEMORY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(128..))]
+    pub memory: u32,
+
+    /// Share a host directory with the guest (repeatable; `:ro` makes it read-only).
+    #[arg(short = 'M', long = "mount", env = "KRUNNER_MOUNT", value_name = "HOST:GUEST[:ro]", value_delimiter = ',')]
+    pub mounts: Vec<MountArg>,
+
+    /// DNS server written to the guest's /etc/resolv.conf (queried over TCP: libkrun's
+    /// networking carries no UDP to the host).
+    #[arg(short = 'd', long, env = "KRUNNER_DNS", default_value = "1.1.1.1")]
+    pub dns: String,
+
+    /// Hard limit on a guest's life, in seconds (0: none).
+    #[arg(short = 'k', long, env = "KRUNNER_MAX_LIFETIME", value_name = "SECONDS", default_value_t = 0)]
+    pub max_lifetime: u64,
+
+    /// Directory holding libkrunfw.so.5, if it is not where the loader looks.
+    #[arg(long, env = "KRUNNER_LIBKRUNFW_DIR", value_name = "DIR")]
+    pub libkrunfw_dir: Option<PathBuf>,
+
+    /// libkrun's own log level on stderr (0 off, 1 error … 5 trace).
+    #[arg(long, env = "KRUNNER_KRUN_LOG_LEVEL", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=5))]
+    pub krun_log_level: u32,
+}
+
+/// `krunner exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Guest options.
+    #[command(flatten)]
+    pub guest: GuestArgs,
+
+    /// Registry options (the image is pulled if it is not cached).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Never contact a registry: the image must be cached.
+    #[arg(long, env = "KRUNNER_OFFLINE", value_parser = FalseyValueParser::new())]
+    pub offline: bool,
+
+    /// The image to boot.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+
+    /// The command to run in the guest, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `krunner doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Directory holding libkrunfw.so.5, if it is not where the loader looks.
+    #[arg(long, env = "KRUNNER_LIBKRUNFW_DIR", value_name = "DIR")]
+    pub libkrunfw_dir: Option<PathBuf>,
+
+    /// Skip the test boot (it takes up to --boot-timeout seconds).
+    #[arg(long, env = "KRUNNER_NO_BOOT", value_parser = FalseyValueParser::new())]
+    pub no_boot: bool,
+
+    /// Seconds the test boot may take.
+    #[arg(long, env = "KRUNNER_BOOT_TIMEOUT", default_value_t = 60)]
+    pub boot_timeout: u64,
 }
 
 /// `krunner images`.
@@ -175,6 +301,28 @@ mod tests {
         let e = Cli::try_parse_from(["krunner", "pull", "--platform", "darwin/arm64", "x"])
             .unwrap_err();
         assert!(e.to_string().contains("darwin/arm64"), "{e}");
+    }
+
+    #[test]
+    fn exec_takes_mounts_and_a_command() {
+        let cli = Cli::try_parse_from([
+            "krunner", "exec", "--backend", "namespace", "-M", "/h:/g:ro", "-M", "/a:/b", "img", "--", "sh", "-c", "exit 3",
+        ])
+        .unwrap();
+        let Command::Exec(e) = cli.command else { panic!("not exec") };
+        assert_eq!(e.guest.backend, Backend::Namespace);
+        assert_eq!(e.command, vec!["sh", "-c", "exit 3"]);
+        assert_eq!(
+            e.guest.mounts,
+            vec![
+                MountArg { host: "/h".into(), guest: "/g".into(), read_only: true },
+                MountArg { host: "/a".into(), guest: "/b".into(), read_only: false },
+            ]
+        );
+        for bad in ["rel:/g", "/h:g", "/h:/a/../b", "/h", "/h:/"] {
+            assert!(bad.parse::<MountArg>().is_err(), "{bad}");
+        }
+        assert!(Cli::try_parse_from(["krunner", "exec", "img"]).is_err(), "a command is required");
     }
 
     #[test]

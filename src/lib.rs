@@ -12,6 +12,9 @@
 
 pub mod cli;
 pub mod commands;
+pub mod doctor;
+pub mod guest;
 pub mod image;
 pub mod launcher;
+pub mod rootfs;
 pub mod secret;

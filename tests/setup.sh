@@ -26,4 +26,39 @@ apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
   systemctl stop docker-registry || true
 fi
+# libkrunfw (the guest kernel libkrun loads at run time) is packaged only in Debian
+# testing/unstable, as libkrunfw5 with no dependencies. Fetch that one .deb with apt from the
+# unstable suite of the mirror this machine already uses (read from its own sources, so no
+# host name is written here) and unpack it into a private directory: the system's apt
+# sources and installed packages are left untouched. The krun tests find it there.
+libkrunfw_dir=${KRUNNER_TEST_LIBKRUNFW_DIR:-/var/tmp/krunner-test/libkrunfw}
+if ! ls "$libkrunfw_dir"/libkrunfw.so.5 >/dev/null 2>&1; then
+  mirror=""
+  if [[ -r /etc/apt/sources.list.d/debian.sources ]]; then
+    mirror=$(sed -n 's/^URIs: //p' /etc/apt/sources.list.d/debian.sources | head -1)
+  fi
+  if [[ -z $mirror && -r /etc/apt/sources.list ]]; then
+    mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list)
+  fi
+  if [[ -n $mirror ]]; then
+    work=$(mktemp -d)
+    # apt downloads as the _apt user: let it write there (and keep its warnings quiet).
+    chmod 0755 "$work"
+    mkdir -p "$work/lists/partial"
+    chown -R _apt "$work/lists" 2>/dev/null || true
+    echo "deb $mirror sid main" >"$work/sources.list"
+    opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$work/lists")
+    chown _apt "$work" 2>/dev/null || true
+    if apt-get "${opts[@]}" update -qq >/dev/null 2>&1 && (cd "$work" && apt-get "${opts[@]}" download -qq libkrunfw5 >/dev/null 2>&1); then
+      mkdir -p "$work/x" "$libkrunfw_dir"
+      dpkg -x "$work"/libkrunfw5_*.deb "$work/x"
+      find "$work/x" -name 'libkrunfw.so.5*' -exec cp -a {} "$libkrunfw_dir"/ \;
+      echo "tests/setup.sh: libkrunfw unpacked into $libkrunfw_dir"
+    else
+      echo "tests/setup.sh: could not fetch libkrunfw5 from unstable; krun tests will say so and skip" >&2
+    fi
+    rm -rf "$work"
+  fi
+fi
+
 echo "tests/setup.sh: build and test dependencies installed"

@@ -1,6 +1,8 @@
 //! One function per subcommand: turn parsed arguments into library calls and print results.
 //! Errors get context here (anyhow) and are printed once by `main`.
 
+mod doctor;
+mod exec;
 mod images;
 mod prune;
 mod pull;
@@ -43,6 +45,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Pull(args) => pull::run(&cli.global, args),
         Command::Images(args) => images::run(&cli.global, args),
+        Command::Exec(args) => exec::run(&cli.global, args),
+        Command::Doctor(args) => doctor::run(&cli.global, args),
         Command::Prune(args) => prune::run(&cli.global, args),
     }
 }

@@ -9,6 +9,7 @@
 //!   rootfs/<hex>/image.json   what it was built from (ImageMeta)
 //!   tmp/<hex>-<random>/       an unpack in progress (only under locks/rootfs-<hex>.lock)
 //!   refs.json                 reference + platform -> digests, last used (RefRecord)
+//!   runs/<id>/                one run's clone (upper/work/merged or a copy), spec, events
 //!   locks/                    cache.lock, refs.lock, blob-<hex>.lock, rootfs-<hex>.lock
 //! ```
 //!
@@ -187,6 +188,8 @@ pub enum LockName {
     Blob(Digest),
     /// One rootfs: exclusive while building, shared while in use.
     Rootfs(Digest),
+    /// One run directory: held by the krunner process that supervises the run.
+    Run(String),
 }
 
 /// A held flock; released when dropped (or when the process dies).
@@ -222,7 +225,7 @@ impl Cache {
     /// Opens (creating if needed) the cache at `root`, which is made absolute.
     pub fn open(root: &Path) -> Result<Cache, CacheError> {
         let root = std::path::absolute(root).map_err(io_err("resolve", root))?;
-        for sub in ["blobs/sha256", "ingest", "rootfs", "tmp", "locks"] {
+        for sub in ["blobs/sha256", "ingest", "rootfs", "tmp", "locks", "runs"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create directory", &p))?;
         }
@@ -232,6 +235,16 @@ impl Cache {
     /// The cache directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where run directories live.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
+    /// Removes the lock file of a finished run (only while holding it).
+    pub fn remove_run_lock(&self, id: &str) {
+        let _ = fs::remove_file(self.lock_path(&LockName::Run(id.to_string())));
     }
 
     /// Where a blob lives once verified.
@@ -372,6 +385,7 @@ impl Cache {
             LockName::Refs => "refs.lock".to_string(),
             LockName::Blob(d) => format!("blob-{}.lock", d.hex()),
             LockName::Rootfs(d) => format!("rootfs-{}.lock", d.hex()),
+            LockName::Run(id) => format!("run-{id}.lock"),
         };
         self.root.join("locks").join(file)
     }

@@ -8,12 +8,25 @@
 //!   overlay root and shares, then `__ns-init` as PID 1, which pivots into the root and runs
 //!   the workload — see `ns_child`.
 
+pub mod krun_child;
 pub mod ns_child;
+pub mod run;
 pub mod spec;
 pub mod sys;
 
 use std::ffi::OsString;
 use std::path::Path;
+
+/// Which way a guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A libkrun microVM (KVM on Linux, Hypervisor.framework on macOS).
+    Krun,
+    /// Linux namespaces around the same clone, shares and agent: far weaker isolation than a
+    /// microVM; for hosts without usable KVM and for tests.
+    Namespace,
+}
 
 /// Hidden argv[1] values that select a child entry point.
 pub const NS_CHILD: &str = "__ns-child";
@@ -29,6 +42,7 @@ pub fn child_entry(args: &[OsString]) -> Option<u8> {
     let code = match (entry, arg) {
         (NS_CHILD, Some(spec)) => ns_child::ns_child_main(spec),
         (NS_INIT, Some(spec)) => ns_child::ns_init_main(spec),
+        (KRUN_CHILD, Some(spec)) => krun_child::krun_child_main(spec),
         (NS_CHILD | NS_INIT | KRUN_CHILD, _) => {
             eprintln!("krunner: {entry} is internal and needs a spec file");
             125

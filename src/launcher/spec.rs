@@ -241,9 +241,30 @@ pub enum Event {
     },
 }
 
+/// An event with the CLOCK_MONOTONIC time it happened at, comparable across processes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stamped {
+    /// Nanoseconds of CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (0 if the clock cannot be read).
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 /// Appends an event (best effort: the child must not die because logging failed).
 pub fn emit(path: &Path, event: &Event) {
-    if let Ok(line) = serde_json::to_string(event) {
+    let stamped = Stamped {
+        ts_ns: monotonic_ns(),
+        event: event.clone(),
+    };
+    if let Ok(line) = serde_json::to_string(&stamped) {
         if let Ok(mut f) = OpenOptions::new().append(true).create(true).mode(0o600).open(path) {
             let _ = writeln!(f, "{line}");
         }
@@ -251,7 +272,7 @@ pub fn emit(path: &Path, event: &Event) {
 }
 
 /// Reads the events a child wrote, skipping lines that do not parse.
-pub fn read_events(path: &Path) -> Vec<Event> {
+pub fn read_events(path: &Path) -> Vec<Stamped> {
     fs::read_to_string(path)
         .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
         .unwrap_or_default()
@@ -320,6 +341,7 @@ mod tests {
         emit(&p, &Event::Started { pid: 7 });
         emit(&p, &Event::Entering);
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"garbage\n").unwrap();
-        assert_eq!(read_events(&p), vec![Event::Started { pid: 7 }, Event::Entering]);
+        let got: Vec<Event> = read_events(&p).into_iter().map(|s| s.event).collect();
+        assert_eq!(got, vec![Event::Started { pid: 7 }, Event::Entering]);
     }
 }

@@ -1,0 +1,89 @@
+//! `krunner exec IMAGE -- CMD`: one throwaway guest, its output streamed, its status returned.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::{ExecArgs, GlobalArgs, GuestArgs};
+use crate::image::{Cancel, ImageStore};
+use crate::launcher::run::{Launcher, Output, RunRequest};
+use crate::launcher::spec::Share;
+use crate::launcher::Backend;
+
+/// Shares from `-M` options: tags `krunner-m0`, `krunner-m1`, …
+pub fn user_shares(guest: &GuestArgs) -> Vec<Share> {
+    guest
+        .mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Share {
+            tag: format!("krunner-m{i}"),
+            host: m.host.clone(),
+            guest: m.guest.clone(),
+            read_only: m.read_only,
+        })
+        .collect()
+}
+
+/// Warns once that the namespace backend is not a microVM.
+pub fn warn_backend(backend: Backend) {
+    if backend == Backend::Namespace {
+        tracing::warn!(
+            "backend 'namespace': guests share the host kernel and network and run as real root in mount/pid/uts/ipc namespaces; this isolates far less than a microVM"
+        );
+    }
+}
+
+/// Runs the command.
+pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let cache = super::open_cache(global)?;
+    let store = ImageStore::new(cache.clone());
+    let opts = super::pull::pull_options(global, &args.registry, args.offline);
+    warn_backend(args.guest.backend);
+    let launcher = Launcher::new(cache).context("cannot prepare the launcher")?;
+    let outcome = super::runtime()?.block_on(async {
+        let cancel = Cancel::default();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                on_signal.cancel();
+            }
+        });
+        let image = store.pull(&args.image, &opts, &cancel).await?;
+        let req = RunRequest {
+            backend: args.guest.backend,
+            rootfs: image.rootfs.clone(),
+            manifest: Some(image.manifest.clone()),
+            cpus: args.guest.cpus,
+            memory_mib: args.guest.memory,
+            shares: user_shares(&args.guest),
+            command: args.command.clone(),
+            env: Vec::new(),
+            workdir: "/".into(),
+            hostname: "krunner-exec".into(),
+            dns: args.guest.dns.clone(),
+            max_lifetime: (args.guest.max_lifetime > 0).then(|| Duration::from_secs(args.guest.max_lifetime)),
+            stop_grace: Duration::from_secs(10),
+            output: Output::Inherit,
+            krun_log_level: args.guest.krun_log_level,
+            libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
+            nofile: 1 << 20,
+        };
+        anyhow::Ok(launcher.run(&req, &cancel).await?)
+    })?;
+    let t = &outcome.timings;
+    tracing::debug!(
+        run = %outcome.run_id,
+        "clone {:?}, prepare {:?}, child setup {:?}, to guest start {:?}, total {:?}",
+        t.clone,
+        t.prepare,
+        t.child_setup,
+        t.to_entering,
+        t.total
+    );
+    if outcome.exit.code() != 0 {
+        tracing::info!(run = %outcome.run_id, "guest {}", outcome.exit.describe());
+    }
+    Ok(ExitCode::from(outcome.exit.code()))
+}

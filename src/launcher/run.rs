@@ -1,0 +1,669 @@
+//! The parent side of one run: prepare the run directory and the clone, spawn the VM child,
+//! supervise it, and leave nothing behind.
+//!
+//! Order: sweep leftovers of dead krunner processes (once, in [`Launcher::new`]) → take the
+//! image's rootfs lock shared (so `prune` keeps it) and the run's own lock → clone → write the
+//! agent and network files → write the spec (0600) → spawn `krunner __<backend>-child SPEC`
+//! in its own process group with a clean environment → wait, with a hard lifetime and stop
+//! requests (SIGTERM, then SIGKILL after a grace period) → read the child's events → remove
+//! the run directory.
+//!
+//! The child is spawned from an async task, i.e. from a runtime worker thread that lives as
+//! long as the runtime: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
+//! so a short-lived blocking-pool thread must never spawn it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::spec::{self, Event, GuestExec, LaunchSpec, RootSpec, Share, Stamped};
+use super::{Backend, KRUN_CHILD, NS_CHILD};
+use crate::guest;
+use crate::image::cache::{self, Cache, LockGuard, LockMode, LockName};
+use crate::image::cache::Digest;
+use crate::image::Cancel;
+use crate::rootfs::{self, CloneMethod};
+
+/// What can go wrong around a run (not inside the guest: that is [`VmExit`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The cache or a lock failed.
+    #[error("run {run}: image cache")]
+    Cache {
+        /// Run id.
+        run: String,
+        /// Why.
+        #[source]
+        source: cache::CacheError,
+    },
+    /// The clone failed.
+    #[error("run {run}: preparing the root filesystem")]
+    Clone {
+        /// Run id.
+        run: String,
+        /// Why.
+        #[source]
+        source: rootfs::CloneError,
+    },
+    /// The spec is unusable (e.g. too much for the kernel command line).
+    #[error("run {run}: launch spec")]
+    Spec {
+        /// Run id.
+        run: String,
+        /// Why.
+        #[source]
+        source: spec::SpecError,
+    },
+    /// A file or process operation of the parent failed.
+    #[error("run {run}: {op}")]
+    Io {
+        /// Run id.
+        run: String,
+        /// What.
+        op: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A share's host directory is missing.
+    #[error("run {run}: share {host} does not exist or is not a directory")]
+    ShareMissing {
+        /// Run id.
+        run: String,
+        /// The host path.
+        host: PathBuf,
+    },
+    /// libkrunfw cannot be found: no VM can start.
+    #[error("libkrunfw.so.5 (the guest kernel libkrun loads) was not found{searched}. Install it: Fedora `dnf install libkrunfw`, Debian testing/unstable `apt install libkrunfw5`, macOS `brew install libkrunfw`; or point --libkrunfw-dir at it. Without KVM, use --backend namespace")]
+    NoLibkrunfw {
+        /// Where we looked.
+        searched: String,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The child exited with this status: the guest workload's (or an init/VMM error code).
+    Exited(i32),
+    /// The child was killed by a signal it did not choose (not by krunner).
+    Signaled(i32),
+    /// krunner stopped it because it outlived `--max-lifetime`.
+    LifetimeExceeded,
+    /// krunner stopped it on request.
+    Stopped,
+}
+
+impl VmExit {
+    /// What the status means, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            VmExit::Exited(0) => "exited 0".into(),
+            VmExit::Exited(125) => "exit 125: the guest could not be set up (init or VM child failure)".into(),
+            VmExit::Exited(126) => "exit 126: the guest command could not be executed".into(),
+            VmExit::Exited(127) => "exit 127: the guest command was not found".into(),
+            VmExit::Exited(148) => "exit 148: the VMM died of a bad system call (SIGSYS)".into(),
+            VmExit::Exited(149) => "exit 149: the VMM died of SIGBUS".into(),
+            VmExit::Exited(150) => "exit 150: the VMM died of SIGSEGV".into(),
+            VmExit::Exited(c) if *c > 128 => format!("exit {c}: the guest command was killed by signal {}", c - 128),
+            VmExit::Exited(c) => format!("exit {c}"),
+            VmExit::Signaled(s) => format!("the VM child was killed by signal {s}"),
+            VmExit::LifetimeExceeded => "stopped: exceeded its maximum lifetime".into(),
+            VmExit::Stopped => "stopped on request".into(),
+        }
+    }
+
+    /// An exit status for `krunner exec`: the guest's, or 128+signal.
+    pub fn code(&self) -> u8 {
+        match self {
+            VmExit::Exited(c) => u8::try_from(*c).unwrap_or(1),
+            VmExit::Signaled(s) => u8::try_from(128 + s).unwrap_or(1),
+            VmExit::LifetimeExceeded | VmExit::Stopped => 143,
+        }
+    }
+}
+
+/// Where the child's stdout and stderr go.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// krunner's own (streams the guest's output: `krunner exec`).
+    Inherit,
+    /// Both into this file (a run's log).
+    File(PathBuf),
+    /// Captured and returned (tests, `doctor`).
+    Capture,
+}
+
+/// One run to launch.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// Which backend.
+    pub backend: Backend,
+    /// The cached rootfs to clone.
+    pub rootfs: PathBuf,
+    /// Its manifest digest: the run holds that rootfs's lock shared, so `prune` keeps it.
+    pub manifest: Option<Digest>,
+    /// vCPUs.
+    pub cpus: u8,
+    /// RAM in MiB.
+    pub memory_mib: u32,
+    /// Host directories to share.
+    pub shares: Vec<Share>,
+    /// The command the agent runs in the guest.
+    pub command: Vec<String>,
+    /// Extra environment for the guest command (added to PATH, HOME, HOSTNAME).
+    pub env: Vec<(String, String)>,
+    /// Guest working directory.
+    pub workdir: String,
+    /// Guest host name.
+    pub hostname: String,
+    /// DNS server for `/etc/resolv.conf`.
+    pub dns: String,
+    /// Hard limit on the VM's life.
+    pub max_lifetime: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when stopping.
+    pub stop_grace: Duration,
+    /// Where output goes.
+    pub output: Output,
+    /// libkrun log level.
+    pub krun_log_level: u32,
+    /// Extra directory holding libkrunfw.so.5.
+    pub libkrunfw_dir: Option<PathBuf>,
+    /// RLIMIT_NOFILE in the guest.
+    pub nofile: u64,
+}
+
+/// Host-side timings of a run, for the benchmark and debug logs.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// Making the clone.
+    pub clone: Duration,
+    /// Writing agent, config and network files, and the spec.
+    pub prepare: Duration,
+    /// From spawning the child to the child reporting `Entering`.
+    pub child_setup: Option<Duration>,
+    /// From the start of `run` to `Entering`.
+    pub to_entering: Option<Duration>,
+    /// The whole run including cleanup.
+    pub total: Duration,
+}
+
+/// How a run went.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Run id.
+    pub run_id: String,
+    /// How it ended.
+    pub exit: VmExit,
+    /// What the child reported.
+    pub events: Vec<Stamped>,
+    /// Captured stdout and stderr ([`Output::Capture`]).
+    pub captured: Option<(Vec<u8>, Vec<u8>)>,
+    /// Timings.
+    pub timings: Timings,
+}
+
+impl RunOutcome {
+    /// The first failure the child reported, if any.
+    pub fn failure(&self) -> Option<&Event> {
+        self.events.iter().map(|s| &s.event).find(|e| matches!(e, Event::Failed { .. }))
+    }
+
+    /// Whether the child got as far as starting the guest.
+    pub fn entered(&self) -> bool {
+        self.events.iter().any(|s| s.event == Event::Entering)
+    }
+}
+
+/// Launches runs from one cache.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    cache: Cache,
+    clone_method: CloneMethod,
+}
+
+impl Launcher {
+    /// Probes the clone method and removes what dead krunner processes left behind.
+    pub fn new(cache: Cache) -> Result<Launcher, LaunchError> {
+        let clone_method = rootfs::probe(&cache.runs_dir());
+        if clone_method == CloneMethod::Copy {
+            tracing::warn!(
+                "{} supports neither overlayfs (needs root) nor reflinks: every run makes a full copy of its image; put the cache on XFS or btrfs, or run as root",
+                cache.root().display()
+            );
+        }
+        let l = Launcher { cache, clone_method };
+        l.sweep()?;
+        Ok(l)
+    }
+
+    /// The clone method in use.
+    pub fn clone_method(&self) -> CloneMethod {
+        self.clone_method
+    }
+
+    /// Removes run directories whose supervising krunner is gone (its run lock is free), with
+    /// any mount left under them. Returns how many were removed.
+    pub fn sweep(&self) -> Result<usize, LaunchError> {
+        let runs = self.cache.runs_dir();
+        let entries = std::fs::read_dir(&runs).map_err(|source| LaunchError::Io {
+            run: "-".into(),
+            op: format!("list {}", runs.display()),
+            source,
+        })?;
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            let lock = self
+                .cache
+                .try_lock(&LockName::Run(id.clone()), LockMode::Exclusive)
+                .map_err(|source| LaunchError::Cache { run: id.clone(), source })?;
+            if lock.is_none() {
+                continue; // a live krunner owns it
+            }
+            unmount_under(&e.path());
+            cache::remove_tree(&e.path()).map_err(|source| LaunchError::Cache { run: id.clone(), source })?;
+            self.cache.remove_run_lock(&id);
+            tracing::info!(run = %id, "removed the leftovers of an earlier krunner");
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Runs one guest to completion (or until stopped) and cleans up.
+    pub async fn run(&self, req: &RunRequest, stop: &Cancel) -> Result<RunOutcome, LaunchError> {
+        let start = Instant::now();
+        let run_id = format!("{}-{}", std::process::id(), &cache::random_suffix()[..8]);
+        let run_dir = self.cache.runs_dir().join(&run_id);
+        let io = |op: String| {
+            let run = run_id.clone();
+            move |source| LaunchError::Io { run, op, source }
+        };
+        let cache_err = |source| LaunchError::Cache {
+            run: run_id.clone(),
+            source,
+        };
+        if req.backend == Backend::Krun {
+            check_libkrunfw(req.libkrunfw_dir.as_deref())?;
+        }
+        for s in &req.shares {
+            if !s.host.is_dir() {
+                return Err(LaunchError::ShareMissing {
+                    run: run_id.clone(),
+                    host: s.host.clone(),
+                });
+            }
+        }
+        // Locks: the image stays (prune skips it), and this run dir is ours.
+        let _image_lock = match &req.manifest {
+            Some(m) => Some(self.lock(LockName::Rootfs(m.clone()), LockMode::Shared).await.map_err(cache_err)?),
+            None => None,
+        };
+        let _run_lock = self.lock(LockName::Run(run_id.clone()), LockMode::Exclusive).await.map_err(cache_err)?;
+        std::fs::create_dir(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
+        let mut cleanup = RunDirGuard {
+            dir: run_dir.clone(),
+            cache: self.cache.clone(),
+            id: run_id.clone(),
+        };
+
+        let t = Instant::now();
+        let root = rootfs::make_clone(self.clone_method, &req.rootfs, &run_dir)
+            .map_err(|source| LaunchError::Clone { run: run_id.clone(), source })?;
+        let clone_time = t.elapsed();
+
+        let t = Instant::now();
+        let spec = self.prepare(req, &run_id, &run_dir, root)?;
+        let spec_path = run_dir.join("spec.json");
+        spec.write(&spec_path).map_err(|source| LaunchError::Spec { run: run_id.clone(), source })?;
+        let prepare_time = t.elapsed();
+
+        let spawned_at = spec::monotonic_ns();
+        let mut cmd = tokio::process::Command::new(self_exe());
+        cmd.arg(match req.backend {
+            Backend::Krun => KRUN_CHILD,
+            Backend::Namespace => NS_CHILD,
+        })
+        .arg(&spec_path)
+        // Nothing of krunner's environment (which may hold a token) reaches the child.
+        .env_clear()
+        .stdin(Stdio::null())
+        // Its own process group: a terminal's Ctrl-C reaches krunner, which decides.
+        .process_group(0)
+        .kill_on_drop(true);
+        if let Some(dir) = &req.libkrunfw_dir {
+            cmd.env("LD_LIBRARY_PATH", dir);
+        }
+        match &req.output {
+            Output::Inherit => {
+                cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+            }
+            Output::File(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(io(format!("open log {}", p.display())))?;
+                let f2 = f.try_clone().map_err(io(format!("open log {}", p.display())))?;
+                cmd.stdout(f).stderr(f2);
+            }
+            Output::Capture => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
+        let mut child = cmd.spawn().map_err(io("spawn the VM child".into()))?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        tracing::debug!(run = %run_id, backend = ?req.backend, pid, "VM child started");
+
+        // Drain captured output concurrently so a chatty guest cannot block on a full pipe.
+        let out_task = child.stdout.take().map(|mut s| {
+            tokio::spawn(async move {
+                let mut v = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut v).await;
+                v
+            })
+        });
+        let err_task = child.stderr.take().map(|mut s| {
+            tokio::spawn(async move {
+                let mut v = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut v).await;
+                v
+            })
+        });
+
+        let lifetime = async {
+            match req.max_lifetime {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut stopped_by_us = None;
+        let status = tokio::select! {
+            s = child.wait() => s,
+            _ = lifetime => { stopped_by_us = Some(VmExit::LifetimeExceeded); stop_child(&mut child, pid, req.stop_grace).await }
+            _ = stop.cancelled() => { stopped_by_us = Some(VmExit::Stopped); stop_child(&mut child, pid, req.stop_grace).await }
+        }
+        .map_err(io("wait for the VM child".into()))?;
+        let exit = match stopped_by_us {
+            Some(e) => e,
+            None => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+                (Some(c), _) => VmExit::Exited(c),
+                (None, Some(s)) => VmExit::Signaled(s),
+                (None, None) => VmExit::Exited(1),
+            },
+        };
+        let captured = match (out_task, err_task) {
+            (Some(o), Some(e)) => Some((o.await.unwrap_or_default(), e.await.unwrap_or_default())),
+            _ => None,
+        };
+        let events = spec::read_events(&run_dir.join("events"));
+        let entering = events.iter().find(|s| s.event == Event::Entering).map(|s| s.ts_ns);
+        let child_setup = entering.map(|e| Duration::from_nanos(e.saturating_sub(spawned_at)));
+        let to_entering = child_setup.map(|c| clone_time + prepare_time + c);
+
+        cleanup.finish().map_err(|source| LaunchError::Cache { run: run_id.clone(), source })?;
+        Ok(RunOutcome {
+            run_id,
+            exit,
+            events,
+            captured,
+            timings: Timings {
+                clone: clone_time,
+                prepare: prepare_time,
+                child_setup,
+                to_entering,
+                total: start.elapsed(),
+            },
+        })
+    }
+
+    async fn lock(&self, name: LockName, mode: LockMode) -> Result<LockGuard, cache::CacheError> {
+        let c = self.cache.clone();
+        match tokio::task::spawn_blocking(move || c.lock(&name, mode)).await {
+            Ok(r) => r,
+            Err(e) => Err(cache::CacheError::Io {
+                op: "lock",
+                path: self.cache.root().join("locks"),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// Writes the guest's files into the clone and builds the spec.
+    fn prepare(&self, req: &RunRequest, run_id: &str, run_dir: &Path, root: RootSpec) -> Result<LaunchSpec, LaunchError> {
+        let clone_err = |source| LaunchError::Clone {
+            run: run_id.to_string(),
+            source,
+        };
+        // Under krun the guest mounts its virtio-fs shares itself; under namespaces the
+        // child has bind-mounted them already.
+        let to_mount: &[Share] = match req.backend {
+            Backend::Krun => &req.shares,
+            Backend::Namespace => &[],
+        };
+        rootfs::write_guest_file(&root, guest::AGENT_PATH, guest::AGENT_SCRIPT.as_bytes(), 0o755).map_err(clone_err)?;
+        rootfs::write_guest_file(&root, guest::AGENT_CONF, guest::agent_conf(to_mount).as_bytes(), 0o644).map_err(clone_err)?;
+        rootfs::write_guest_file(&root, "/etc/resolv.conf", guest::resolv_conf(&req.dns).as_bytes(), 0o644).map_err(clone_err)?;
+        rootfs::write_guest_file(&root, "/etc/hostname", format!("{}\n", req.hostname).as_bytes(), 0o644).map_err(clone_err)?;
+        rootfs::write_guest_file(&root, "/etc/hosts", guest::hosts(&req.hostname).as_bytes(), 0o644).map_err(clone_err)?;
+
+        let mut env = vec![
+            ("PATH".to_string(), guest::GUEST_PATH.to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+            ("HOSTNAME".to_string(), req.hostname.clone()),
+            (
+                "KRUNNER_BACKEND".to_string(),
+                match req.backend {
+                    Backend::Krun => "krun",
+                    Backend::Namespace => "namespace",
+                }
+                .to_string(),
+            ),
+        ];
+        env.extend(req.env.iter().cloned());
+        let mut args = vec![guest::AGENT_PATH.to_string(), "--".to_string()];
+        args.extend(req.command.iter().cloned());
+        let spec = LaunchSpec {
+            run_id: run_id.to_string(),
+            parent_pid: std::process::id() as i32,
+            root,
+            cpus: req.cpus,
+            memory_mib: req.memory_mib,
+            shares: req.shares.clone(),
+            exec: GuestExec {
+                path: "/bin/sh".into(),
+                args,
+                env,
+                workdir: req.workdir.clone(),
+            },
+            hostname: req.hostname.clone(),
+            nofile: req.nofile,
+            console_log: match (&req.backend, &req.output) {
+                (Backend::Krun, Output::File(p)) => Some(p.clone()),
+                _ => None,
+            },
+            events: run_dir.join("events"),
+            krun_log_level: req.krun_log_level,
+            libkrunfw_dir: req.libkrunfw_dir.clone(),
+        };
+        if req.backend == Backend::Krun {
+            spec.check_command_line().map_err(|source| LaunchError::Spec {
+                run: run_id.to_string(),
+                source,
+            })?;
+        }
+        Ok(spec)
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; returns the final status.
+async fn stop_child(
+    child: &mut tokio::process::Child,
+    pid: Option<i32>,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(p) = pid {
+        let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(s) => s,
+        Err(_) => {
+            tracing::warn!(pid, "the VM child ignored SIGTERM for {grace:?}: killing it");
+            child.start_kill()?;
+            child.wait().await
+        }
+    }
+}
+
+/// Removes the run directory when dropped (also on error paths), unmounting anything that
+/// was left mounted under it first.
+struct RunDirGuard {
+    dir: PathBuf,
+    cache: Cache,
+    id: String,
+}
+
+impl RunDirGuard {
+    fn finish(&mut self) -> Result<(), cache::CacheError> {
+        unmount_under(&self.dir);
+        let r = cache::remove_tree(&self.dir);
+        if r.is_ok() {
+            self.cache.remove_run_lock(&self.id);
+            self.dir = PathBuf::new();
+        }
+        r
+    }
+}
+
+impl Drop for RunDirGuard {
+    fn drop(&mut self) {
+        if !self.dir.as_os_str().is_empty() {
+            let _ = self.finish();
+        }
+    }
+}
+
+/// Detaches every mount at or below `dir` in krunner's own mount namespace. Mounts normally
+/// live only in the child's namespace; this is for a child that failed in an odd way.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!("cannot unmount leftover {}: {e}", p.display());
+        }
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The path to re-execute ourselves.
+fn self_exe() -> PathBuf {
+    if cfg!(target_os = "linux") {
+        PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("krunner"))
+    }
+}
+
+/// Finds libkrunfw.so.5 where the dynamic loader would: `dir`, LD_LIBRARY_PATH, the loader
+/// cache, the usual library directories.
+pub fn find_libkrunfw(dir: Option<&Path>) -> Option<PathBuf> {
+    let name = if cfg!(target_os = "macos") { "libkrunfw.5.dylib" } else { "libkrunfw.so.5" };
+    let mut dirs: Vec<PathBuf> = dir.into_iter().map(Path::to_path_buf).collect();
+    if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    if let Ok(out) = std::process::Command::new("ldconfig").arg("-p").output() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(p) = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(name))
+            .find_map(|l| l.rsplit(" => ").next())
+        {
+            dirs.push(Path::new(p.trim()).parent().map(Path::to_path_buf).unwrap_or_default());
+        }
+    }
+    for d in [
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/lib",
+        "/usr/local/lib64",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/opt/homebrew/lib",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists())
+}
+
+fn check_libkrunfw(dir: Option<&Path>) -> Result<(), LaunchError> {
+    match find_libkrunfw(dir) {
+        Some(_) => Ok(()),
+        None => Err(LaunchError::NoLibkrunfw {
+            searched: match dir {
+                Some(d) => format!(" in {}, LD_LIBRARY_PATH, the loader cache or the usual library directories", d.display()),
+                None => " in LD_LIBRARY_PATH, the loader cache or the usual library directories".to_string(),
+            },
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_are_explained() {
+        assert!(VmExit::Exited(127).describe().contains("not found"));
+        assert!(VmExit::Exited(125).describe().contains("set up"));
+        assert!(VmExit::Exited(137).describe().contains("signal 9"));
+        assert_eq!(VmExit::Exited(7).code(), 7);
+        assert_eq!(VmExit::Signaled(9).code(), 137);
+        assert_eq!(VmExit::LifetimeExceeded.code(), 143);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo("/a\\040b/c"), "/a b/c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+    }
+
+    #[test]
+    fn libkrunfw_search_honours_the_given_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let name = if cfg!(target_os = "macos") { "libkrunfw.5.dylib" } else { "libkrunfw.so.5" };
+        std::fs::write(d.path().join(name), b"").unwrap();
+        assert_eq!(find_libkrunfw(Some(d.path())), Some(d.path().join(name)));
+    }
+}
