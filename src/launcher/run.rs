@@ -480,7 +480,13 @@ impl Launcher {
                 workdir: req.workdir.clone(),
             },
             hostname: req.hostname.clone(),
-            nofile: req.nofile,
+            nofile: match req.backend {
+                Backend::Krun => req.nofile,
+                // In namespaces the limit cannot exceed our own hard limit without
+                // CAP_SYS_RESOURCE.
+                Backend::Namespace => nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    .map_or(req.nofile, |(_, hard)| req.nofile.min(hard)),
+            },
             console_log: match (&req.backend, &req.output) {
                 (Backend::Krun, Output::File(p)) => Some(p.clone()),
                 _ => None,

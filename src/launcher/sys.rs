@@ -337,7 +337,7 @@ pub enum SetupError {
         source: Errno,
     },
     /// Mounting sysfs read-only.
-    #[error("mounting sysfs read-only on /sys in the guest{}", privilege_hint(.source))]
+    #[error("mounting sysfs read-only on /sys in the guest{}", sysfs_hint(.source))]
     MountSys {
         /// errno.
         #[source]
@@ -420,6 +420,16 @@ fn hostname_hint(e: &Errno) -> &'static str {
     }
 }
 
+fn sysfs_hint(e: &Errno) -> &'static str {
+    match e {
+        Errno::EPERM => {
+            ": sysfs may only be mounted by root of the user namespace that owns the network \
+             namespace (root on the host, or a run with its own network namespace)"
+        }
+        _ => "",
+    }
+}
+
 fn mount_point_hint(e: &Errno) -> &'static str {
     match e {
         Errno::ELOOP => {
@@ -496,7 +506,9 @@ fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, Se
             return Err(invalid("it must be absolute"));
         }
         if text.contains([',', ':', '\\', '\n']) {
-            return Err(invalid("overlayfs options cannot carry `,` `:` `\\` or newlines"));
+            return Err(invalid(
+                "overlayfs options cannot carry `,` `:` `\\` or newlines",
+            ));
         }
         if !opts.is_empty() {
             opts.push(',');
@@ -556,12 +568,24 @@ pub fn prepare_private_root(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), Setu
 /// Test double: records every call as one line (`mount SRC TARGET TYPE FLAGS DATA`, `-` for
 /// none) and fails the first call whose line starts with a chosen prefix.
 #[cfg(test)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeSys {
     calls: RefCell<Vec<String>>,
     failures: RefCell<Vec<(String, Errno)>>,
     symlinks: Vec<PathBuf>,
     mount_flags: MsFlags,
+}
+
+#[cfg(test)]
+impl Default for FakeSys {
+    fn default() -> Self {
+        FakeSys {
+            calls: RefCell::default(),
+            failures: RefCell::default(),
+            symlinks: Vec::new(),
+            mount_flags: MsFlags::empty(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -596,7 +620,9 @@ impl FakeSys {
 
     fn record(&self, line: String) -> nix::Result<()> {
         let mut failures = self.failures.borrow_mut();
-        let hit = failures.iter().position(|(p, _)| line.starts_with(p.as_str()));
+        let hit = failures
+            .iter()
+            .position(|(p, _)| line.starts_with(p.as_str()));
         self.calls.borrow_mut().push(line);
         match hit {
             Some(i) => Err(failures.remove(i).1),
@@ -618,7 +644,10 @@ fn flag_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 #[cfg(test)]
 impl Sys for FakeSys {
     fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
-        self.record(format!("unshare {}", flag_names(flags.iter_names().map(|(n, _)| n))))
+        self.record(format!(
+            "unshare {}",
+            flag_names(flags.iter_names().map(|(n, _)| n))
+        ))
     }
 
     fn mount(
@@ -640,11 +669,19 @@ impl Sys for FakeSys {
     }
 
     fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
-        self.record(format!("umount2 {} {}", target.display(), flag_names(flags.iter_names().map(|(n, _)| n))))
+        self.record(format!(
+            "umount2 {} {}",
+            target.display(),
+            flag_names(flags.iter_names().map(|(n, _)| n))
+        ))
     }
 
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
-        self.record(format!("pivot_root {} {}", new_root.display(), put_old.display()))
+        self.record(format!(
+            "pivot_root {} {}",
+            new_root.display(),
+            put_old.display()
+        ))
     }
 
     fn sethostname(&self, name: &str) -> nix::Result<()> {
@@ -749,29 +786,58 @@ mod tests {
         let mut spec = overlay_spec();
         spec.root = RootSpec::Dir("/r/root".into());
         prepare_private_root(&sys, &spec).unwrap();
-        assert_eq!(sys.calls(), ["unshare CLONE_NEWNS", "mount - / - MS_REC|MS_PRIVATE -"]);
+        assert_eq!(
+            sys.calls(),
+            ["unshare CLONE_NEWNS", "mount - / - MS_REC|MS_PRIVATE -"]
+        );
     }
 
     #[test]
     fn overlay_eperm_names_the_mount_point_and_the_privilege() {
         let sys = FakeSys::new().fail("mount overlay", Errno::EPERM);
         let e = prepare_private_root(&sys, &overlay_spec()).unwrap_err();
-        assert!(matches!(e, SetupError::MountOverlay { source: Errno::EPERM, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                SetupError::MountOverlay {
+                    source: Errno::EPERM,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let msg = e.to_string();
-        assert!(msg.contains("/r/merged") && msg.contains("CAP_SYS_ADMIN"), "{msg}");
+        assert!(
+            msg.contains("/r/merged") && msg.contains("CAP_SYS_ADMIN"),
+            "{msg}"
+        );
         assert_eq!(e.step(), "mount_overlay");
         assert_eq!(e.errno(), Some(libc::EPERM));
     }
 
     #[test]
     fn unshare_and_make_private_failures_have_their_own_variants() {
-        let e = prepare_private_root(&FakeSys::new().fail("unshare", Errno::EPERM), &overlay_spec())
-            .unwrap_err();
-        assert!(matches!(e, SetupError::Unshare { source: Errno::EPERM, .. }));
+        let e = prepare_private_root(
+            &FakeSys::new().fail("unshare", Errno::EPERM),
+            &overlay_spec(),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            SetupError::Unshare {
+                source: Errno::EPERM,
+                ..
+            }
+        ));
         assert!(e.to_string().contains("needs root"), "{e}");
         let sys = FakeSys::new().fail("mount - /", Errno::EINVAL);
         let e = prepare_private_root(&sys, &overlay_spec()).unwrap_err();
-        assert!(matches!(e, SetupError::MakePrivate { source: Errno::EINVAL }));
+        assert!(matches!(
+            e,
+            SetupError::MakePrivate {
+                source: Errno::EINVAL
+            }
+        ));
         assert_eq!(sys.calls().len(), 2, "stops at the failed step");
     }
 
@@ -793,7 +859,10 @@ mod tests {
 
     #[test]
     fn guest_paths_must_be_absolute_and_inside_the_root() {
-        assert_eq!(guest_relative("share", Path::new("/a/./b")).unwrap(), Path::new("a/b"));
+        assert_eq!(
+            guest_relative("share", Path::new("/a/./b")).unwrap(),
+            Path::new("a/b")
+        );
         assert!(guest_relative("share", Path::new("a/b")).is_err());
         assert!(guest_relative("share", Path::new("/a/../../etc")).is_err());
         assert!(guest_relative("share", Path::new("/")).is_err());
@@ -812,23 +881,33 @@ mod tests {
         std::os::unix::fs::symlink("inner", root.join("rel")).unwrap();
         std::fs::create_dir(root.join("inner")).unwrap();
 
-        let got = LinuxSys.mkdir_beneath(&root, Path::new("a/b/c"), 0o755).unwrap();
+        let got = LinuxSys
+            .mkdir_beneath(&root, Path::new("a/b/c"), 0o755)
+            .unwrap();
         assert_eq!(got, root.join("a/b/c"));
         assert!(root.join("a/b/c").is_dir());
         // Idempotent.
-        LinuxSys.mkdir_beneath(&root, Path::new("a/b/c"), 0o755).unwrap();
+        LinuxSys
+            .mkdir_beneath(&root, Path::new("a/b/c"), 0o755)
+            .unwrap();
 
         assert_eq!(
             LinuxSys.mkdir_beneath(&root, Path::new("evil/x"), 0o755),
             Err(Errno::ELOOP)
         );
-        assert!(!outside.join("x").exists(), "nothing created through the symlink");
+        assert!(
+            !outside.join("x").exists(),
+            "nothing created through the symlink"
+        );
         // Even a symlink that stays inside is refused: one rule, no lexical judgement.
         assert_eq!(
             LinuxSys.mkdir_beneath(&root, Path::new("rel/x"), 0o755),
             Err(Errno::ELOOP)
         );
-        assert_eq!(LinuxSys.mkdir_beneath(&root, Path::new("evil"), 0o755), Err(Errno::ELOOP));
+        assert_eq!(
+            LinuxSys.mkdir_beneath(&root, Path::new("evil"), 0o755),
+            Err(Errno::ELOOP)
+        );
         assert_eq!(
             LinuxSys.mkdir_beneath(&root, Path::new("../outside/y"), 0o755),
             Err(Errno::EINVAL)
