@@ -153,13 +153,21 @@ impl std::str::FromStr for MountArg {
         if !host.is_absolute() || !guest.is_absolute() {
             return Err(format!("{s:?}: both paths must be absolute"));
         }
-        if guest.components().any(|c| matches!(c, std::path::Component::ParentDir))
+        if guest
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
             || guest.to_string_lossy().chars().any(char::is_whitespace)
             || guest == std::path::Path::new("/")
         {
-            return Err(format!("{s:?}: the guest path must not be /, contain .. or whitespace"));
+            return Err(format!(
+                "{s:?}: the guest path must not be /, contain .. or whitespace"
+            ));
         }
-        Ok(MountArg { host, guest, read_only })
+        Ok(MountArg {
+            host,
+            guest,
+            read_only,
+        })
     }
 }
 
@@ -180,7 +188,13 @@ pub struct GuestArgs {
     pub memory: u32,
 
     /// Share a host directory with the guest (repeatable; `:ro` makes it read-only).
-    #[arg(short = 'M', long = "mount", env = "KRUNNER_MOUNT", value_name = "HOST:GUEST[:ro]", value_delimiter = ',')]
+    #[arg(
+        short = 'M',
+        long = "mount",
+        env = "KRUNNER_MOUNT",
+        value_name = "HOST:GUEST[:ro]",
+        value_delimiter = ','
+    )]
     pub mounts: Vec<MountArg>,
 
     /// DNS server written to the guest's /etc/resolv.conf (queried over TCP: libkrun's
@@ -189,7 +203,13 @@ pub struct GuestArgs {
     pub dns: String,
 
     /// Hard limit on a guest's life, in seconds (0: none).
-    #[arg(short = 'k', long, env = "KRUNNER_MAX_LIFETIME", value_name = "SECONDS", default_value_t = 0)]
+    #[arg(
+        short = 'k',
+        long,
+        env = "KRUNNER_MAX_LIFETIME",
+        value_name = "SECONDS",
+        default_value_t = 0
+    )]
     pub max_lifetime: u64,
 
     /// Directory holding libkrunfw.so.5, if it is not where the loader looks.
@@ -306,23 +326,48 @@ mod tests {
     #[test]
     fn exec_takes_mounts_and_a_command() {
         let cli = Cli::try_parse_from([
-            "krunner", "exec", "--backend", "namespace", "-M", "/h:/g:ro", "-M", "/a:/b", "img", "--", "sh", "-c", "exit 3",
+            "krunner",
+            "exec",
+            "--backend",
+            "namespace",
+            "-M",
+            "/h:/g:ro",
+            "-M",
+            "/a:/b",
+            "img",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
         ])
         .unwrap();
-        let Command::Exec(e) = cli.command else { panic!("not exec") };
+        let Command::Exec(e) = cli.command else {
+            panic!("not exec")
+        };
         assert_eq!(e.guest.backend, Backend::Namespace);
         assert_eq!(e.command, vec!["sh", "-c", "exit 3"]);
         assert_eq!(
             e.guest.mounts,
             vec![
-                MountArg { host: "/h".into(), guest: "/g".into(), read_only: true },
-                MountArg { host: "/a".into(), guest: "/b".into(), read_only: false },
+                MountArg {
+                    host: "/h".into(),
+                    guest: "/g".into(),
+                    read_only: true
+                },
+                MountArg {
+                    host: "/a".into(),
+                    guest: "/b".into(),
+                    read_only: false
+                },
             ]
         );
         for bad in ["rel:/g", "/h:g", "/h:/a/../b", "/h", "/h:/"] {
             assert!(bad.parse::<MountArg>().is_err(), "{bad}");
         }
-        assert!(Cli::try_parse_from(["krunner", "exec", "img"]).is_err(), "a command is required");
+        assert!(
+            Cli::try_parse_from(["krunner", "exec", "img"]).is_err(),
+            "a command is required"
+        );
     }
 
     #[test]

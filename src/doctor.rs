@@ -39,7 +39,12 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: &'static str, status: Status, detail: impl Into<String>, fix: Option<&str>) -> Check {
+    fn new(
+        name: &'static str,
+        status: Status,
+        detail: impl Into<String>,
+        fix: Option<&str>,
+    ) -> Check {
         Check {
             name,
             status,
@@ -75,30 +80,68 @@ pub fn static_checks(libkrunfw_dir: Option<&Path>) -> (Vec<Check>, bool) {
         }
         KvmProbe::NoAccess(e) => {
             can_boot = false;
-            checks.push(Check::new("/dev/kvm", Status::Fail, format!("cannot open read-write: {e}"), Some("add the user to the kvm group (usermod -aG kvm USER) or run as root")));
+            checks.push(Check::new(
+                "/dev/kvm",
+                Status::Fail,
+                format!("cannot open read-write: {e}"),
+                Some("add the user to the kvm group (usermod -aG kvm USER) or run as root"),
+            ));
         }
         KvmProbe::CreateVmFailed(e) => {
             can_boot = false;
-            checks.push(Check::new("/dev/kvm", Status::Ok, "present and accessible", None));
-            checks.push(Check::new("KVM_CREATE_VM", Status::Fail, e, Some("the kernel refuses to create VMs: check dmesg and the kvm module")));
+            checks.push(Check::new(
+                "/dev/kvm",
+                Status::Ok,
+                "present and accessible",
+                None,
+            ));
+            checks.push(Check::new(
+                "KVM_CREATE_VM",
+                Status::Fail,
+                e,
+                Some("the kernel refuses to create VMs: check dmesg and the kvm module"),
+            ));
         }
         KvmProbe::Ok { api_version } => {
-            checks.push(Check::new("/dev/kvm", Status::Ok, "present and accessible", None));
-            checks.push(Check::new("KVM_CREATE_VM", Status::Ok, format!("a VM can be created (KVM API {api_version})"), None));
+            checks.push(Check::new(
+                "/dev/kvm",
+                Status::Ok,
+                "present and accessible",
+                None,
+            ));
+            checks.push(Check::new(
+                "KVM_CREATE_VM",
+                Status::Ok,
+                format!("a VM can be created (KVM API {api_version})"),
+                None,
+            ));
         }
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     if is_pvm_host(Path::new("/sys/module"), &cpuinfo) {
-        checks.push(Check::new("KVM flavour", Status::Warn, "nested PVM KVM (kvm_pvm loaded, no vmx/svm)", Some(PVM_FIX)));
+        checks.push(Check::new(
+            "KVM flavour",
+            Status::Warn,
+            "nested PVM KVM (kvm_pvm loaded, no vmx/svm)",
+            Some(PVM_FIX),
+        ));
     }
     let libkrun = if krunner_sys::SYSTEM_LIBKRUN {
         "system libkrun (pkg-config), linked dynamically".to_string()
     } else {
-        format!("libkrun {} from crates.io, linked in", krunner_sys::BUNDLED_LIBKRUN_VERSION.unwrap_or("?"))
+        format!(
+            "libkrun {} from crates.io, linked in",
+            krunner_sys::BUNDLED_LIBKRUN_VERSION.unwrap_or("?")
+        )
     };
     checks.push(Check::new("libkrun", Status::Ok, libkrun, None));
     match find_libkrunfw(libkrunfw_dir) {
-        Some(p) => checks.push(Check::new("libkrunfw", Status::Ok, p.display().to_string(), None)),
+        Some(p) => checks.push(Check::new(
+            "libkrunfw",
+            Status::Ok,
+            p.display().to_string(),
+            None,
+        )),
         None => {
             can_boot = false;
             checks.push(Check::new("libkrunfw", Status::Fail, "libkrunfw.so.5 not found", Some("install libkrunfw (Fedora), libkrunfw5 (Debian testing/unstable) or libkrunfw (Homebrew), or pass --libkrunfw-dir")));
@@ -110,20 +153,46 @@ pub fn static_checks(libkrunfw_dir: Option<&Path>) -> (Vec<Check>, bool) {
 /// The namespace backend's requirements: root and overlayfs.
 pub fn namespace_check() -> Check {
     let root = nix::unistd::geteuid().is_root();
-    let overlay = std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("\toverlay"));
+    let overlay =
+        std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("\toverlay"));
     match (root, overlay) {
-        (true, true) => Check::new("namespace backend", Status::Ok, "available (root, overlayfs)", None),
-        (false, _) => Check::new("namespace backend", Status::Fail, "needs root", Some("run krunner as root to use --backend namespace")),
-        (true, false) => Check::new("namespace backend", Status::Warn, "overlayfs not listed: runs will copy the image", Some("modprobe overlay")),
+        (true, true) => Check::new(
+            "namespace backend",
+            Status::Ok,
+            "available (root, overlayfs)",
+            None,
+        ),
+        (false, _) => Check::new(
+            "namespace backend",
+            Status::Fail,
+            "needs root",
+            Some("run krunner as root to use --backend namespace"),
+        ),
+        (true, false) => Check::new(
+            "namespace backend",
+            Status::Warn,
+            "overlayfs not listed: runs will copy the image",
+            Some("modprobe overlay"),
+        ),
     }
 }
 
 /// Boots a probe guest whose root holds no `/bin/sh`: if libkrun's init runs at all it exits
 /// 127 ("not found"), which proves the kernel booted and init ran.
-pub async fn test_boot(launcher: &Launcher, scratch: &Path, libkrunfw_dir: Option<PathBuf>, timeout: Duration) -> Check {
+pub async fn test_boot(
+    launcher: &Launcher,
+    scratch: &Path,
+    libkrunfw_dir: Option<PathBuf>,
+    timeout: Duration,
+) -> Check {
     let root = scratch.join("doctor-rootfs");
     if let Err(e) = std::fs::create_dir_all(root.join("etc")) {
-        return Check::new("test boot", Status::Fail, format!("cannot create {}: {e}", root.display()), None);
+        return Check::new(
+            "test boot",
+            Status::Fail,
+            format!("cannot create {}: {e}", root.display()),
+            None,
+        );
     }
     let req = RunRequest {
         backend: Backend::Krun,
@@ -165,14 +234,30 @@ pub async fn test_boot(launcher: &Launcher, scratch: &Path, libkrunfw_dir: Optio
         );
     }
     match &outcome.exit {
-        VmExit::Exited(127) if outcome.entered() => Check::new("test boot", Status::Ok, format!("the guest kernel booted and its init ran ({secs:.1} s)"), None),
-        VmExit::LifetimeExceeded => Check::new("test boot", Status::Fail, format!("no result within {} s", timeout.as_secs()), Some("the guest hangs: check `dmesg`, try a longer --boot-timeout")),
+        VmExit::Exited(127) if outcome.entered() => Check::new(
+            "test boot",
+            Status::Ok,
+            format!("the guest kernel booted and its init ran ({secs:.1} s)"),
+            None,
+        ),
+        VmExit::LifetimeExceeded => Check::new(
+            "test boot",
+            Status::Fail,
+            format!("no result within {} s", timeout.as_secs()),
+            Some("the guest hangs: check `dmesg`, try a longer --boot-timeout"),
+        ),
         other => {
             let why = match outcome.failure() {
-                Some(crate::launcher::spec::Event::Failed { step, message, .. }) => format!("{step}: {message}"),
+                Some(crate::launcher::spec::Event::Failed { step, message, .. }) => {
+                    format!("{step}: {message}")
+                }
                 _ => other.describe(),
             };
-            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             Check::new("test boot", Status::Fail, format!("{why}; {last}"), None)
         }
     }

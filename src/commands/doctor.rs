@@ -17,8 +17,16 @@ pub fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         let scratch = cache.root().join("tmp");
         let launcher = Launcher::new(cache)?;
         let timeout = Duration::from_secs(args.boot_timeout.max(1));
-        println!("test boot: starting a probe VM (up to {} s) …", timeout.as_secs());
-        checks.push(super::runtime()?.block_on(doctor::test_boot(&launcher, &scratch, args.libkrunfw_dir.clone(), timeout)));
+        println!(
+            "test boot: starting a probe VM (up to {} s) …",
+            timeout.as_secs()
+        );
+        checks.push(super::runtime()?.block_on(doctor::test_boot(
+            &launcher,
+            &scratch,
+            args.libkrunfw_dir.clone(),
+            timeout,
+        )));
     } else {
         checks.push(skipped("an earlier check failed"));
     }

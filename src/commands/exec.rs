@@ -63,7 +63,8 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
             workdir: "/".into(),
             hostname: "krunner-exec".into(),
             dns: args.guest.dns.clone(),
-            max_lifetime: (args.guest.max_lifetime > 0).then(|| Duration::from_secs(args.guest.max_lifetime)),
+            max_lifetime: (args.guest.max_lifetime > 0)
+                .then(|| Duration::from_secs(args.guest.max_lifetime)),
             stop_grace: Duration::from_secs(10),
             output: Output::Inherit,
             krun_log_level: args.guest.krun_log_level,
@@ -73,14 +74,18 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(launcher.run(&req, &cancel).await?)
     })?;
     let t = &outcome.timings;
+    let ms = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e3))
+    };
     tracing::debug!(
         run = %outcome.run_id,
-        "clone {:?}, prepare {:?}, child setup {:?}, to guest start {:?}, total {:?}",
-        t.clone,
-        t.prepare,
-        t.child_setup,
-        t.to_entering,
-        t.total
+        "timings: clone_ms={} prepare_ms={} spawn_ms={} setup_ms={} host_before_guest_ms={} total_ms={}",
+        ms(Some(t.clone)),
+        ms(Some(t.prepare)),
+        ms(t.spawn),
+        ms(t.setup),
+        ms(t.to_entering),
+        ms(Some(t.total))
     );
     if outcome.exit.code() != 0 {
         tracing::info!(run = %outcome.run_id, "guest {}", outcome.exit.describe());

@@ -16,7 +16,8 @@ pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:
 /// The agent configuration: one `mount TAG PATH rw|ro` line per share the guest must mount
 /// itself (krun); empty when the host mounted them (namespace backend).
 pub fn agent_conf(shares_to_mount: &[Share]) -> String {
-    let mut s = String::from("# written by krunner: shares to mount (virtio-fs tag, guest path, mode)\n");
+    let mut s =
+        String::from("# written by krunner: shares to mount (virtio-fs tag, guest path, mode)\n");
     for sh in shares_to_mount {
         s.push_str(&format!(
             "mount {} {} {}\n",
@@ -35,7 +36,9 @@ pub fn resolv_conf(dns: &str) -> String {
 
 /// `/etc/hosts` with the guest's own name.
 pub fn hosts(hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    )
 }
 
 #[cfg(test)]

@@ -810,6 +810,15 @@ impl Applier<'_> {
     }
 
     fn special<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, path: &[u8]) -> KResult<()> {
+        /// A device number field: an empty (all NUL or blank) field is 0, as Go's archive/tar
+        /// and umoci read it; anything else that is not a number is corrupt.
+        fn lenient_dev(parsed: std::io::Result<Option<u32>>, raw: Option<[u8; 8]>) -> KResult<u32> {
+            match parsed {
+                Ok(v) => Ok(v.unwrap_or(0)),
+                Err(_) if raw.is_some_and(|r| r.iter().all(|b| *b == 0 || *b == b' ')) => Ok(0),
+                Err(e) => Err(corrupt(e)),
+            }
+        }
         let ty = entry.header().entry_type();
         if !self.opts.privileged {
             tracing::warn!(
@@ -822,12 +831,27 @@ impl Applier<'_> {
         }
         let meta = self.meta(entry)?;
         let h = entry.header();
-        let major = h.device_major().map_err(corrupt)?.unwrap_or(0);
-        let minor = h.device_minor().map_err(corrupt)?.unwrap_or(0);
         let kind = match ty {
             tar::EntryType::Char => SFlag::S_IFCHR,
             tar::EntryType::Block => SFlag::S_IFBLK,
             _ => SFlag::S_IFIFO,
+        };
+        // A FIFO has no device number; writers often leave its fields empty (all NUL).
+        let (major, minor) = if kind == SFlag::S_IFIFO {
+            (0, 0)
+        } else {
+            let raw = |major: bool| {
+                h.as_ustar()
+                    .map(|u| if major { u.dev_major } else { u.dev_minor })
+                    .or_else(|| {
+                        h.as_gnu()
+                            .map(|g| if major { g.dev_major } else { g.dev_minor })
+                    })
+            };
+            (
+                lenient_dev(h.device_major(), raw(true))?,
+                lenient_dev(h.device_minor(), raw(false))?,
+            )
         };
         let dev = nix::sys::stat::makedev(u64::from(major), u64::from(minor));
         let (dir, name) = split(path);

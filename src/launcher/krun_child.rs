@@ -74,14 +74,20 @@ struct CStrArray {
 }
 
 impl CStrArray {
-    fn new(what: &'static str, items: impl IntoIterator<Item = String>) -> Result<CStrArray, KrunError> {
+    fn new(
+        what: &'static str,
+        items: impl IntoIterator<Item = String>,
+    ) -> Result<CStrArray, KrunError> {
         let owned = items
             .into_iter()
             .map(|s| cstr(what, &s))
             .collect::<Result<Vec<_>, _>>()?;
         let mut ptrs: Vec<*const c_char> = owned.iter().map(|c| c.as_ptr()).collect();
         ptrs.push(std::ptr::null());
-        Ok(CStrArray { _owned: owned, ptrs })
+        Ok(CStrArray {
+            _owned: owned,
+            ptrs,
+        })
     }
 
     fn as_ptr(&self) -> *const *const c_char {
@@ -99,7 +105,9 @@ impl KrunCtx {
     pub fn new(log_level: u32) -> Result<KrunCtx, KrunError> {
         // SAFETY: krun_set_log_level takes a plain integer and only sets global logger state;
         // it is called once, before any context exists.
-        check("krun_set_log_level", unsafe { krun::krun_set_log_level(log_level) })?;
+        check("krun_set_log_level", unsafe {
+            krun::krun_set_log_level(log_level)
+        })?;
         // SAFETY: no arguments; returns a new context id or -errno.
         let id = check("krun_create_ctx", unsafe { krun::krun_create_ctx() })?;
         Ok(KrunCtx { id: id as u32 })
@@ -109,11 +117,15 @@ impl KrunCtx {
     pub fn configure(&self, spec: &LaunchSpec) -> Result<(), KrunError> {
         let id = self.id;
         // SAFETY: `id` came from krun_create_ctx and has not been consumed by krun_start_enter.
-        check("krun_set_vm_config", unsafe { krun::krun_set_vm_config(id, spec.cpus, spec.memory_mib) })?;
+        check("krun_set_vm_config", unsafe {
+            krun::krun_set_vm_config(id, spec.cpus, spec.memory_mib)
+        })?;
         let root = cpath("root path", spec.root.guest_root())?;
         // SAFETY: `id` is live; `root` is a NUL-terminated string that outlives the call
         // (libkrun copies it).
-        check("krun_set_root", unsafe { krun::krun_set_root(id, root.as_ptr()) })?;
+        check("krun_set_root", unsafe {
+            krun::krun_set_root(id, root.as_ptr())
+        })?;
         for share in &spec.shares {
             let tag = cstr("share tag", &share.tag)?;
             let host = cpath("share path", &share.host)?;
@@ -125,16 +137,23 @@ impl KrunCtx {
         }
         let workdir = cstr("workdir", &spec.exec.workdir)?;
         // SAFETY: `id` is live; `workdir` is NUL-terminated and outlives the call.
-        check("krun_set_workdir", unsafe { krun::krun_set_workdir(id, workdir.as_ptr()) })?;
+        check("krun_set_workdir", unsafe {
+            krun::krun_set_workdir(id, workdir.as_ptr())
+        })?;
         // RLIMIT_NOFILE is resource 7 on Linux; libkrun wants "ID=CUR:MAX".
         let rlimits = CStrArray::new("rlimit", [format!("7={n}:{n}", n = spec.nofile)])?;
         // SAFETY: `id` is live; `rlimits` is a NULL-terminated array of NUL-terminated strings
         // that outlives the call.
-        check("krun_set_rlimits", unsafe { krun::krun_set_rlimits(id, rlimits.as_ptr()) })?;
+        check("krun_set_rlimits", unsafe {
+            krun::krun_set_rlimits(id, rlimits.as_ptr())
+        })?;
         let path = cstr("workload path", &spec.exec.path)?;
         let argv = CStrArray::new("argument", spec.exec.args.iter().cloned())?;
         // Always a real array, even when empty: envp == NULL would copy our environment.
-        let envp = CStrArray::new("environment", spec.exec.env.iter().map(|(k, v)| format!("{k}={v}")))?;
+        let envp = CStrArray::new(
+            "environment",
+            spec.exec.env.iter().map(|(k, v)| format!("{k}={v}")),
+        )?;
         // SAFETY: `id` is live; `path` is NUL-terminated; `argv` and `envp` are
         // NULL-terminated arrays (envp is never NULL) that outlive the call.
         check("krun_set_exec", unsafe {
@@ -143,7 +162,9 @@ impl KrunCtx {
         if let Some(log) = &spec.console_log {
             let log = cpath("console log", log)?;
             // SAFETY: `id` is live; `log` is NUL-terminated and outlives the call.
-            check("krun_set_console_output", unsafe { krun::krun_set_console_output(id, log.as_ptr()) })?;
+            check("krun_set_console_output", unsafe {
+                krun::krun_set_console_output(id, log.as_ptr())
+            })?;
         }
         Ok(())
     }
@@ -192,7 +213,12 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
         );
         125
     };
-    spec::emit(&spec.events, &Event::Started { pid: std::process::id() as i32 });
+    spec::emit(
+        &spec.events,
+        &Event::Started {
+            pid: std::process::id() as i32,
+        },
+    );
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         return fail("prctl(PR_SET_PDEATHSIG)", Some(e as i32), e.to_string());
     }
@@ -265,13 +291,19 @@ pub fn probe_kvm() -> KvmProbe {
     // returns an integer.
     let api = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION, 0) };
     if api < 0 {
-        return KvmProbe::CreateVmFailed(format!("KVM_GET_API_VERSION: {}", std::io::Error::last_os_error()));
+        return KvmProbe::CreateVmFailed(format!(
+            "KVM_GET_API_VERSION: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: `kvm` is an open /dev/kvm fd; KVM_CREATE_VM with machine type 0 returns a new
     // VM fd or -1, and touches no memory of ours.
     let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
     if vm < 0 {
-        return KvmProbe::CreateVmFailed(format!("KVM_CREATE_VM: {}", std::io::Error::last_os_error()));
+        return KvmProbe::CreateVmFailed(format!(
+            "KVM_CREATE_VM: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: `vm` is a fresh fd returned by KVM_CREATE_VM that nothing else owns; OwnedFd
     // closes it once.

@@ -18,7 +18,9 @@ use std::ffi::OsString;
 use std::path::Path;
 
 /// Which way a guest runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// A libkrun microVM (KVM on Linux, Hypervisor.framework on macOS).

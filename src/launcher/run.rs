@@ -22,8 +22,8 @@ use nix::unistd::Pid;
 use super::spec::{self, Event, GuestExec, LaunchSpec, RootSpec, Share, Stamped};
 use super::{Backend, KRUN_CHILD, NS_CHILD};
 use crate::guest;
-use crate::image::cache::{self, Cache, LockGuard, LockMode, LockName};
 use crate::image::cache::Digest;
+use crate::image::cache::{self, Cache, LockGuard, LockMode, LockName};
 use crate::image::Cancel;
 use crate::rootfs::{self, CloneMethod};
 
@@ -102,13 +102,18 @@ impl VmExit {
     pub fn describe(&self) -> String {
         match self {
             VmExit::Exited(0) => "exited 0".into(),
-            VmExit::Exited(125) => "exit 125: the guest could not be set up (init or VM child failure)".into(),
+            VmExit::Exited(125) => {
+                "exit 125: the guest could not be set up (init or VM child failure)".into()
+            }
             VmExit::Exited(126) => "exit 126: the guest command could not be executed".into(),
             VmExit::Exited(127) => "exit 127: the guest command was not found".into(),
             VmExit::Exited(148) => "exit 148: the VMM died of a bad system call (SIGSYS)".into(),
             VmExit::Exited(149) => "exit 149: the VMM died of SIGBUS".into(),
             VmExit::Exited(150) => "exit 150: the VMM died of SIGSEGV".into(),
-            VmExit::Exited(c) if *c > 128 => format!("exit {c}: the guest command was killed by signal {}", c - 128),
+            VmExit::Exited(c) if *c > 128 => format!(
+                "exit {c}: the guest command was killed by signal {}",
+                c - 128
+            ),
             VmExit::Exited(c) => format!("exit {c}"),
             VmExit::Signaled(s) => format!("the VM child was killed by signal {s}"),
             VmExit::LifetimeExceeded => "stopped: exceeded its maximum lifetime".into(),
@@ -183,9 +188,11 @@ pub struct Timings {
     pub clone: Duration,
     /// Writing agent, config and network files, and the spec.
     pub prepare: Duration,
-    /// From spawning the child to the child reporting `Entering`.
-    pub child_setup: Option<Duration>,
-    /// From the start of `run` to `Entering`.
+    /// From spawning the child to the child's first event (exec of the krunner binary).
+    pub spawn: Option<Duration>,
+    /// From the child's start to `Entering` (namespaces or libkrun configuration).
+    pub setup: Option<Duration>,
+    /// From the start of `run` to `Entering`: all host-side work before the guest starts.
     pub to_entering: Option<Duration>,
     /// The whole run including cleanup.
     pub total: Duration,
@@ -209,7 +216,10 @@ pub struct RunOutcome {
 impl RunOutcome {
     /// The first failure the child reported, if any.
     pub fn failure(&self) -> Option<&Event> {
-        self.events.iter().map(|s| &s.event).find(|e| matches!(e, Event::Failed { .. }))
+        self.events
+            .iter()
+            .map(|s| &s.event)
+            .find(|e| matches!(e, Event::Failed { .. }))
     }
 
     /// Whether the child got as far as starting the guest.
@@ -228,14 +238,23 @@ pub struct Launcher {
 impl Launcher {
     /// Probes the clone method and removes what dead krunner processes left behind.
     pub fn new(cache: Cache) -> Result<Launcher, LaunchError> {
-        let clone_method = rootfs::probe(&cache.runs_dir());
+        let clone_method = match std::env::var("KRUNNER_CLONE_METHOD").as_deref() {
+            // For benchmarks and tests: force a method (it must work on this cache).
+            Ok("overlay") => CloneMethod::Overlay,
+            Ok("reflink") => CloneMethod::Reflink,
+            Ok("copy") => CloneMethod::Copy,
+            _ => rootfs::probe(&cache.runs_dir()),
+        };
         if clone_method == CloneMethod::Copy {
             tracing::warn!(
                 "{} supports neither overlayfs (needs root) nor reflinks: every run makes a full copy of its image; put the cache on XFS or btrfs, or run as root",
                 cache.root().display()
             );
         }
-        let l = Launcher { cache, clone_method };
+        let l = Launcher {
+            cache,
+            clone_method,
+        };
         l.sweep()?;
         Ok(l)
     }
@@ -260,12 +279,18 @@ impl Launcher {
             let lock = self
                 .cache
                 .try_lock(&LockName::Run(id.clone()), LockMode::Exclusive)
-                .map_err(|source| LaunchError::Cache { run: id.clone(), source })?;
+                .map_err(|source| LaunchError::Cache {
+                    run: id.clone(),
+                    source,
+                })?;
             if lock.is_none() {
                 continue; // a live krunner owns it
             }
             unmount_under(&e.path());
-            cache::remove_tree(&e.path()).map_err(|source| LaunchError::Cache { run: id.clone(), source })?;
+            cache::remove_tree(&e.path()).map_err(|source| LaunchError::Cache {
+                run: id.clone(),
+                source,
+            })?;
             self.cache.remove_run_lock(&id);
             tracing::info!(run = %id, "removed the leftovers of an earlier krunner");
             removed += 1;
@@ -299,10 +324,17 @@ impl Launcher {
         }
         // Locks: the image stays (prune skips it), and this run dir is ours.
         let _image_lock = match &req.manifest {
-            Some(m) => Some(self.lock(LockName::Rootfs(m.clone()), LockMode::Shared).await.map_err(cache_err)?),
+            Some(m) => Some(
+                self.lock(LockName::Rootfs(m.clone()), LockMode::Shared)
+                    .await
+                    .map_err(cache_err)?,
+            ),
             None => None,
         };
-        let _run_lock = self.lock(LockName::Run(run_id.clone()), LockMode::Exclusive).await.map_err(cache_err)?;
+        let _run_lock = self
+            .lock(LockName::Run(run_id.clone()), LockMode::Exclusive)
+            .await
+            .map_err(cache_err)?;
         std::fs::create_dir(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
         let mut cleanup = RunDirGuard {
             dir: run_dir.clone(),
@@ -311,14 +343,22 @@ impl Launcher {
         };
 
         let t = Instant::now();
-        let root = rootfs::make_clone(self.clone_method, &req.rootfs, &run_dir)
-            .map_err(|source| LaunchError::Clone { run: run_id.clone(), source })?;
+        let root =
+            rootfs::make_clone(self.clone_method, &req.rootfs, &run_dir).map_err(|source| {
+                LaunchError::Clone {
+                    run: run_id.clone(),
+                    source,
+                }
+            })?;
         let clone_time = t.elapsed();
 
         let t = Instant::now();
         let spec = self.prepare(req, &run_id, &run_dir, root)?;
         let spec_path = run_dir.join("spec.json");
-        spec.write(&spec_path).map_err(|source| LaunchError::Spec { run: run_id.clone(), source })?;
+        spec.write(&spec_path).map_err(|source| LaunchError::Spec {
+            run: run_id.clone(),
+            source,
+        })?;
         let prepare_time = t.elapsed();
 
         let spawned_at = spec::monotonic_ns();
@@ -347,7 +387,9 @@ impl Launcher {
                     .append(true)
                     .open(p)
                     .map_err(io(format!("open log {}", p.display())))?;
-                let f2 = f.try_clone().map_err(io(format!("open log {}", p.display())))?;
+                let f2 = f
+                    .try_clone()
+                    .map_err(io(format!("open log {}", p.display())))?;
                 cmd.stdout(f).stderr(f2);
             }
             Output::Capture => {
@@ -389,7 +431,10 @@ impl Launcher {
         .map_err(io("wait for the VM child".into()))?;
         let exit = match stopped_by_us {
             Some(e) => e,
-            None => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+            None => match (
+                status.code(),
+                std::os::unix::process::ExitStatusExt::signal(&status),
+            ) {
                 (Some(c), _) => VmExit::Exited(c),
                 (None, Some(s)) => VmExit::Signaled(s),
                 (None, None) => VmExit::Exited(1),
@@ -400,11 +445,26 @@ impl Launcher {
             _ => None,
         };
         let events = spec::read_events(&run_dir.join("events"));
-        let entering = events.iter().find(|s| s.event == Event::Entering).map(|s| s.ts_ns);
-        let child_setup = entering.map(|e| Duration::from_nanos(e.saturating_sub(spawned_at)));
-        let to_entering = child_setup.map(|c| clone_time + prepare_time + c);
+        let started = events
+            .iter()
+            .find(|s| matches!(s.event, Event::Started { .. }))
+            .map(|s| s.ts_ns);
+        let entering = events
+            .iter()
+            .find(|s| s.event == Event::Entering)
+            .map(|s| s.ts_ns);
+        let spawn = started.map(|t| Duration::from_nanos(t.saturating_sub(spawned_at)));
+        let setup = started
+            .zip(entering)
+            .map(|(s, e)| Duration::from_nanos(e.saturating_sub(s)));
+        let to_entering = entering.map(|e| {
+            Duration::from_nanos(e.saturating_sub(spawned_at)) + clone_time + prepare_time
+        });
 
-        cleanup.finish().map_err(|source| LaunchError::Cache { run: run_id.clone(), source })?;
+        cleanup.finish().map_err(|source| LaunchError::Cache {
+            run: run_id.clone(),
+            source,
+        })?;
         Ok(RunOutcome {
             run_id,
             exit,
@@ -413,7 +473,8 @@ impl Launcher {
             timings: Timings {
                 clone: clone_time,
                 prepare: prepare_time,
-                child_setup,
+                spawn,
+                setup,
                 to_entering,
                 total: start.elapsed(),
             },
@@ -433,7 +494,13 @@ impl Launcher {
     }
 
     /// Writes the guest's files into the clone and builds the spec.
-    fn prepare(&self, req: &RunRequest, run_id: &str, run_dir: &Path, root: RootSpec) -> Result<LaunchSpec, LaunchError> {
+    fn prepare(
+        &self,
+        req: &RunRequest,
+        run_id: &str,
+        run_dir: &Path,
+        root: RootSpec,
+    ) -> Result<LaunchSpec, LaunchError> {
         let clone_err = |source| LaunchError::Clone {
             run: run_id.to_string(),
             source,
@@ -444,11 +511,41 @@ impl Launcher {
             Backend::Krun => &req.shares,
             Backend::Namespace => &[],
         };
-        rootfs::write_guest_file(&root, guest::AGENT_PATH, guest::AGENT_SCRIPT.as_bytes(), 0o755).map_err(clone_err)?;
-        rootfs::write_guest_file(&root, guest::AGENT_CONF, guest::agent_conf(to_mount).as_bytes(), 0o644).map_err(clone_err)?;
-        rootfs::write_guest_file(&root, "/etc/resolv.conf", guest::resolv_conf(&req.dns).as_bytes(), 0o644).map_err(clone_err)?;
-        rootfs::write_guest_file(&root, "/etc/hostname", format!("{}\n", req.hostname).as_bytes(), 0o644).map_err(clone_err)?;
-        rootfs::write_guest_file(&root, "/etc/hosts", guest::hosts(&req.hostname).as_bytes(), 0o644).map_err(clone_err)?;
+        rootfs::write_guest_file(
+            &root,
+            guest::AGENT_PATH,
+            guest::AGENT_SCRIPT.as_bytes(),
+            0o755,
+        )
+        .map_err(clone_err)?;
+        rootfs::write_guest_file(
+            &root,
+            guest::AGENT_CONF,
+            guest::agent_conf(to_mount).as_bytes(),
+            0o644,
+        )
+        .map_err(clone_err)?;
+        rootfs::write_guest_file(
+            &root,
+            "/etc/resolv.conf",
+            guest::resolv_conf(&req.dns).as_bytes(),
+            0o644,
+        )
+        .map_err(clone_err)?;
+        rootfs::write_guest_file(
+            &root,
+            "/etc/hostname",
+            format!("{}\n", req.hostname).as_bytes(),
+            0o644,
+        )
+        .map_err(clone_err)?;
+        rootfs::write_guest_file(
+            &root,
+            "/etc/hosts",
+            guest::hosts(&req.hostname).as_bytes(),
+            0o644,
+        )
+        .map_err(clone_err)?;
 
         let mut env = vec![
             ("PATH".to_string(), guest::GUEST_PATH.to_string()),
@@ -484,8 +581,10 @@ impl Launcher {
                 Backend::Krun => req.nofile,
                 // In namespaces the limit cannot exceed our own hard limit without
                 // CAP_SYS_RESOURCE.
-                Backend::Namespace => nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                    .map_or(req.nofile, |(_, hard)| req.nofile.min(hard)),
+                Backend::Namespace => {
+                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                        .map_or(req.nofile, |(_, hard)| req.nofile.min(hard))
+                }
             },
             console_log: match (&req.backend, &req.output) {
                 (Backend::Krun, Output::File(p)) => Some(p.clone()),
@@ -496,10 +595,11 @@ impl Launcher {
             libkrunfw_dir: req.libkrunfw_dir.clone(),
         };
         if req.backend == Backend::Krun {
-            spec.check_command_line().map_err(|source| LaunchError::Spec {
-                run: run_id.to_string(),
-                source,
-            })?;
+            spec.check_command_line()
+                .map_err(|source| LaunchError::Spec {
+                    run: run_id.to_string(),
+                    source,
+                })?;
         }
         Ok(spec)
     }
@@ -517,7 +617,10 @@ async fn stop_child(
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(s) => s,
         Err(_) => {
-            tracing::warn!(pid, "the VM child ignored SIGTERM for {grace:?}: killing it");
+            tracing::warn!(
+                pid,
+                "the VM child ignored SIGTERM for {grace:?}: killing it"
+            );
             child.start_kill()?;
             child.wait().await
         }
@@ -579,7 +682,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -603,7 +709,11 @@ fn self_exe() -> PathBuf {
 /// Finds libkrunfw.so.5 where the dynamic loader would: `dir`, LD_LIBRARY_PATH, the loader
 /// cache, the usual library directories.
 pub fn find_libkrunfw(dir: Option<&Path>) -> Option<PathBuf> {
-    let name = if cfg!(target_os = "macos") { "libkrunfw.5.dylib" } else { "libkrunfw.so.5" };
+    let name = if cfg!(target_os = "macos") {
+        "libkrunfw.5.dylib"
+    } else {
+        "libkrunfw.so.5"
+    };
     let mut dirs: Vec<PathBuf> = dir.into_iter().map(Path::to_path_buf).collect();
     if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
         dirs.extend(std::env::split_paths(&p));
@@ -615,7 +725,12 @@ pub fn find_libkrunfw(dir: Option<&Path>) -> Option<PathBuf> {
             .filter(|l| l.trim_start().starts_with(name))
             .find_map(|l| l.rsplit(" => ").next())
         {
-            dirs.push(Path::new(p.trim()).parent().map(Path::to_path_buf).unwrap_or_default());
+            dirs.push(
+                Path::new(p.trim())
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            );
         }
     }
     for d in [
@@ -637,8 +752,12 @@ fn check_libkrunfw(dir: Option<&Path>) -> Result<(), LaunchError> {
         Some(_) => Ok(()),
         None => Err(LaunchError::NoLibkrunfw {
             searched: match dir {
-                Some(d) => format!(" in {}, LD_LIBRARY_PATH, the loader cache or the usual library directories", d.display()),
-                None => " in LD_LIBRARY_PATH, the loader cache or the usual library directories".to_string(),
+                Some(d) => format!(
+                    " in {}, LD_LIBRARY_PATH, the loader cache or the usual library directories",
+                    d.display()
+                ),
+                None => " in LD_LIBRARY_PATH, the loader cache or the usual library directories"
+                    .to_string(),
             },
         }),
     }
@@ -668,7 +787,11 @@ mod tests {
     #[test]
     fn libkrunfw_search_honours_the_given_dir() {
         let d = tempfile::tempdir().unwrap();
-        let name = if cfg!(target_os = "macos") { "libkrunfw.5.dylib" } else { "libkrunfw.so.5" };
+        let name = if cfg!(target_os = "macos") {
+            "libkrunfw.5.dylib"
+        } else {
+            "libkrunfw.so.5"
+        };
         std::fs::write(d.path().join(name), b"").unwrap();
         assert_eq!(find_libkrunfw(Some(d.path())), Some(d.path().join(name)));
     }

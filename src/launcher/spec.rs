@@ -182,10 +182,12 @@ impl LaunchSpec {
 
     /// Writes the spec as a new 0600 file.
     pub fn write(&self, path: &Path) -> Result<(), SpecError> {
-        let io = |op| move |source| SpecError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
+        let io = |op| {
+            move |source| SpecError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
         };
         let body = serde_json::to_vec(self).map_err(|e| SpecError::Parse {
             path: path.to_path_buf(),
@@ -265,7 +267,12 @@ pub fn emit(path: &Path, event: &Event) {
         event: event.clone(),
     };
     if let Ok(line) = serde_json::to_string(&stamped) {
-        if let Ok(mut f) = OpenOptions::new().append(true).create(true).mode(0o600).open(path) {
+        if let Ok(mut f) = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -274,7 +281,11 @@ pub fn emit(path: &Path, event: &Event) {
 /// Reads the events a child wrote, skipping lines that do not parse.
 pub fn read_events(path: &Path) -> Vec<Stamped> {
     fs::read_to_string(path)
-        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -311,7 +322,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("spec.json");
         spec().write(&p).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(spec().write(&p).is_err(), "never overwrites");
         assert_eq!(LaunchSpec::take(&p).unwrap(), spec());
         assert!(!p.exists(), "read once");
@@ -328,7 +342,11 @@ mod tests {
         assert!(s.check_command_line().is_err());
         let mut s = spec();
         s.exec.env = vec![("BIG".into(), "x".repeat(3000))];
-        assert!(s.check_command_line().unwrap_err().to_string().contains("bytes"));
+        assert!(s
+            .check_command_line()
+            .unwrap_err()
+            .to_string()
+            .contains("bytes"));
         let mut s = spec();
         s.exec.env = vec![("a.b".into(), "x".into())];
         assert!(s.check_command_line().is_err());
@@ -340,7 +358,12 @@ mod tests {
         let p = d.path().join("events");
         emit(&p, &Event::Started { pid: 7 });
         emit(&p, &Event::Entering);
-        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"garbage\n").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"garbage\n")
+            .unwrap();
         let got: Vec<Event> = read_events(&p).into_iter().map(|s| s.event).collect();
         assert_eq!(got, vec![Event::Started { pid: 7 }, Event::Entering]);
     }

@@ -98,7 +98,8 @@ pub fn probe(scratch: &Path) -> CloneMethod {
 
 /// Whether the kernel knows overlayfs (it may still be a module that loads on first mount).
 fn overlay_supported() -> bool {
-    fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")))
+    fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")))
         || Path::new("/sys/module/overlay").exists()
 }
 
@@ -120,19 +121,35 @@ fn cp_command(reflink_only: bool) -> Command {
     let mut c = Command::new("cp");
     if cfg!(target_os = "macos") {
         // -c: clonefile(2); -R recursive; -p keeps modes, owners (when privileged) and times.
-        c.args(if reflink_only { ["-c", "-R", "-p"] } else { ["-R", "-p", "-P"] });
+        c.args(if reflink_only {
+            ["-c", "-R", "-p"]
+        } else {
+            ["-R", "-p", "-P"]
+        });
     } else {
         c.arg("-a").arg("--no-target-directory");
-        c.arg(if reflink_only { "--reflink=always" } else { "--reflink=never" });
+        c.arg(if reflink_only {
+            "--reflink=always"
+        } else {
+            "--reflink=never"
+        });
     }
     c
 }
 
 /// Makes the clone of `lower` for one run inside `run_dir`, and returns how the child finds it.
-pub fn make_clone(method: CloneMethod, lower: &Path, run_dir: &Path) -> Result<RootSpec, CloneError> {
+pub fn make_clone(
+    method: CloneMethod,
+    lower: &Path,
+    run_dir: &Path,
+) -> Result<RootSpec, CloneError> {
     match method {
         CloneMethod::Overlay => {
-            let (upper, work, merged) = (run_dir.join("upper"), run_dir.join("work"), run_dir.join("merged"));
+            let (upper, work, merged) = (
+                run_dir.join("upper"),
+                run_dir.join("work"),
+                run_dir.join("merged"),
+            );
             for d in [&upper, &work, &merged] {
                 fs::create_dir_all(d).map_err(io("create", d))?;
             }
@@ -187,7 +204,12 @@ fn write_target(root: &RootSpec) -> (&Path, Option<&Path>) {
 /// Missing parent directories are created with the image's owner and mode. A parent that is a
 /// symlink in the image is refused (the write would land elsewhere, maybe on the host); an
 /// existing file or symlink at the final name is replaced, never followed.
-pub fn write_guest_file(root: &RootSpec, guest_path: &str, content: &[u8], mode: u32) -> Result<(), CloneError> {
+pub fn write_guest_file(
+    root: &RootSpec,
+    guest_path: &str,
+    content: &[u8],
+    mode: u32,
+) -> Result<(), CloneError> {
     let unsafe_path = |reason| CloneError::UnsafeGuestPath {
         path: guest_path.to_string(),
         reason,
@@ -216,19 +238,26 @@ pub fn write_guest_file(root: &RootSpec, guest_path: &str, content: &[u8], mode:
         // The image's view of this component decides: lower for overlay, the copy otherwise.
         let image_view = image_dir.as_deref().unwrap_or(&dir);
         match fs::symlink_metadata(image_view) {
-            Ok(m) if m.file_type().is_symlink() => return Err(unsafe_path("a parent directory is a symlink in the image")),
-            Ok(m) if !m.is_dir() => return Err(unsafe_path("a parent is not a directory in the image")),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(unsafe_path("a parent directory is a symlink in the image"))
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(unsafe_path("a parent is not a directory in the image"))
+            }
             _ => {}
         }
         match fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_symlink() => return Err(unsafe_path("a parent directory is a symlink")),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(unsafe_path("a parent directory is a symlink"))
+            }
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(unsafe_path("a parent is not a directory")),
             Err(_) => {
                 fs::create_dir(&dir).map_err(io("create directory", &dir))?;
                 match image_dir.as_deref().filter(|l| l.is_dir()) {
                     Some(l) => copy_dir_meta(l, &dir)?,
-                    None => fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &dir))?,
+                    None => fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                        .map_err(io("chmod", &dir))?,
                 }
             }
         }
@@ -266,14 +295,38 @@ mod tests {
     fn guest_files_go_to_the_upper_dir_with_image_metadata() {
         let t = tempfile::tempdir().unwrap();
         let root = overlay_spec(t.path());
-        fs::set_permissions(t.path().join("lower/etc"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::set_permissions(
+            t.path().join("lower/etc"),
+            fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
         write_guest_file(&root, "/etc/resolv.conf", b"options use-vc\n", 0o644).unwrap();
         write_guest_file(&root, "/.krunner/agent", b"#!/bin/sh\n", 0o755).unwrap();
         let upper = t.path().join("run/upper");
-        assert_eq!(fs::read(upper.join("etc/resolv.conf")).unwrap(), b"options use-vc\n");
-        assert_eq!(fs::metadata(upper.join("etc")).unwrap().permissions().mode() & 0o777, 0o750);
-        assert_eq!(fs::metadata(upper.join(".krunner/agent")).unwrap().permissions().mode() & 0o777, 0o755);
-        assert!(!t.path().join("lower/etc/resolv.conf").exists(), "the cache is untouched");
+        assert_eq!(
+            fs::read(upper.join("etc/resolv.conf")).unwrap(),
+            b"options use-vc\n"
+        );
+        assert_eq!(
+            fs::metadata(upper.join("etc"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o750
+        );
+        assert_eq!(
+            fs::metadata(upper.join(".krunner/agent"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+        assert!(
+            !t.path().join("lower/etc/resolv.conf").exists(),
+            "the cache is untouched"
+        );
     }
 
     #[test]
@@ -283,7 +336,10 @@ mod tests {
         std::os::unix::fs::symlink("/tmp", t.path().join("lower/evil")).unwrap();
         for p in ["/evil/x", "relative", "/a/../b", "/"] {
             assert!(
-                matches!(write_guest_file(&root, p, b"x", 0o644), Err(CloneError::UnsafeGuestPath { .. })),
+                matches!(
+                    write_guest_file(&root, p, b"x", 0o644),
+                    Err(CloneError::UnsafeGuestPath { .. })
+                ),
                 "{p}"
             );
         }
@@ -295,7 +351,10 @@ mod tests {
         std::os::unix::fs::symlink(&outside, t.path().join("copy/etc/hostname")).unwrap();
         write_guest_file(&copy, "/etc/hostname", b"guest\n", 0o644).unwrap();
         assert_eq!(fs::read(&outside).unwrap(), b"keep");
-        assert_eq!(fs::read(t.path().join("copy/etc/hostname")).unwrap(), b"guest\n");
+        assert_eq!(
+            fs::read(t.path().join("copy/etc/hostname")).unwrap(),
+            b"guest\n"
+        );
     }
 
     #[test]
@@ -306,7 +365,11 @@ mod tests {
         fs::write(lower.join("d/f"), b"1").unwrap();
         std::os::unix::fs::symlink("d/f", lower.join("l")).unwrap();
         fs::create_dir_all(t.path().join("run")).unwrap();
-        let method = if reflink_works(t.path()) { CloneMethod::Reflink } else { CloneMethod::Copy };
+        let method = if reflink_works(t.path()) {
+            CloneMethod::Reflink
+        } else {
+            CloneMethod::Copy
+        };
         let RootSpec::Dir(d) = make_clone(method, &lower, &t.path().join("run")).unwrap() else {
             panic!("copy gives a dir")
         };

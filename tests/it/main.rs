@@ -1,0 +1,26 @@
+//! krunner's integration tests: one test binary that drives the built `krunner` executable
+//! against real and fake registries on loopback. One module per topic.
+//!
+//! Run with `cargo test --test it`. Tests that need root or a Debian tool (docker-registry,
+//! skopeo, umoci, busybox-static) print `SKIP <test>: <why>` and pass when it is missing; set
+//! `KRUNNER_IT_REQUIRE_ALL=1` (as CI does) to turn those skips into failures. Set
+//! `KRUNNER_IT_KEEP=1` to keep every test's temporary directory for a post-mortem.
+
+// A test that cannot set up its fixture has nothing better to do than panic with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+/// The harness: temporary directories, the `krunner` command runner, tree snapshots, skips,
+/// and the fixtures (loopback `docker-registry`, in-process fake registry, OCI image builder).
+mod util;
+
+/// `krunner pull` against the real registry: busybox, cache hits, offline mode, multi-arch
+/// indexes, short names, digests, htpasswd and bearer auth, concurrency, compressions,
+/// whiteouts and hardlinks.
+mod pull;
+
+/// Hostile layers and broken registries: every pull must fail cleanly, name the layer, leave
+/// a canary outside the cache untouched and leave no rootfs or bad blob behind.
+mod unpack_hostile;
+
+/// The unpacked tree compared with what `umoci unpack` makes of the same image.
+mod umoci_compare;
