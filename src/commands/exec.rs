@@ -87,6 +87,17 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
         ms(t.to_entering),
         ms(Some(t.total))
     );
+    let steps: Vec<String> = outcome
+        .events
+        .iter()
+        .map(|e| {
+            serde_json::to_value(&e.event)
+                .ok()
+                .and_then(|v| v.get("event").and_then(|s| s.as_str().map(String::from)))
+                .unwrap_or_default()
+        })
+        .collect();
+    tracing::debug!(run = %outcome.run_id, "child steps: {}", steps.join(" → "));
     if outcome.exit.code() != 0 {
         tracing::info!(run = %outcome.run_id, "guest {}", outcome.exit.describe());
     }

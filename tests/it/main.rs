@@ -24,3 +24,7 @@ mod unpack_hostile;
 
 /// The unpacked tree compared with what `umoci unpack` makes of the same image.
 mod umoci_compare;
+
+/// `krunner exec` and `krunner doctor`: the namespace backend end to end, libkrun up to the
+/// vCPU, crash recovery.
+mod launcher;

@@ -182,6 +182,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for it and collects its output.
     pub fn wait(self) -> Outcome {
         let out = self.child.wait_with_output().expect("wait for krunner");
