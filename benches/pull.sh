@@ -21,12 +21,8 @@ SHM_DIR=${SHM_DIR:-/dev/shm/krunner-bench}
 REBUILD_IMAGE=${REBUILD_IMAGE:-0}
 TAG=bench
 REPO_PATH=bench/debian:latest
-
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() {
-	printf 'pull.sh: error: %s\n' "$*" >&2
-	exit 1
-}
+# shellcheck source=benches/lib.sh
+. "$repo/benches/lib.sh"
 
 # ---------------------------------------------------------------- requirements
 check_requirements() {
@@ -55,160 +51,10 @@ check_requirements() {
 	PATH=$PATH:/usr/sbin:/sbin
 }
 
-find_krunner() {
-	if [[ -z ${KRUNNER:-} ]]; then
-		KRUNNER=$repo/target/release/krunner
-		if [[ ! -x $KRUNNER ]]; then
-			log "building krunner (cargo build --release)"
-			(cd "$repo" && cargo build --release) >&2
-		fi
-	fi
-	[[ -x $KRUNNER ]] || die "KRUNNER=$KRUNNER is not an executable"
-	KRUNNER=$(realpath "$KRUNNER")
-}
-
-# ---------------------------------------------------------------- the image
-# $BENCH_DIR/image/rootfs   debootstrap output (kept; a rebuild of the layout reuses it)
-# $BENCH_DIR/image/layout   OCI layout, tag "bench", 3 gzip layers (the cache marker is its existence)
-# $BENCH_DIR/image/stats    "entries files bytes" of the image's tree
-build_image() {
-	local img=$BENCH_DIR/image
-	local rootfs=$img/rootfs layout=$img/layout
-	mkdir -p "$img"
-	if [[ $REBUILD_IMAGE == 1 ]]; then rm -rf "$layout"; fi
-	if [[ -d $layout && -s $img/stats ]]; then
-		log "image layout cached in $layout"
-		return
-	fi
-	if [[ ! -d $rootfs ]]; then
-		local mirror
-		mirror=$(sed -n 's/^URIs: //p' /etc/apt/sources.list.d/debian.sources | head -1)
-		[[ -n $mirror ]] || die "no URIs: line in /etc/apt/sources.list.d/debian.sources"
-		log "debootstrap bookworm (minbase + python3 perl git curl ...), about 2 minutes"
-		rm -rf "$rootfs.tmp"
-		if ! debootstrap --variant=minbase \
-			--include=python3,perl,git,curl,ca-certificates,sudo,procps \
-			bookworm "$rootfs.tmp" "$mirror" >"$img/debootstrap.log" 2>&1; then
-			tail -20 "$img/debootstrap.log" >&2
-			die "debootstrap failed (log: $img/debootstrap.log)"
-		fi
-		mv "$rootfs.tmp" "$rootfs"
-	fi
-
-	log "building the 3-layer OCI image with umoci"
-	local tmp=$layout.tmp bundle=$img/bundle.tmp
-	rm -rf "$tmp" "$bundle"
-	umoci init --layout "$tmp"
-	umoci new --image "$tmp:$TAG"
-	umoci unpack --image "$tmp:$TAG" "$bundle" >/dev/null
-	local dst=$bundle/rootfs
-	# Layer 1: everything except /usr/share and /usr/lib/python3*. Device nodes in /dev are left
-	# out, as in images built by docker (the runtime provides /dev).
-	tar -C "$rootfs" --exclude=./usr/share --exclude='./usr/lib/python3*' --exclude='./dev/*' \
-		-cf - . | tar -C "$dst" -xpf -
-	umoci repack --refresh-bundle --image "$tmp:$TAG" "$bundle"
-	# Layer 2: /usr/lib/python3*
-	(
-		cd "$rootfs"
-		shopt -s nullglob
-		dirs=(usr/lib/python3*)
-		((${#dirs[@]})) || die "no usr/lib/python3* in $rootfs"
-		tar -cf - "${dirs[@]}"
-	) | tar -C "$dst" -xpf -
-	umoci repack --refresh-bundle --image "$tmp:$TAG" "$bundle"
-	# Layer 3: /usr/share
-	tar -C "$rootfs" -cf - ./usr/share | tar -C "$dst" -xpf -
-	umoci repack --refresh-bundle --image "$tmp:$TAG" "$bundle"
-	umoci config --image "$tmp:$TAG" --config.cmd /bin/bash
-	umoci gc --layout "$tmp"
-
-	local entries files bytes
-	entries=$(find "$dst" -mindepth 1 | wc -l)
-	files=$(find "$dst" -type f | wc -l)
-	bytes=$(du -sb "$dst" | cut -f1)
-	rm -rf "$bundle"
-	mv "$tmp" "$layout"
-	echo "$entries $files $bytes" >"$img/stats"
-}
-
-# Sets LAYERS (blob paths, in order) and LAYER_SIZES from the layout's manifest.
-read_layers() {
-	local layout=$BENCH_DIR/image/layout mdigest manifest
-	mdigest=$(grep -o '"digest":"sha256:[0-9a-f]\{64\}"' "$layout/index.json" | head -1 |
-		sed 's/.*sha256:\([0-9a-f]*\)"/\1/')
-	[[ -n $mdigest ]] || die "no manifest in $layout/index.json"
-	manifest=$(<"$layout/blobs/sha256/$mdigest")
-	LAYERS=()
-	LAYER_SIZES=()
-	local d
-	# the layers array is the last array of the manifest; take the digests after '"layers"'
-	for d in $(printf '%s' "${manifest#*\"layers\"}" | grep -o 'sha256:[0-9a-f]\{64\}'); do
-		LAYERS+=("$layout/blobs/sha256/${d#sha256:}")
-		LAYER_SIZES+=("$(stat -c %s "$layout/blobs/sha256/${d#sha256:}")")
-	done
-	((${#LAYERS[@]} == 3)) || die "expected 3 layers in the image, found ${#LAYERS[@]}"
-	local l
-	for l in "${LAYERS[@]}"; do
-		gzip -t "$l" 2>/dev/null || die "layer $l is not gzip"
-	done
-}
-
-# ---------------------------------------------------------------- the registry
-REG_PID=
-start_registry() {
-	local regdir=$BENCH_DIR/registry port
-	mkdir -p "$regdir/data"
-	for port in $(shuf -i 20000-60000 -n 20); do
-		# something already answers there: not free
-		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
-		cat >"$regdir/config.yml" <<-EOF
-			version: 0.1
-			log: { level: error }
-			storage: { filesystem: { rootdirectory: $regdir/data }, delete: { enabled: true } }
-			http: { addr: 127.0.0.1:$port }
-		EOF
-		docker-registry serve "$regdir/config.yml" >"$regdir/log" 2>&1 &
-		REG_PID=$!
-		for _ in $(seq 100); do
-			if curl -fs "http://127.0.0.1:$port/v2/" >/dev/null; then
-				PORT=$port
-				log "registry pid $REG_PID on 127.0.0.1:$PORT (storage $regdir/data)"
-				return
-			fi
-			kill -0 "$REG_PID" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill "$REG_PID" 2>/dev/null || true
-		wait "$REG_PID" 2>/dev/null || true
-		REG_PID=
-	done
-	cat "$regdir/log" >&2
-	die "could not start docker-registry"
-}
-
 cleanup() {
-	if [[ -n $REG_PID ]]; then
-		kill "$REG_PID" 2>/dev/null || true
-		wait "$REG_PID" 2>/dev/null || true
-	fi
+	stop_registry
 	rm -rf "$SHM_DIR" "$BENCH_DIR/run"
 }
-
-# ---------------------------------------------------------------- timing helpers
-fstype() { df --output=fstype "$1" | tail -1; }
-loadavg() { cut -d' ' -f1 /proc/loadavg; }
-# now_us VAR: microseconds since the epoch, without a subshell
-now_us() { printf -v "$1" '%s' "${EPOCHREALTIME/./}"; }
-
-# median of the integers in "$@" (the mean of the two middle ones for an even count)
-median() {
-	printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END {
-		if (NR == 0) { print 0; exit }
-		if (NR % 2) print v[(NR + 1) / 2]; else printf "%d\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-secs() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1e6 }'; }
-msecs() { awk -v u="$1" 'BEGIN { printf "%.1f", u / 1e3 }'; }
-mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
 
 declare -A RES=() # "fs.metric" -> space-separated microseconds
 record() { RES[$1.$2]="${RES[$1.$2]:-} $3"; }
