@@ -250,15 +250,18 @@ fn corrupt(e: io::Error) -> UnpackErrorKind {
 
 /// Maps an OCI/Docker layer media type to a Compression (None for an unknown type → caller errors).
 pub fn compression_for_media_type(mt: &str) -> Option<Compression> {
-    match mt {
-        "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Some(Compression::None),
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+    use oci_spec::image::MediaType;
+    match MediaType::from(mt) {
+        MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Some(Compression::None),
+        MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Some(Compression::Gzip),
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Some(Compression::Zstd),
+        // Docker's schema 2 layer types, which oci-spec does not name.
+        MediaType::Other(o)
+            if o == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                || o == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" =>
+        {
+            Some(Compression::Gzip)
+        }
         _ => None,
     }
 }

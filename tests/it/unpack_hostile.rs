@@ -442,3 +442,46 @@ fn dropped_connection_mid_blob() {
         ],
     );
 }
+
+/// Ctrl-C while a layer is still downloading and the layer below it has already been
+/// applied: krunner stops promptly and leaves no partial blob, no partial tree and no rootfs.
+#[test]
+fn interrupted_pull_leaves_nothing() {
+    use crate::util::list_names;
+    let fake = FakeRegistry::start();
+    let image = Image::of_layers(vec![
+        vec![Entry::file("first", vec![b'a'; 64 << 10])],
+        vec![Entry::file("second", vec![b'b'; 512 << 10])],
+    ]);
+    fake.add("interrupted", "v1", &image);
+    let stalled = image.manifest().layers[1].clone();
+    fake.set_blob_mode(&stalled, BlobMode::Stall);
+    let td = TestDir::new("interrupted");
+    let running = td
+        .krunner()
+        .args(["pull", "--parallel-downloads", "1", &fake.reference("interrupted:v1")])
+        .spawn();
+    // Wait until the stalled download has started (its half is on disk in ingest/).
+    let ingest = td.cache().join("ingest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while list_names(&ingest).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the download never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let t = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = running.wait();
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "slow to stop: {:?}", t.elapsed());
+    out.failure(1).error_has("interrupted");
+    assert!(list_names(&ingest).is_empty(), "partial download left: {:?}\n{out}", list_names(&ingest));
+    assert!(list_names(&td.cache().join("tmp")).is_empty(), "partial tree left\n{out}");
+    assert!(list_names(&td.cache().join("rootfs")).is_empty(), "a rootfs appeared\n{out}");
+    assert!(
+        !td.cache().join("blobs/sha256").join(&stalled["sha256:".len()..]).exists(),
+        "the partial blob entered the store\n{out}"
+    );
+}

@@ -25,6 +25,9 @@ pub enum BlobMode {
     Short,
     /// Content-Length of the whole blob, then half of it, then the connection drops.
     Drop,
+    /// Content-Length of the whole blob, half of it, then nothing for 60 s (an interrupted
+    /// pull can be tested while it hangs).
+    Stall,
 }
 
 #[derive(Default)]
@@ -354,6 +357,19 @@ fn serve(
                     &bytes,
                     !head_only,
                 )?;
+                conn.shutdown(std::net::Shutdown::Both)
+            }
+            BlobMode::Stall => {
+                let full = bytes.len();
+                bytes.truncate(full / 2);
+                respond(
+                    &conn,
+                    "200 OK",
+                    &[ctype, ("Content-Length", full.to_string())],
+                    &bytes,
+                    !head_only,
+                )?;
+                std::thread::sleep(std::time::Duration::from_secs(60));
                 conn.shutdown(std::net::Shutdown::Both)
             }
         };
