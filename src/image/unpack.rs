@@ -253,8 +253,12 @@ pub fn compression_for_media_type(mt: &str) -> Option<Compression> {
     use oci_spec::image::MediaType;
     match MediaType::from(mt) {
         MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Some(Compression::None),
-        MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Some(Compression::Gzip),
-        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Some(Compression::Zstd),
+        MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
+            Some(Compression::Gzip)
+        }
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => {
+            Some(Compression::Zstd)
+        }
         // Docker's schema 2 layer types, which oci-spec does not name.
         MediaType::Other(o)
             if o == "application/vnd.docker.image.rootfs.diff.tar.gzip"

@@ -459,13 +459,21 @@ fn interrupted_pull_leaves_nothing() {
     let td = TestDir::new("interrupted");
     let running = td
         .krunner()
-        .args(["pull", "--parallel-downloads", "1", &fake.reference("interrupted:v1")])
+        .args([
+            "pull",
+            "--parallel-downloads",
+            "1",
+            &fake.reference("interrupted:v1"),
+        ])
         .spawn();
     // Wait until the stalled download has started (its half is on disk in ingest/).
     let ingest = td.cache().join("ingest");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while list_names(&ingest).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the download never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let t = std::time::Instant::now();
@@ -475,13 +483,30 @@ fn interrupted_pull_leaves_nothing() {
     )
     .unwrap();
     let out = running.wait();
-    assert!(t.elapsed() < std::time::Duration::from_secs(10), "slow to stop: {:?}", t.elapsed());
-    out.failure(1).error_has("interrupted");
-    assert!(list_names(&ingest).is_empty(), "partial download left: {:?}\n{out}", list_names(&ingest));
-    assert!(list_names(&td.cache().join("tmp")).is_empty(), "partial tree left\n{out}");
-    assert!(list_names(&td.cache().join("rootfs")).is_empty(), "a rootfs appeared\n{out}");
     assert!(
-        !td.cache().join("blobs/sha256").join(&stalled["sha256:".len()..]).exists(),
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "slow to stop: {:?}",
+        t.elapsed()
+    );
+    out.failure(1).error_has("interrupted");
+    assert!(
+        list_names(&ingest).is_empty(),
+        "partial download left: {:?}\n{out}",
+        list_names(&ingest)
+    );
+    assert!(
+        list_names(&td.cache().join("tmp")).is_empty(),
+        "partial tree left\n{out}"
+    );
+    assert!(
+        list_names(&td.cache().join("rootfs")).is_empty(),
+        "a rootfs appeared\n{out}"
+    );
+    assert!(
+        !td.cache()
+            .join("blobs/sha256")
+            .join(&stalled["sha256:".len()..])
+            .exists(),
         "the partial blob entered the store\n{out}"
     );
 }
