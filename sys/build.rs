@@ -19,7 +19,10 @@ fn main() {
 
     let mut builder = bindgen::Builder::default().allowlist_function("krun_.*");
     if system && !bundled {
-        let lib = match pkg_config::Config::new().atleast_version("1.9").probe("libkrun") {
+        let lib = match pkg_config::Config::new()
+            .atleast_version("1.9")
+            .probe("libkrun")
+        {
             Ok(lib) => lib,
             Err(e) => panic!(
                 "feature `system`: pkg-config cannot find libkrun ({e}); install libkrun-devel \

@@ -3,7 +3,12 @@
 //!
 //! Nothing here has logic: see `include/krunner-libkrun.h` for the declarations and krunner's
 //! VM child (`src/launcher/krun_child.rs`) for the only caller.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, missing_docs)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    missing_docs
+)]
 
 // With the `bundled` feature the crates.io libkrun provides every `krun_*` symbol as
 // `#[no_mangle] extern "C"`; naming the crate makes sure it is linked.
@@ -16,4 +21,8 @@ include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 pub const SYSTEM_LIBKRUN: bool = cfg!(krunner_system_libkrun);
 
 /// The libkrun version bundled into this build, when it is the crates.io one.
-pub const BUNDLED_LIBKRUN_VERSION: Option<&str> = if cfg!(feature = "bundled") { Some("1.19.7") } else { None };
+pub const BUNDLED_LIBKRUN_VERSION: Option<&str> = if cfg!(feature = "bundled") {
+    Some("1.19.7")
+} else {
+    None
+};
