@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::image::Cancel;
 use crate::launcher::krun_child::{probe_kvm, KvmProbe};
-use crate::launcher::run::{find_libkrunfw, Launcher, Output, RunRequest, VmExit};
+use crate::launcher::run::{find_libkrunfw, Launcher, Output, RunRequest, VmExit, Workload};
 use crate::launcher::Backend;
 
 /// How a check came out.
@@ -201,7 +201,7 @@ pub async fn test_boot(
         cpus: 1,
         memory_mib: 256,
         shares: Vec::new(),
-        command: vec!["true".into()],
+        workload: Workload::Command(vec!["true".into()]),
         env: Vec::new(),
         workdir: "/".into(),
         hostname: "krunner-doctor".into(),

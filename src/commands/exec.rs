@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::cli::{ExecArgs, GlobalArgs, GuestArgs};
 use crate::image::{Cancel, ImageStore};
-use crate::launcher::run::{Launcher, Output, RunRequest};
+use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
 use crate::launcher::spec::Share;
 use crate::launcher::Backend;
 
@@ -58,7 +58,7 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
             cpus: args.guest.cpus,
             memory_mib: args.guest.memory,
             shares: user_shares(&args.guest),
-            command: args.command.clone(),
+            workload: Workload::Command(args.command.clone()),
             env: Vec::new(),
             workdir: "/".into(),
             hostname: "krunner-exec".into(),

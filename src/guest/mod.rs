@@ -1,7 +1,145 @@
-//! What the host puts into each run's clone before boot: the guest agent, its configuration,
-//! and the network files. None of it is secret (secrets travel in the per-run secrets share).
+//! What the host puts into each run's clone before boot — the guest agent, its configuration,
+//! the network files — and what it reads back after the guest ended. None of what is written
+//! into the clone is secret: the registration travels in the per-run secrets share, which the
+//! agent empties and unmounts before the runner starts.
 
 use crate::launcher::spec::Share;
+use crate::secret::Secret;
+
+/// Where the per-run secrets share appears in the guest.
+pub const SECRETS_GUEST: &str = "/.krunner/secrets";
+/// Where the per-run results share appears in the guest.
+pub const RESULTS_GUEST: &str = "/.krunner/results";
+
+/// How the guest's runner registers: the host obtained it, the guest only uses it.
+#[derive(Debug, Clone)]
+pub enum Registration {
+    /// A single-use JIT configuration (`encoded_jit_config`).
+    Jit(Secret),
+    /// A registration token for `config.sh` (servers without JIT).
+    Token {
+        /// The token.
+        token: Secret,
+        /// `https://github.com/OWNER[/REPO]`, `…/enterprises/ENT`, or a GHES URL.
+        url: String,
+        /// Runner name.
+        name: String,
+        /// Labels (GitHub adds self-hosted, OS and arch).
+        labels: Vec<String>,
+        /// Runner group (org or enterprise scope only).
+        group: Option<String>,
+    },
+}
+
+impl Registration {
+    /// The file name in the secrets share.
+    pub fn file_name(&self) -> &'static str {
+        match self {
+            Registration::Jit(_) => "jitconfig",
+            Registration::Token { .. } => "token",
+        }
+    }
+
+    /// The secret itself.
+    pub fn secret(&self) -> &Secret {
+        match self {
+            Registration::Jit(s) | Registration::Token { token: s, .. } => s,
+        }
+    }
+}
+
+/// One run of the actions runner in the guest.
+#[derive(Debug, Clone)]
+pub struct RunnerJob {
+    /// How it registers.
+    pub registration: Registration,
+    /// Its work folder (relative to /opt/actions-runner).
+    pub work: String,
+    /// The user it runs as.
+    pub user: String,
+}
+
+/// What the agent reported after the guest ended (`RESULTS/result`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestResult {
+    /// The runner's exit status.
+    pub exit_code: i32,
+    /// Unix seconds: agent start.
+    pub started: u64,
+    /// Unix seconds: runner start (None if it never started).
+    pub runner_started: Option<u64>,
+    /// Unix seconds: runner end.
+    pub ended: u64,
+}
+
+/// Parses the agent's result file; None if it is missing a field (the agent died early).
+pub fn parse_result(text: &str) -> Option<GuestResult> {
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .map(str::trim)
+    };
+    Some(GuestResult {
+        exit_code: get("exit_code")?.parse().ok()?,
+        started: get("started")?.parse().ok()?,
+        runner_started: get("runner_started").and_then(|v| v.parse().ok()),
+        ended: get("ended")?.parse().ok()?,
+    })
+}
+
+/// A value for the agent configuration: one line, and no blanks unless `spaces` (the last
+/// field of its line).
+fn conf_value(key: &str, v: &str, spaces: bool) -> Result<(), String> {
+    if v.is_empty()
+        || v.contains(['\n', '\r', '\0'])
+        || (!spaces && v.contains(char::is_whitespace))
+    {
+        return Err(format!(
+            "{key} {v:?} cannot go into the agent configuration"
+        ));
+    }
+    Ok(())
+}
+
+/// The agent configuration for a runner job: its shares to mount (krun), where the secrets and
+/// results shares are, and the non-secret runner settings.
+pub fn agent_conf_for(
+    shares_to_mount: &[Share],
+    job: Option<&RunnerJob>,
+) -> Result<String, String> {
+    let mut s = agent_conf(shares_to_mount);
+    let Some(job) = job else { return Ok(s) };
+    s.push_str(&format!(
+        "secrets {SECRETS_GUEST}\nresults {RESULTS_GUEST}\n"
+    ));
+    conf_value("user", &job.user, false)?;
+    conf_value("work", &job.work, false)?;
+    s.push_str(&format!("user {}\nwork {}\n", job.user, job.work));
+    match &job.registration {
+        Registration::Jit(_) => s.push_str("runner jit\n"),
+        Registration::Token {
+            url,
+            name,
+            labels,
+            group,
+            ..
+        } => {
+            conf_value("url", url, false)?;
+            conf_value("name", name, false)?;
+            s.push_str(&format!("runner token\nurl {url}\nname {name}\n"));
+            if !labels.is_empty() {
+                let l = labels.join(",");
+                conf_value("labels", &l, false)?;
+                s.push_str(&format!("labels {l}\n"));
+            }
+            if let Some(g) = group {
+                conf_value("group", g, true)?;
+                s.push_str(&format!("group {g}\n"));
+            }
+        }
+    }
+    Ok(s)
+}
 
 /// Where the agent lives in the guest.
 pub const AGENT_PATH: &str = "/.krunner/agent";
@@ -44,6 +182,59 @@ pub fn hosts(hostname: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runner_conf_carries_no_secret_and_refuses_odd_values() {
+        let job = RunnerJob {
+            registration: Registration::Token {
+                token: Secret::new("AAAtoken"),
+                url: "https://github.com/o/r".into(),
+                name: "host-0-1".into(),
+                labels: vec!["krun".into(), "ubuntu".into()],
+                group: Some("My Group".into()),
+            },
+            work: "_work".into(),
+            user: "runner".into(),
+        };
+        let c = agent_conf_for(&[], Some(&job)).unwrap();
+        assert!(!c.contains("AAAtoken"));
+        for line in [
+            "runner token",
+            "url https://github.com/o/r",
+            "labels krun,ubuntu",
+            "group My Group",
+            "secrets /.krunner/secrets",
+        ] {
+            assert!(c.contains(&format!("{line}\n")), "{line}: {c}");
+        }
+        let mut bad = job.clone();
+        if let Registration::Token { name, .. } = &mut bad.registration {
+            *name = "a b".into();
+        }
+        assert!(agent_conf_for(&[], Some(&bad)).is_err());
+        let jit = RunnerJob {
+            registration: Registration::Jit(Secret::new("J")),
+            ..job
+        };
+        assert!(agent_conf_for(&[], Some(&jit))
+            .unwrap()
+            .contains("runner jit\n"));
+    }
+
+    #[test]
+    fn results_parse() {
+        let r = parse_result("exit_code=3\nstarted=10\nrunner_started=\nended=12\n").unwrap();
+        assert_eq!(
+            r,
+            GuestResult {
+                exit_code: 3,
+                started: 10,
+                runner_started: None,
+                ended: 12
+            }
+        );
+        assert!(parse_result("exit_code=3\n").is_none());
+    }
 
     #[test]
     fn agent_conf_lists_mounts() {

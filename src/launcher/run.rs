@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 
 use super::spec::{self, Event, GuestExec, LaunchSpec, RootSpec, Share, Stamped};
 use super::{Backend, KRUN_CHILD, NS_CHILD};
-use crate::guest;
+use crate::guest::{self, GuestResult, RunnerJob};
 use crate::image::cache::Digest;
 use crate::image::cache::{self, Cache, LockGuard, LockMode, LockName};
 use crate::image::Cancel;
@@ -157,8 +157,8 @@ pub struct RunRequest {
     pub memory_mib: u32,
     /// Host directories to share.
     pub shares: Vec<Share>,
-    /// The command the agent runs in the guest.
-    pub command: Vec<String>,
+    /// What the guest runs: a command, or the actions runner once.
+    pub workload: Workload,
     /// Extra environment for the guest command (added to PATH, HOME, HOSTNAME).
     pub env: Vec<(String, String)>,
     /// Guest working directory.
@@ -179,6 +179,15 @@ pub struct RunRequest {
     pub libkrunfw_dir: Option<PathBuf>,
     /// RLIMIT_NOFILE in the guest.
     pub nofile: u64,
+}
+
+/// What the guest agent runs.
+#[derive(Debug, Clone)]
+pub enum Workload {
+    /// A command (`krunner exec`).
+    Command(Vec<String>),
+    /// The actions runner, once, with a registration passed through the secrets share.
+    Runner(RunnerJob),
 }
 
 /// Host-side timings of a run, for the benchmark and debug logs.
@@ -211,6 +220,8 @@ pub struct RunOutcome {
     pub captured: Option<(Vec<u8>, Vec<u8>)>,
     /// Timings.
     pub timings: Timings,
+    /// What the guest agent reported (runner runs).
+    pub guest_result: Option<GuestResult>,
 }
 
 impl RunOutcome {
@@ -233,6 +244,7 @@ impl RunOutcome {
 pub struct Launcher {
     cache: Cache,
     clone_method: CloneMethod,
+    child_exe: PathBuf,
 }
 
 impl Launcher {
@@ -254,9 +266,17 @@ impl Launcher {
         let l = Launcher {
             cache,
             clone_method,
+            child_exe: self_exe(),
         };
         l.sweep()?;
         Ok(l)
+    }
+
+    /// Re-executes `exe` (a krunner binary) for VM children instead of this process's own
+    /// executable: for embedding the launcher in another program, such as a test harness.
+    pub fn with_child_exe(mut self, exe: PathBuf) -> Launcher {
+        self.child_exe = exe;
+        self
     }
 
     /// The clone method in use.
@@ -342,6 +362,35 @@ impl Launcher {
             id: run_id.clone(),
         };
 
+        // The per-run secrets (0700 dir, 0600 file) and results shares of a runner job.
+        let mut shares = req.shares.clone();
+        let results_dir = run_dir.join("results");
+        if let Workload::Runner(job) = &req.workload {
+            let secrets = run_dir.join("secrets");
+            write_secret(
+                &secrets,
+                job.registration.file_name(),
+                job.registration.secret().expose(),
+            )
+            .map_err(io(format!(
+                "write the registration into {}",
+                secrets.display()
+            )))?;
+            private_dir(&results_dir).map_err(io(format!("create {}", results_dir.display())))?;
+            shares.push(Share {
+                tag: "krunner-secrets".into(),
+                host: secrets,
+                guest: guest::SECRETS_GUEST.into(),
+                read_only: false,
+            });
+            shares.push(Share {
+                tag: "krunner-results".into(),
+                host: results_dir.clone(),
+                guest: guest::RESULTS_GUEST.into(),
+                read_only: false,
+            });
+        }
+
         let t = Instant::now();
         let root =
             rootfs::make_clone(self.clone_method, &req.rootfs, &run_dir).map_err(|source| {
@@ -353,7 +402,7 @@ impl Launcher {
         let clone_time = t.elapsed();
 
         let t = Instant::now();
-        let spec = self.prepare(req, &run_id, &run_dir, root)?;
+        let spec = self.prepare(req, &shares, &run_id, &run_dir, root)?;
         let spec_path = run_dir.join("spec.json");
         spec.write(&spec_path).map_err(|source| LaunchError::Spec {
             run: run_id.clone(),
@@ -362,7 +411,7 @@ impl Launcher {
         let prepare_time = t.elapsed();
 
         let spawned_at = spec::monotonic_ns();
-        let mut cmd = tokio::process::Command::new(self_exe());
+        let mut cmd = tokio::process::Command::new(&self.child_exe);
         cmd.arg(match req.backend {
             Backend::Krun => KRUN_CHILD,
             Backend::Namespace => NS_CHILD,
@@ -461,6 +510,9 @@ impl Launcher {
             Duration::from_nanos(e.saturating_sub(spawned_at)) + clone_time + prepare_time
         });
 
+        let guest_result = std::fs::read_to_string(results_dir.join("result"))
+            .ok()
+            .and_then(|t| guest::parse_result(&t));
         cleanup.finish().map_err(|source| LaunchError::Cache {
             run: run_id.clone(),
             source,
@@ -470,6 +522,7 @@ impl Launcher {
             exit,
             events,
             captured,
+            guest_result,
             timings: Timings {
                 clone: clone_time,
                 prepare: prepare_time,
@@ -497,6 +550,7 @@ impl Launcher {
     fn prepare(
         &self,
         req: &RunRequest,
+        shares: &[Share],
         run_id: &str,
         run_dir: &Path,
         root: RootSpec,
@@ -508,9 +562,17 @@ impl Launcher {
         // Under krun the guest mounts its virtio-fs shares itself; under namespaces the
         // child has bind-mounted them already.
         let to_mount: &[Share] = match req.backend {
-            Backend::Krun => &req.shares,
+            Backend::Krun => shares,
             Backend::Namespace => &[],
         };
+        let job = match &req.workload {
+            Workload::Runner(job) => Some(job),
+            Workload::Command(_) => None,
+        };
+        let conf = guest::agent_conf_for(to_mount, job).map_err(|reason| LaunchError::Spec {
+            run: run_id.to_string(),
+            source: spec::SpecError::CommandLine(reason),
+        })?;
         rootfs::write_guest_file(
             &root,
             guest::AGENT_PATH,
@@ -518,13 +580,8 @@ impl Launcher {
             0o755,
         )
         .map_err(clone_err)?;
-        rootfs::write_guest_file(
-            &root,
-            guest::AGENT_CONF,
-            guest::agent_conf(to_mount).as_bytes(),
-            0o644,
-        )
-        .map_err(clone_err)?;
+        rootfs::write_guest_file(&root, guest::AGENT_CONF, conf.as_bytes(), 0o644)
+            .map_err(clone_err)?;
         rootfs::write_guest_file(
             &root,
             "/etc/resolv.conf",
@@ -562,14 +619,16 @@ impl Launcher {
         ];
         env.extend(req.env.iter().cloned());
         let mut args = vec![guest::AGENT_PATH.to_string(), "--".to_string()];
-        args.extend(req.command.iter().cloned());
+        if let Workload::Command(c) = &req.workload {
+            args.extend(c.iter().cloned());
+        }
         let spec = LaunchSpec {
             run_id: run_id.to_string(),
             parent_pid: std::process::id() as i32,
             root,
             cpus: req.cpus,
             memory_mib: req.memory_mib,
-            shares: req.shares.clone(),
+            shares: shares.to_vec(),
             exec: GuestExec {
                 path: "/bin/sh".into(),
                 args,
@@ -603,6 +662,25 @@ impl Launcher {
         }
         Ok(spec)
     }
+}
+
+/// Creates `dir` readable by its owner only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+/// Writes a secret as a new 0600 file `name` in a new 0700 directory `dir`.
+fn write_secret(dir: &Path, name: &str, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    private_dir(dir)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(name))?;
+    f.write_all(value.as_bytes())
 }
 
 /// SIGTERM, then SIGKILL after `grace`; returns the final status.

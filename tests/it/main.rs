@@ -28,3 +28,7 @@ mod umoci_compare;
 /// `krunner exec` and `krunner doctor`: the namespace backend end to end, libkrun up to the
 /// vCPU, crash recovery.
 mod launcher;
+
+/// The guest agent in runner mode under the namespace backend: the registration's path from
+/// the secrets share to the runner, uid 1001, signals, results.
+mod agent;
