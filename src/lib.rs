@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod commands;
 pub mod doctor;
+pub mod github;
 pub mod guest;
 pub mod image;
 pub mod launcher;

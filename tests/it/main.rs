@@ -29,6 +29,11 @@ mod umoci_compare;
 /// vCPU, crash recovery.
 mod launcher;
 
+/// The GitHub client against the in-process GitHub API simulator: every scope, the GHES base,
+/// PAT and GitHub App auth, JIT configs, registration tokens, reconcile, "already exists", and
+/// every injected fault (5xx, 429, secondary and primary limits, timeouts, resets).
+mod github;
+
 /// The guest agent in runner mode under the namespace backend: the registration's path from
 /// the secrets share to the runner, uid 1001, signals, results.
 mod agent;

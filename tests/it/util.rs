@@ -3,10 +3,12 @@
 //! checks for root and Debian tools, and a tiny HTTP client for poking registries.
 //!
 //! The fixtures live in submodules: [`registry`] (Debian's `docker-registry` on loopback),
-//! [`fake_registry`] (an in-process registry that misbehaves on request) and [`oci`] (building
-//! images and hostile layers by hand).
+//! [`fake_registry`] (an in-process registry that misbehaves on request), [`oci`] (building
+//! images and hostile layers by hand) and [`github_sim`] (a GitHub API simulator with real state
+//! and fault injection).
 
 pub mod fake_registry;
+pub mod github_sim;
 pub mod oci;
 pub mod registry;
 
