@@ -1,11 +1,18 @@
 //! krunner: ephemeral, isolated self-hosted GitHub Actions runners, one libkrun microVM per job.
 //!
 //! The binary is a thin dispatcher over these modules; data flows one way:
-//! CLI ([`cli`]) → commands ([`commands`]) → image pipeline ([`image`]) and, in later
-//! parts, the orchestrator, the GitHub client and the VM launcher → the guest.
+//! CLI ([`cli`]) → commands ([`commands`]) → (GitHub client, image pipeline, launcher) → guest.
 //!
 //! - [`image`]: pulls multi-arch OCI images into a content-addressed cache and unpacks them
 //!   safely into one read-only rootfs per platform manifest.
+//! - [`rootfs`]: the per-run copy-on-write clone of a cached rootfs.
+//! - [`launcher`]: one guest per run in a supervised, re-executed child: the libkrun microVM
+//!   or the namespace backend; nothing left behind.
+//! - [`guest`]: what the host writes into a clone (the guest agent and its configuration) and
+//!   reads back (the runner's result).
+//! - [`github`]: the GitHub REST client: PAT and App auth, JIT registrations, reconcile, rate
+//!   limits and retries.
+//! - [`doctor`]: host checks for `krunner doctor`.
 //! - [`secret`]: a redacting string type for credentials.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
