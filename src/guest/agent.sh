@@ -49,7 +49,10 @@ fail() { # CODE MESSAGE
 	exit "$1"
 }
 
-if [ -r "$conf" ]; then
+# load_conf: reads the configuration. A function, so that its `set --` leaves the script's own
+# arguments (the command of exec mode) alone.
+load_conf() {
+	[ -r "$conf" ] || return 0
 	while IFS= read -r line || [ -n "$line" ]; do
 		# Split on blanks without globbing.
 		set -f
@@ -82,7 +85,8 @@ if [ -r "$conf" ]; then
 		*) fail 125 "unknown setting in $conf: $key" ;;
 		esac
 	done <"$conf"
-fi
+}
+load_conf
 
 if [ -z "$mode" ]; then
 	# Command mode (krunner exec): run what follows "--".
