@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::image::reference::{Platform, DEFAULT_IMAGE_REPO};
 use crate::launcher::Backend;
+use crate::secret::Secret;
 
 /// Ephemeral, isolated self-hosted GitHub Actions runners, one libkrun microVM per job.
 ///
@@ -81,6 +82,20 @@ pub enum Command {
     /// Without options, removes blobs and trees no reference names, plus leftovers of
     /// interrupted pulls. An image whose rootfs a run is using is never removed.
     Prune(PruneArgs),
+    /// Keep N ephemeral GitHub Actions runners available, each in a fresh guest, until
+    /// stopped.
+    ///
+    /// The image is pulled once at start. Each of the N loops registers a just-in-time runner,
+    /// boots a guest from a copy-on-write clone of the image, waits for the runner's one job,
+    /// removes the registration if the runner left it, and starts over: `-r` times, or forever.
+    /// Failures back off per loop; a loop that fails `--max-failures` times in a row stops,
+    /// and krunner exits 1 when every loop has stopped on errors. The first SIGINT/SIGTERM
+    /// stops idle runners at once and lets busy ones finish (up to `--drain-timeout`); a second
+    /// one stops everything. krunner removes every registration it created and exits 0.
+    ///
+    /// Credentials (`-T`, `--token-file`, `KRUNNER_TOKEN`, or a GitHub App) never enter a
+    /// guest: the host registers runners and passes only the single-use configuration.
+    Run(Box<RunArgs>),
 }
 
 /// Where images come from: shared by every command that pulls.
@@ -245,6 +260,174 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+/// Where runners are registered (`-s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeKind {
+    /// One repository; the principal is `OWNER/REPO`.
+    Repo,
+    /// An organization; the principal is its login.
+    Org,
+    /// An enterprise; the principal is its slug.
+    Enterprise,
+}
+
+impl ScopeKind {
+    /// The name [`crate::github::Scope::parse`] takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::Repo => "repo",
+            ScopeKind::Org => "org",
+            ScopeKind::Enterprise => "enterprise",
+        }
+    }
+}
+
+/// How runners register (`--registration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistrationKind {
+    /// A just-in-time configuration per runner.
+    Jit,
+    /// A registration token and `config.sh` (GitHub Enterprise Server without JIT).
+    Token,
+}
+
+/// When to pull the image at start (`--pull`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Ask the registry for the current manifest (one request when nothing changed).
+    Always,
+    /// Use the cached image if there is one; pull otherwise.
+    Missing,
+    /// Use the cache only.
+    Never,
+}
+
+/// Reads a secret option straight into a [`Secret`].
+fn secret_value(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s))
+}
+
+/// `krunner run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Number of runner loops (each keeps one runner available).
+    #[arg(short = 'n', long, env = "KRUNNER_RUNNERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub runners: u16,
+
+    /// The runner image: `ubuntu`, `fedora`, or any reference.
+    #[arg(short = 'i', long, env = "KRUNNER_IMAGE", default_value = "ubuntu")]
+    pub image: String,
+
+    /// GitHub token (PAT). Visible in the process table: prefer KRUNNER_TOKEN or --token-file.
+    #[arg(short = 'T', long, env = "KRUNNER_TOKEN", hide_env_values = true, value_parser = secret_value, conflicts_with_all = ["token_file", "app_id"])]
+    pub token: Option<Secret>,
+
+    /// Read the GitHub token from this file (first line).
+    #[arg(
+        long,
+        env = "KRUNNER_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "app_id"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// GitHub App id (with --app-key) instead of a token.
+    #[arg(long, env = "KRUNNER_APP_ID", requires = "app_key")]
+    pub app_id: Option<u64>,
+
+    /// The GitHub App's private key (PEM file).
+    #[arg(
+        long,
+        env = "KRUNNER_APP_KEY",
+        value_name = "FILE",
+        requires = "app_id"
+    )]
+    pub app_key: Option<PathBuf>,
+
+    /// The App installation to use [default: the one covering the scope].
+    #[arg(long, env = "KRUNNER_INSTALLATION_ID", requires = "app_id")]
+    pub installation_id: Option<u64>,
+
+    /// Where runners are registered.
+    #[arg(short = 's', long, env = "KRUNNER_SCOPE", value_enum, default_value_t = ScopeKind::Repo)]
+    pub scope: ScopeKind,
+
+    /// The scope's principal: `OWNER/REPO`, an organization, or an enterprise slug.
+    #[arg(short = 'p', long, env = "KRUNNER_PRINCIPAL")]
+    pub principal: String,
+
+    /// GitHub Enterprise Server host (API at `https://HOST/api/v3`).
+    #[arg(
+        short = 'g',
+        long,
+        env = "KRUNNER_GITHUB_HOST",
+        value_name = "HOST[:PORT]"
+    )]
+    pub github_host: Option<String>,
+
+    /// REST API base URL, replacing the default and -g (plain http only on loopback).
+    #[arg(long, env = "KRUNNER_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+
+    /// Runner group (org and enterprise scope; repositories only have "Default").
+    #[arg(short = 'G', long, env = "KRUNNER_GROUP", default_value = "Default")]
+    pub group: String,
+
+    /// Runner labels, comma-separated [default: krun, plus ubuntu or fedora for those
+    /// images]. GitHub adds self-hosted, the OS and the architecture itself.
+    #[arg(short = 'L', long, env = "KRUNNER_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+
+    /// Runs per loop; 0 runs forever.
+    #[arg(short = 'r', long, env = "KRUNNER_REPEAT", default_value_t = 0)]
+    pub repeat: u64,
+
+    /// How runners register.
+    #[arg(long, env = "KRUNNER_REGISTRATION", value_enum, default_value_t = RegistrationKind::Jit)]
+    pub registration: RegistrationKind,
+
+    /// Runner name prefix; names are PREFIX-LOOP-SEQ [default: this host's name].
+    #[arg(long, env = "KRUNNER_NAME_PREFIX")]
+    pub name_prefix: Option<String>,
+
+    /// Failures in a row after which a loop stops.
+    #[arg(long, env = "KRUNNER_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_failures: u32,
+
+    /// Seconds busy runners may take to finish after the first stop signal.
+    #[arg(
+        long,
+        env = "KRUNNER_DRAIN_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 600
+    )]
+    pub drain_timeout: u64,
+
+    /// Guests that may boot at once.
+    #[arg(long, env = "KRUNNER_MAX_CONCURRENT_BOOTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_boots: u16,
+
+    /// Directory for one log file per run (the last 50 are kept) [default: CACHE_DIR/logs].
+    #[arg(long, env = "KRUNNER_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+
+    /// When to pull the image at start.
+    #[arg(long, env = "KRUNNER_PULL", value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+
+    /// A host directory shared read-write with every guest at /cache (tool caches).
+    #[arg(long = "cache", env = "KRUNNER_CACHE", value_name = "HOST_DIR")]
+    pub shared_cache: Option<PathBuf>,
+
+    /// Guest options.
+    #[command(flatten)]
+    pub guest: GuestArgs,
+
+    /// Registry options.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
 /// `krunner doctor`.
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -368,6 +551,70 @@ mod tests {
             Cli::try_parse_from(["krunner", "exec", "img"]).is_err(),
             "a command is required"
         );
+    }
+
+    #[test]
+    fn run_flags_parse_and_secrets_are_redacted() {
+        let cli = Cli::try_parse_from([
+            "krunner",
+            "run",
+            "-n",
+            "3",
+            "-r",
+            "2",
+            "-T",
+            "tok-123",
+            "-p",
+            "o/r",
+            "-s",
+            "org",
+            "-L",
+            "a,b",
+            "--registration",
+            "token",
+            "--pull",
+            "never",
+            "--cache",
+            "/c",
+            "--backend",
+            "namespace",
+            "-i",
+            "fedora",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            (r.runners, r.repeat, r.max_failures, r.drain_timeout),
+            (3, 2, 5, 600)
+        );
+        assert_eq!(r.token.as_ref().map(Secret::expose), Some("tok-123"));
+        assert!(
+            !format!("{r:?}").contains("tok-123"),
+            "the token is redacted"
+        );
+        assert_eq!(r.scope, ScopeKind::Org);
+        assert_eq!(r.labels, ["a", "b"]);
+        assert_eq!(r.registration, RegistrationKind::Token);
+        assert_eq!(r.pull, PullPolicy::Never);
+        assert_eq!(r.shared_cache, Some(PathBuf::from("/c")));
+        assert_eq!(r.group, "Default");
+        assert!(
+            Cli::try_parse_from([
+                "krunner",
+                "run",
+                "-p",
+                "o/r",
+                "-T",
+                "x",
+                "--token-file",
+                "/f"
+            ])
+            .is_err(),
+            "one credential source"
+        );
+        assert!(Cli::try_parse_from(["krunner", "run", "-p", "o/r", "-n", "0"]).is_err());
     }
 
     #[test]

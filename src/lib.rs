@@ -13,6 +13,8 @@
 //! - [`github`]: the GitHub REST client: PAT and App auth, JIT registrations, reconcile, rate
 //!   limits and retries.
 //! - [`doctor`]: host checks for `krunner doctor`.
+//! - [`orchestrator`]: the pool behind `krunner run`: slots of ephemeral runners with
+//!   backoff, a boot cap and a two-stage shutdown.
 //! - [`secret`]: a redacting string type for credentials.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -24,5 +26,6 @@ pub mod github;
 pub mod guest;
 pub mod image;
 pub mod launcher;
+pub mod orchestrator;
 pub mod rootfs;
 pub mod secret;

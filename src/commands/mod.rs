@@ -6,6 +6,7 @@ mod exec;
 mod images;
 mod prune;
 mod pull;
+mod run;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -48,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => exec::run(&cli.global, args),
         Command::Doctor(args) => doctor::run(&cli.global, args),
         Command::Prune(args) => prune::run(&cli.global, args),
+        Command::Run(args) => run::run(&cli.global, *args),
     }
 }
 

@@ -37,3 +37,7 @@ mod github;
 /// The guest agent in runner mode under the namespace backend: the registration's path from
 /// the secrets share to the runner, uid 1001, signals, results.
 mod agent;
+
+/// `krunner run` with the GitHub simulator and a stand-in runner image: `-n 3 -r 2` gives six
+/// JIT runners with unique names and no registration left; SIGINT while idle stops at once.
+mod run_e2e;

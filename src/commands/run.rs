@@ -1,0 +1,333 @@
+//! `krunner run`: keep N ephemeral runners available until stopped.
+//!
+//! Order: credentials (into [`Secret`] as they are read) → scope, API base and client →
+//! labels and name prefix → the image, pulled once per `--pull` → the launcher (which sweeps
+//! run directories of dead krunner processes) → in the runtime: signal handling, reconcile of
+//! this instance's offline leftovers, the runner group, then the [`Pool`] until it ends.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use url::Url;
+
+use crate::cli::{GlobalArgs, PullPolicy, RegistrationKind, RunArgs};
+use crate::github::{
+    api_base, default_name_prefix, instance_label, Auth, ClientConfig, GitHub, RetryPolicy, Scope,
+};
+use crate::image::{Cancel, ImageStore};
+use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
+use crate::launcher::spec::Share;
+use crate::orchestrator::slot::chain;
+use crate::orchestrator::{BackoffPolicy, Pool, PoolConfig, RegistrationMode, Shutdown, SlotStop};
+use crate::secret::Secret;
+
+/// Run logs kept in `--log-dir`.
+const KEEP_LOGS: usize = 50;
+
+/// Runs the command.
+pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let auth = auth(&args)?;
+    let scope = Scope::parse(args.scope.as_str(), &args.principal)?;
+    let base = api_base(args.github_host.as_deref(), args.api_url.as_deref())?;
+    let github = GitHub::new(ClientConfig {
+        api_base: base.clone(),
+        scope: scope.clone(),
+        auth,
+        retry: RetryPolicy::default(),
+    })
+    .context("cannot set up the GitHub client")?;
+    let prefix = args.name_prefix.clone().unwrap_or_else(default_name_prefix);
+    let instance = instance_label(&prefix);
+    let labels = labels(&args.labels, &args.image, &instance);
+
+    let cache_dir = super::cache_dir(global)?;
+    let cache = super::open_cache(global)?;
+    let store = ImageStore::new(cache.clone());
+    super::exec::warn_backend(args.guest.backend);
+    let log_dir = args
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| cache_dir.join("logs"));
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
+    let mut shares = super::exec::user_shares(&args.guest);
+    if let Some(dir) = &args.shared_cache {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the shared cache {}", dir.display()))?;
+        shares.push(Share {
+            tag: "krunner-cache".into(),
+            host: dir.clone(),
+            guest: "/cache".into(),
+            read_only: false,
+        });
+    }
+    let launcher = Launcher::new(cache).context("cannot prepare the launcher")?;
+
+    super::runtime()?.block_on(async move {
+        let shutdown = Shutdown::default();
+        watch_signals(shutdown.clone())?;
+        let pull_cancel = Cancel::default();
+        let image = tokio::select! {
+            i = pull_image(global, &args, &store, &pull_cancel) => i?,
+            _ = shutdown.drain.cancelled() => {
+                pull_cancel.cancel();
+                tracing::info!("stopped before the image was ready");
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        let report = github
+            .reconcile(&prefix, &instance)
+            .await
+            .context("cannot remove this instance's stale runners")?;
+        if !report.deleted.is_empty() || !report.kept.is_empty() {
+            tracing::info!(
+                deleted = report.deleted.len(),
+                kept = report.kept.len(),
+                "reconciled runners left by an earlier krunner with prefix {prefix}"
+            );
+        }
+        let (registration, runner_group) = match args.registration {
+            RegistrationKind::Jit => (
+                RegistrationMode::Jit,
+                github
+                    .runner_group_id(&args.group)
+                    .await
+                    .with_context(|| format!("cannot resolve runner group {:?}", args.group))?,
+            ),
+            RegistrationKind::Token => (
+                RegistrationMode::Token {
+                    web_url: web_url(&base, &scope)?,
+                    group: (!matches!(scope, Scope::Repo { .. })).then(|| args.group.clone()),
+                },
+                crate::github::RunnerGroupId(1),
+            ),
+        };
+        let cfg = PoolConfig {
+            slots: usize::from(args.runners),
+            repeat: args.repeat,
+            name_prefix: prefix.clone(),
+            labels,
+            runner_group,
+            registration,
+            backoff: BackoffPolicy {
+                max_failures: args.max_failures,
+                ..BackoffPolicy::default()
+            },
+            drain_timeout: Duration::from_secs(args.drain_timeout),
+            stagger: Duration::from_millis(500),
+            max_concurrent_boots: usize::from(args.max_concurrent_boots),
+            boot_window: Duration::from_secs(15),
+            log_dir,
+            keep_logs: KEEP_LOGS,
+            template: RunRequest {
+                backend: args.guest.backend,
+                rootfs: image.rootfs.clone(),
+                manifest: Some(image.manifest.clone()),
+                cpus: args.guest.cpus,
+                memory_mib: args.guest.memory,
+                shares,
+                workload: Workload::Command(Vec::new()),
+                env: Vec::new(),
+                workdir: "/".into(),
+                hostname: prefix.clone(),
+                dns: args.guest.dns.clone(),
+                max_lifetime: (args.guest.max_lifetime > 0)
+                    .then(|| Duration::from_secs(args.guest.max_lifetime)),
+                stop_grace: Duration::from_secs(10),
+                output: Output::Capture,
+                krun_log_level: args.guest.krun_log_level,
+                libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
+                nofile: 1 << 20,
+            },
+        };
+        tracing::info!(
+            "starting {} runner loop(s) for {} from {}",
+            cfg.slots,
+            args.principal,
+            image.reference
+        );
+        let report = Pool::new(cfg, github, launcher).run(&shutdown).await;
+        for s in &report.slots {
+            if let SlotStop::Failed(e) = &s.stop {
+                tracing::error!(slot = s.index, runs = s.runs, "stopped: {}", chain(e));
+            }
+        }
+        tracing::info!(runs = report.runs(), "all runner loops ended");
+        if report.shutdown_requested {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if report.all_failed() {
+            bail!("every runner loop stopped on errors");
+        }
+        if report
+            .slots
+            .iter()
+            .any(|s| matches!(s.stop, SlotStop::Failed(_)))
+        {
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The credentials, read into [`Secret`]s at once.
+fn auth(args: &RunArgs) -> anyhow::Result<Auth> {
+    if let (Some(app_id), Some(key)) = (args.app_id, &args.app_key) {
+        return Auth::app_from_file(app_id, key, args.installation_id)
+            .context("cannot use the GitHub App key");
+    }
+    if let Some(t) = &args.token {
+        if std::env::var_os("KRUNNER_TOKEN").is_none() {
+            tracing::warn!(
+                "a token given with -T/--token is visible in the process table; prefer KRUNNER_TOKEN or --token-file"
+            );
+        }
+        return Ok(Auth::Pat(t.clone()));
+    }
+    if let Some(path) = &args.token_file {
+        return Ok(Auth::Pat(read_token_file(path)?));
+    }
+    bail!("no GitHub credentials: give --token-file, KRUNNER_TOKEN, -T, or --app-id with --app-key")
+}
+
+/// The first line of `path`, trimmed.
+fn read_token_file(path: &Path) -> anyhow::Result<Secret> {
+    let text = Secret::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?,
+    );
+    let token = Secret::new(text.expose().lines().next().unwrap_or("").trim());
+    if token.expose().is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+/// `-L`, or `krun` plus the distro of the short image names; always the instance label.
+fn labels(given: &[String], image: &str, instance: &str) -> Vec<String> {
+    let mut labels: Vec<String> = if given.is_empty() {
+        let mut l = vec!["krun".to_string()];
+        if matches!(image, "ubuntu" | "fedora") {
+            l.push(image.to_string());
+        }
+        l
+    } else {
+        given
+            .iter()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    if !labels.iter().any(|l| l.eq_ignore_ascii_case(instance)) {
+        labels.push(instance.to_string());
+    }
+    labels
+}
+
+/// The image per `--pull`.
+async fn pull_image(
+    global: &GlobalArgs,
+    args: &RunArgs,
+    store: &ImageStore,
+    cancel: &Cancel,
+) -> anyhow::Result<crate::image::PulledImage> {
+    let opts = |offline| super::pull::pull_options(global, &args.registry, offline);
+    let what = || format!("cannot get the image {}", args.image);
+    match args.pull {
+        PullPolicy::Always => store
+            .pull(&args.image, &opts(false), cancel)
+            .await
+            .with_context(what),
+        PullPolicy::Never => store
+            .pull(&args.image, &opts(true), cancel)
+            .await
+            .with_context(what),
+        PullPolicy::Missing => match store.pull(&args.image, &opts(true), cancel).await {
+            Ok(i) => Ok(i),
+            Err(_) => store
+                .pull(&args.image, &opts(false), cancel)
+                .await
+                .with_context(what),
+        },
+    }
+}
+
+/// SIGINT/SIGTERM: the first drains, the second forces.
+fn watch_signals(shutdown: Shutdown) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            match shutdown.escalate() {
+                "drain" => tracing::warn!(
+                    "shutting down: no new runners; idle ones stop now, busy ones may finish (signal again to force)"
+                ),
+                _ => tracing::warn!("forced shutdown: stopping every runner"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The scope's web address for `config.sh --url`: github.com for api.github.com, the GHES
+/// host for `…/api/v3`, the API base itself otherwise.
+fn web_url(api: &Url, scope: &Scope) -> anyhow::Result<String> {
+    let mut web = api.clone();
+    if web.host_str() == Some("api.github.com") {
+        web.set_host(Some("github.com"))
+            .context("cannot derive the GitHub web address")?;
+    }
+    let path = web
+        .path()
+        .trim_end_matches('/')
+        .trim_end_matches("/api/v3")
+        .to_string();
+    let tail = match scope {
+        Scope::Repo { owner, repo } => format!("{owner}/{repo}"),
+        Scope::Org(o) => o.clone(),
+        Scope::Enterprise(e) => format!("enterprises/{e}"),
+    };
+    web.set_path(&format!("{path}/{tail}"));
+    Ok(web.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_labels_follow_the_image_and_carry_the_instance() {
+        assert_eq!(
+            labels(&[], "ubuntu", "krunner-h"),
+            ["krun", "ubuntu", "krunner-h"]
+        );
+        assert_eq!(
+            labels(&[], "ghcr.io/x/y:1", "krunner-h"),
+            ["krun", "krunner-h"]
+        );
+        assert_eq!(
+            labels(&["gpu".into(), " big ".into()], "fedora", "krunner-h"),
+            ["gpu", "big", "krunner-h"]
+        );
+    }
+
+    #[test]
+    fn web_urls() {
+        let repo = Scope::parse("repo", "o/r").unwrap();
+        let ent = Scope::parse("enterprise", "e").unwrap();
+        let gh = Url::parse("https://api.github.com").unwrap();
+        assert_eq!(web_url(&gh, &repo).unwrap(), "https://github.com/o/r");
+        let ghes = Url::parse("https://ghe.example/api/v3").unwrap();
+        assert_eq!(
+            web_url(&ghes, &ent).unwrap(),
+            "https://ghe.example/enterprises/e"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! The pool behind `krunner run`: N slots, each a loop of ephemeral runners in fresh guests.
+//!
+//! [`Pool::run`] starts one task per slot ([`slot`]) with a staggered start (slot `i` begins
+//! `i * stagger` after the first) and shares one semaphore that caps how many guests boot at
+//! once, so `-n 16` does not stampede the API or the host. A slot's loop is: register (JIT) →
+//! launch → wait → read the result → delete the registration if the runner left it behind →
+//! next, `repeat` times (0: forever). Failures back off per slot ([`backoff`]); a slot that
+//! fails `max_failures` times in a row stops with its error.
+//!
+//! Shutdown is two-staged through [`Shutdown`]: the first request (SIGINT/SIGTERM) starts no
+//! new guest, stops idle runners at once and lets busy ones finish up to the drain timeout;
+//! the second forces every guest to stop. Either way each slot deletes the registration it
+//! created before it returns.
+
+pub mod backoff;
+pub mod slot;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::github::{GitHub, GitHubError, RunnerGroupId};
+use crate::image::Cancel;
+use crate::launcher::run::{Launcher, RunRequest};
+
+pub use backoff::{Backoff, BackoffPolicy, Verdict};
+pub use slot::{SlotReport, SlotStop};
+
+/// What can stop a slot.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// A GitHub call failed.
+    #[error("slot {slot}: {op}")]
+    GitHub {
+        /// The slot.
+        slot: usize,
+        /// What was being done (names the runner).
+        op: String,
+        /// Why.
+        #[source]
+        source: GitHubError,
+    },
+    /// The guest could not be launched.
+    #[error("slot {slot}: launching runner {runner}")]
+    Launch {
+        /// The slot.
+        slot: usize,
+        /// The runner's name.
+        runner: String,
+        /// Why.
+        #[source]
+        source: crate::launcher::run::LaunchError,
+    },
+    /// The guest ran but did not end well.
+    #[error("slot {slot}: runner {runner}: the guest {how}")]
+    Guest {
+        /// The slot.
+        slot: usize,
+        /// The runner's name.
+        runner: String,
+        /// How it ended.
+        how: String,
+    },
+    /// A slot task panicked or was lost.
+    #[error("slot {slot}: its task ended abnormally: {reason}")]
+    Task {
+        /// The slot.
+        slot: usize,
+        /// The join error.
+        reason: String,
+    },
+}
+
+/// How runners register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationMode {
+    /// A just-in-time configuration per runner (the default).
+    Jit,
+    /// A registration token and `config.sh` (servers without JIT); `web_url` is the scope's
+    /// web address the runner registers with (`https://github.com/OWNER[/REPO]`, …).
+    Token {
+        /// The scope's web address.
+        web_url: String,
+        /// The runner group name (org and enterprise scope).
+        group: Option<String>,
+    },
+}
+
+/// Everything a pool needs besides the GitHub client and the launcher.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Number of slots (`-n`).
+    pub slots: usize,
+    /// Runs per slot; 0: forever (`-r`).
+    pub repeat: u64,
+    /// Runner name prefix; names are `{prefix}-{slot}-{seq}`.
+    pub name_prefix: String,
+    /// Runner labels, this instance's label ([`crate::github::instance_label`]) included.
+    pub labels: Vec<String>,
+    /// The runner group (`-G`, resolved).
+    pub runner_group: RunnerGroupId,
+    /// JIT or registration token.
+    pub registration: RegistrationMode,
+    /// Backoff and `--max-failures`.
+    pub backoff: BackoffPolicy,
+    /// How long busy runners may finish after the first shutdown request.
+    pub drain_timeout: Duration,
+    /// Delay between the starts of two consecutive slots.
+    pub stagger: Duration,
+    /// Guests that may be booting at once (registration and the first `boot_window` of a run).
+    pub max_concurrent_boots: usize,
+    /// How long a started guest counts as booting.
+    pub boot_window: Duration,
+    /// Where each run's log goes (one file per run).
+    pub log_dir: PathBuf,
+    /// Run logs kept in `log_dir`.
+    pub keep_logs: usize,
+    /// The request every run starts from: workload, output and host name are set per run.
+    pub template: RunRequest,
+}
+
+/// The two stages of a requested shutdown, shared by the signal handler and every slot.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// First request: drain.
+    pub drain: Cancel,
+    /// Second request: stop everything now.
+    pub force: Cancel,
+}
+
+impl Shutdown {
+    /// Moves to the next stage: drain first, then force. Returns the stage reached.
+    pub fn escalate(&self) -> &'static str {
+        if self.drain.is_cancelled() {
+            self.force.cancel();
+            "force"
+        } else {
+            self.drain.cancel();
+            "drain"
+        }
+    }
+
+    /// Whether a shutdown was requested.
+    pub fn requested(&self) -> bool {
+        self.drain.is_cancelled()
+    }
+}
+
+/// How the pool ended.
+#[derive(Debug)]
+pub struct PoolReport {
+    /// One report per slot, in slot order.
+    pub slots: Vec<SlotReport>,
+    /// Whether it ended because shutdown was requested.
+    pub shutdown_requested: bool,
+}
+
+impl PoolReport {
+    /// Whether every slot stopped on an error.
+    pub fn all_failed(&self) -> bool {
+        !self.slots.is_empty()
+            && self
+                .slots
+                .iter()
+                .all(|s| matches!(s.stop, SlotStop::Failed(_)))
+    }
+
+    /// Runs that ended well, over all slots.
+    pub fn runs(&self) -> u64 {
+        self.slots.iter().map(|s| s.runs).sum()
+    }
+}
+
+/// N slots sharing a GitHub client, a launcher and a boot cap.
+#[derive(Debug)]
+pub struct Pool {
+    cfg: Arc<PoolConfig>,
+    github: GitHub,
+    launcher: Launcher,
+}
+
+impl Pool {
+    /// A pool; nothing starts before [`Pool::run`].
+    pub fn new(cfg: PoolConfig, github: GitHub, launcher: Launcher) -> Pool {
+        Pool {
+            cfg: Arc::new(cfg),
+            github,
+            launcher,
+        }
+    }
+
+    /// Runs every slot until each has done its runs, stopped on errors, or shut down.
+    pub async fn run(&self, shutdown: &Shutdown) -> PoolReport {
+        let boots = Arc::new(Semaphore::new(self.cfg.max_concurrent_boots.max(1)));
+        let mut tasks = Vec::with_capacity(self.cfg.slots);
+        for index in 0..self.cfg.slots {
+            let slot = slot::Slot {
+                index,
+                cfg: self.cfg.clone(),
+                github: self.github.clone(),
+                launcher: self.launcher.clone(),
+                boots: boots.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let delay = self
+                .cfg
+                .stagger
+                .checked_mul(u32::try_from(index).unwrap_or(u32::MAX))
+                .unwrap_or(Duration::MAX);
+            tasks.push(tokio::spawn(async move { slot.run(delay).await }));
+        }
+        let mut slots = Vec::with_capacity(tasks.len());
+        for (index, t) in tasks.into_iter().enumerate() {
+            let report = match t.await {
+                Ok(r) => r,
+                Err(e) => SlotReport {
+                    index,
+                    runs: 0,
+                    failures: 0,
+                    stop: SlotStop::Failed(OrchestratorError::Task {
+                        slot: index,
+                        reason: e.to_string(),
+                    }),
+                },
+            };
+            slots.push(report);
+        }
+        PoolReport {
+            slots,
+            shutdown_requested: shutdown.requested(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_escalates_drain_then_force() {
+        let s = Shutdown::default();
+        assert!(!s.requested());
+        assert_eq!(s.escalate(), "drain");
+        assert!(s.requested() && !s.force.is_cancelled());
+        assert_eq!(s.escalate(), "force");
+        assert!(s.force.is_cancelled());
+    }
+}

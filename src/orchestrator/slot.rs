@@ -1,0 +1,429 @@
+//! One slot: a loop of ephemeral runners, one guest each.
+//!
+//! Each turn: wait for a boot permit → register (JIT config, or a registration token) →
+//! launch the guest with the registration in its secrets share → wait, while a drain watcher
+//! stands by → delete the registration if the runner left it behind (a runner that ran a job
+//! has already been removed by GitHub; deleting an unknown runner counts as done) → prune old
+//! run logs → next. Names are `{prefix}-{slot}-{seq}`, with `seq` counting this slot's
+//! registrations from 1, so no two runners of one instance share a name.
+//!
+//! A turn fails on a GitHub error, a launch error, or a guest that did not exit 0; failures
+//! back off ([`super::backoff`]) and `max_failures` in a row stop the slot with the last error.
+//! On a drain request the slot starts nothing new; its watcher stops the guest at once if
+//! GitHub says the runner is not busy, otherwise after the drain timeout or a forced stop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Semaphore;
+
+use super::backoff::{Backoff, Verdict};
+use super::{OrchestratorError, PoolConfig, RegistrationMode, Shutdown};
+use crate::github::{runner_name, GitHub, GitHubError, JitRequest, RunnerId};
+use crate::guest::{Registration, RunnerJob};
+use crate::image::Cancel;
+use crate::launcher::run::{Launcher, Output, VmExit, Workload};
+
+/// Why a slot stopped.
+#[derive(Debug)]
+pub enum SlotStop {
+    /// It did its `repeat` runs.
+    Done,
+    /// A shutdown was requested.
+    Shutdown,
+    /// It failed `max_failures` times in a row; the last error.
+    Failed(OrchestratorError),
+}
+
+/// What a slot did.
+#[derive(Debug)]
+pub struct SlotReport {
+    /// The slot's index.
+    pub index: usize,
+    /// Runs that ended well.
+    pub runs: u64,
+    /// Failed turns, in total.
+    pub failures: u64,
+    /// Why it stopped.
+    pub stop: SlotStop,
+}
+
+/// One slot's loop and what it shares with the others.
+pub(crate) struct Slot {
+    pub(crate) index: usize,
+    pub(crate) cfg: Arc<PoolConfig>,
+    pub(crate) github: GitHub,
+    pub(crate) launcher: Launcher,
+    pub(crate) boots: Arc<Semaphore>,
+    pub(crate) shutdown: Shutdown,
+}
+
+/// How a turn ended, when it did not fail.
+enum TurnEnd {
+    /// The runner ran and exited 0.
+    Finished,
+    /// Shutdown: stopped before or during the run.
+    Stopped,
+}
+
+/// A registration this slot holds.
+struct Held {
+    name: String,
+    /// Known for JIT; for token registration the runner is found by name.
+    id: Option<RunnerId>,
+    registration: Registration,
+}
+
+impl Slot {
+    /// Runs the loop after `delay` (the staggered start) and reports how it ended.
+    pub(crate) async fn run(self, delay: Duration) -> SlotReport {
+        let mut report = SlotReport {
+            index: self.index,
+            runs: 0,
+            failures: 0,
+            stop: SlotStop::Shutdown,
+        };
+        if !self.sleep_unless_drained(delay).await {
+            return report;
+        }
+        let mut backoff = Backoff::new(self.cfg.backoff.clone());
+        let mut seq = 0u64;
+        loop {
+            if self.shutdown.requested() {
+                report.stop = SlotStop::Shutdown;
+                break;
+            }
+            if self.cfg.repeat > 0 && report.runs >= self.cfg.repeat {
+                report.stop = SlotStop::Done;
+                break;
+            }
+            seq += 1;
+            match self.turn(seq).await {
+                Ok(TurnEnd::Finished) => {
+                    report.runs += 1;
+                    backoff.success();
+                }
+                Ok(TurnEnd::Stopped) => {}
+                Err(e) => {
+                    report.failures += 1;
+                    match backoff.failure() {
+                        Verdict::GiveUp => {
+                            tracing::error!(
+                                slot = self.index,
+                                "{}; stopping this slot after {} failures in a row",
+                                chain(&e),
+                                backoff.failures()
+                            );
+                            report.stop = SlotStop::Failed(e);
+                            break;
+                        }
+                        Verdict::Retry(wait) => {
+                            tracing::warn!(
+                                slot = self.index,
+                                "{}; retrying in {:.1} s (failure {} in a row)",
+                                chain(&e),
+                                wait.as_secs_f64(),
+                                backoff.failures()
+                            );
+                            if !self.sleep_unless_drained(wait).await {
+                                report.stop = SlotStop::Shutdown;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tracing::debug!(slot = self.index, runs = report.runs, "slot stopped");
+        report
+    }
+
+    /// One registration and one guest.
+    async fn turn(&self, seq: u64) -> Result<TurnEnd, OrchestratorError> {
+        let name = runner_name(&self.cfg.name_prefix, self.index, seq);
+        let permit = tokio::select! {
+            p = self.boots.clone().acquire_owned() => p.map_err(|e| OrchestratorError::Task {
+                slot: self.index,
+                reason: format!("boot semaphore: {e}"),
+            })?,
+            _ = self.shutdown.drain.cancelled() => return Ok(TurnEnd::Stopped),
+        };
+        tracing::debug!(slot = self.index, runner = %name, "registering");
+        let held = self.register(&name).await?;
+        if self.shutdown.requested() {
+            // The request came while registering: undo it instead of booting.
+            self.deregister(&held).await;
+            return Ok(TurnEnd::Stopped);
+        }
+        let log = self.log_path(&name);
+        let mut req = self.cfg.template.clone();
+        req.workload = Workload::Runner(RunnerJob {
+            registration: held.registration.clone(),
+            work: "_work".into(),
+            user: "runner".into(),
+        });
+        req.output = Output::File(log.clone());
+        req.hostname = name.clone();
+
+        let vm_stop = Cancel::default();
+        let watcher = tokio::spawn(drain_watch(
+            self.shutdown.clone(),
+            self.github.clone(),
+            self.index,
+            held.name.clone(),
+            held.id,
+            vm_stop.clone(),
+            self.cfg.drain_timeout,
+        ));
+        tracing::info!(slot = self.index, runner = %name, log = %log.display(), "starting runner");
+        let outcome = {
+            let run = self.launcher.run(&req, &vm_stop);
+            tokio::pin!(run);
+            let window = tokio::time::sleep(self.cfg.boot_window);
+            tokio::pin!(window);
+            let mut permit = Some(permit);
+            loop {
+                tokio::select! {
+                    o = &mut run => break o,
+                    _ = &mut window, if permit.is_some() => permit = None,
+                }
+            }
+        };
+        watcher.abort();
+        self.deregister(&held).await;
+        prune_logs(&self.cfg.log_dir, self.cfg.keep_logs);
+
+        let outcome = outcome.map_err(|source| OrchestratorError::Launch {
+            slot: self.index,
+            runner: name.clone(),
+            source,
+        })?;
+        let used = outcome
+            .guest_result
+            .as_ref()
+            .is_some_and(|r| r.runner_started.is_some());
+        match outcome.exit {
+            VmExit::Exited(0) => {
+                tracing::info!(slot = self.index, runner = %name, runner_started = used, "runner finished");
+                Ok(TurnEnd::Finished)
+            }
+            VmExit::Stopped => {
+                tracing::info!(slot = self.index, runner = %name, "runner stopped");
+                Ok(TurnEnd::Stopped)
+            }
+            other => Err(OrchestratorError::Guest {
+                slot: self.index,
+                runner: name,
+                how: format!("{} (log: {})", other.describe(), log.display()),
+            }),
+        }
+    }
+
+    /// Registers runner `name`.
+    async fn register(&self, name: &str) -> Result<Held, OrchestratorError> {
+        let gh = |op: String| {
+            let slot = self.index;
+            move |source| OrchestratorError::GitHub { slot, op, source }
+        };
+        match &self.cfg.registration {
+            RegistrationMode::Jit => {
+                let jit = self
+                    .github
+                    .generate_jit_config(&JitRequest {
+                        name: name.to_string(),
+                        runner_group_id: self.cfg.runner_group,
+                        labels: self.cfg.labels.clone(),
+                        work_folder: "_work".into(),
+                    })
+                    .await
+                    .map_err(gh(format!("registering runner {name}")))?;
+                Ok(Held {
+                    name: name.to_string(),
+                    id: Some(jit.runner.id),
+                    registration: Registration::Jit(jit.encoded_jit_config),
+                })
+            }
+            RegistrationMode::Token { web_url, group } => {
+                let token = self
+                    .github
+                    .registration_token()
+                    .await
+                    .map_err(gh(format!("getting a registration token for {name}")))?;
+                Ok(Held {
+                    name: name.to_string(),
+                    id: None,
+                    registration: Registration::Token {
+                        token: token.token,
+                        url: web_url.clone(),
+                        name: name.to_string(),
+                        labels: self.cfg.labels.clone(),
+                        group: group.clone(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Deletes the registration if the runner left it behind; failures are logged (the next
+    /// start's reconcile removes what stays).
+    async fn deregister(&self, held: &Held) {
+        let result = match held.id {
+            Some(id) => self.github.delete_runner(id).await,
+            None => match find_by_name(&self.github, &held.name).await {
+                Ok(Some(id)) => self.github.delete_runner(id).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!(slot = self.index, runner = %held.name, "cannot delete the registration: {}", chain(&e));
+        }
+    }
+
+    /// The log file of one run: `{log_dir}/{runner}-{unix seconds}.log`.
+    fn log_path(&self, name: &str) -> PathBuf {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.cfg.log_dir.join(format!("{name}-{secs}.log"))
+    }
+
+    /// Sleeps `d`; false if a drain was requested first.
+    async fn sleep_unless_drained(&self, d: Duration) -> bool {
+        if d.is_zero() {
+            return !self.shutdown.requested();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => !self.shutdown.requested(),
+            _ = self.shutdown.drain.cancelled() => false,
+        }
+    }
+}
+
+/// The id of the runner called `name`, if GitHub has one.
+async fn find_by_name(github: &GitHub, name: &str) -> Result<Option<RunnerId>, GitHubError> {
+    Ok(github
+        .list_runners()
+        .await?
+        .into_iter()
+        .find(|r| r.name == name)
+        .map(|r| r.id))
+}
+
+/// Waits for a drain request, then stops the guest: at once if its runner is not busy,
+/// otherwise after `timeout` or a forced shutdown, whichever comes first.
+async fn drain_watch(
+    shutdown: Shutdown,
+    github: GitHub,
+    slot: usize,
+    name: String,
+    id: Option<RunnerId>,
+    vm_stop: Cancel,
+    timeout: Duration,
+) {
+    shutdown.drain.cancelled().await;
+    let lookup = async {
+        match id {
+            Some(id) => github.get_runner(id).await.map(|r| r.map(|r| r.busy)),
+            None => github
+                .list_runners()
+                .await
+                .map(|all| all.into_iter().find(|r| r.name == name).map(|r| r.busy)),
+        }
+    };
+    let busy = tokio::select! {
+        b = lookup => b,
+        _ = shutdown.force.cancelled() => Ok(Some(true)),
+    };
+    let busy = match busy {
+        Ok(b) => b.unwrap_or(false),
+        Err(e) => {
+            // Unknown: treat it as busy, so a job is not killed because the API hiccupped.
+            tracing::warn!(slot, runner = %name, "cannot tell whether the runner is busy: {}", chain(&e));
+            true
+        }
+    };
+    if !busy {
+        tracing::info!(slot, runner = %name, "shutdown: stopping the idle runner");
+        vm_stop.cancel();
+        return;
+    }
+    if !shutdown.force.is_cancelled() {
+        tracing::info!(
+            slot,
+            runner = %name,
+            "shutdown: the runner is busy; letting it finish (at most {} s; signal again to force)",
+            timeout.as_secs()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(timeout) => {
+                tracing::warn!(slot, runner = %name, "drain timeout: stopping the busy runner");
+            }
+            _ = shutdown.force.cancelled() => {}
+        }
+    }
+    tracing::info!(slot, runner = %name, "stopping the runner");
+    vm_stop.cancel();
+}
+
+/// Keeps the `keep` newest `*.log` files in `dir`; best effort (slots prune concurrently).
+pub fn prune_logs(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<(SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if logs.len() <= keep {
+        return;
+    }
+    logs.sort();
+    let excess = logs.len() - keep;
+    for (_, p) in logs.into_iter().take(excess) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// An error with its causes, `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let p = dir.path().join(format!("r-{i}.log"));
+            std::fs::write(&p, "x").unwrap();
+            let t = UNIX_EPOCH + Duration::from_secs(1_000_000 + i);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("other.txt"), "y").unwrap();
+        prune_logs(dir.path(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["other.txt", "r-3.log", "r-4.log"]);
+    }
+}

@@ -1,0 +1,291 @@
+//! `krunner run` end to end: the built binary under the namespace backend, a test image from
+//! the loopback registry, and the GitHub simulator. The image's stand-in
+//! `bin/Runner.Listener` decodes its `--jitconfig` (busybox `base64 -d`) to find the
+//! simulator's report URL and its runner secret, records its name, reports `online`, and then
+//! either runs a "job" (`job-started`, `job-finished`, exit 0) or, when `/mode/idle` exists,
+//! sits idle until SIGTERM, or, when `/mode/fail` exists, exits 3. The namespace backend shares the host's network, so the reports
+//! reach the simulator on 127.0.0.1.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::util::github_sim::{GitHubSim, RunnerState};
+use crate::util::oci::{busybox_entries, Entry, Image};
+use crate::util::registry::Registry;
+use crate::util::*;
+
+const NEEDS: &[Need] = &[
+    Need::Root,
+    Need::Tool("docker-registry"),
+    Need::Tool("skopeo"),
+    Need::Tool("busybox"),
+];
+
+const LISTENER: &str = r#"#!/bin/sh
+# Stand-in for the actions runner, driven by the simulator's JIT config.
+cfg=""; prev=""
+for a in "$@"; do [ "$prev" = "--jitconfig" ] && cfg=$a; prev=$a; done
+files=$(echo "$cfg" | busybox base64 -d)
+runner=$(echo "$files" | busybox sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | busybox base64 -d)
+creds=$(echo "$files" | busybox sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | busybox base64 -d)
+url=$(echo "$runner" | busybox sed 's/.*"simRunnerUrl":"\([^"]*\)".*/\1/')
+name=$(echo "$runner" | busybox sed 's/.*"agentName":"\([^"]*\)".*/\1/')
+secret=$(echo "$creds" | busybox sed 's/.*"simSecret":"\([^"]*\)".*/\1/')
+echo "$url" > "/record/$name"
+busybox wget -q -O- --post-data="$secret" "$url/online" || exit 7
+[ -f /mode/fail ] && exit 3
+if [ -f /mode/idle ]; then
+  trap 'exit 0' TERM
+  busybox sleep "$(busybox cat /mode/idle)" &
+  wait $!
+  exit 0
+fi
+busybox wget -q -O- --post-data="$secret" "$url/job-started" || exit 8
+busybox wget -q -O- --post-data="$secret" "$url/job-finished" || exit 9
+exit 0
+"#;
+
+/// busybox, a runner user (1001) and the stand-in runner.
+fn runner_image() -> String {
+    let reg = Registry::shared();
+    static PUSHED: std::sync::Once = std::sync::Once::new();
+    PUSHED.call_once(|| {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/sh\nrunner:x:1001:1001:runner:/home/runner:/bin/sh\n";
+        let group = "root:x:0:\nrunner:x:1001:\ndocker:x:121:runner\n";
+        let extra = vec![
+            Entry::file("etc/passwd", passwd),
+            Entry::file("etc/group", group),
+            Entry::dir("home/runner").mode(0o750).owner(1001, 1001),
+            Entry::dir("opt"),
+            Entry::dir("opt/actions-runner").owner(1001, 1001),
+            Entry::dir("opt/actions-runner/bin").owner(1001, 1001),
+            Entry::file("opt/actions-runner/bin/Runner.Listener", LISTENER)
+                .mode(0o755)
+                .owner(1001, 1001),
+        ];
+        let image = Image::of_layers(vec![busybox_entries().to_vec(), extra]);
+        reg.push(&image, "run-e2e-runner:v1");
+    });
+    reg.reference("run-e2e-runner:v1")
+}
+
+struct Fixture {
+    td: TestDir,
+    sim: GitHubSim,
+    record: std::path::PathBuf,
+    mode: std::path::PathBuf,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let td = TestDir::new(name);
+    let sim = GitHubSim::start();
+    let repo = sim.add_repo("owner/repo");
+    sim.add_pat("e2e-token", &[&repo]);
+    let record = td.join("record");
+    let mode = td.join("mode");
+    for d in [&record, &mode] {
+        std::fs::create_dir_all(d).unwrap();
+        // The runner (uid 1001) writes to record and reads mode.
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    Fixture {
+        td,
+        sim,
+        record,
+        mode,
+    }
+}
+
+fn krunner_run(f: &Fixture, extra: &[&str]) -> Krunner {
+    let mut k = f.td.krunner();
+    k.env("KRUNNER_TOKEN", "e2e-token").args([
+        "run",
+        "--backend",
+        "namespace",
+        "--api-url",
+        &f.sim.api_url(),
+        "-p",
+        "owner/repo",
+        "-i",
+        &runner_image(),
+        "--name-prefix",
+        "e2e",
+        "--log-dir",
+        f.td.join("logs").to_str().unwrap(),
+        "-M",
+        &format!("{}:/record", f.record.display()),
+        "-M",
+        &format!("{}:/mode:ro", f.mode.display()),
+    ]);
+    k.args(extra);
+    k
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut n = list_names(dir);
+    n.sort();
+    n
+}
+
+#[test]
+fn three_loops_twice_each_give_six_jit_runners_and_leave_no_registration() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("run-six");
+    let out = krunner_run(&f, &["-n", "3", "-r", "2"]).run();
+    out.success().never_shows("e2e-token");
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert_eq!(
+        f.sim.count(
+            "POST",
+            "/repos/owner/repo/actions/runners/generate-jitconfig"
+        ),
+        6,
+        "{ctx}"
+    );
+    let ran = names(&f.record);
+    assert_eq!(
+        ran.len(),
+        6,
+        "six distinct runner names ran: {ran:?}\n{ctx}"
+    );
+    for slot in 0..3 {
+        for seq in 1..=2 {
+            let n = format!("e2e-{slot}-{seq}");
+            assert!(ran.contains(&n), "{n} missing from {ran:?}\n{ctx}");
+        }
+    }
+    assert!(
+        f.sim.runners().is_empty(),
+        "registrations left: {:?}\n{ctx}",
+        f.sim.runners()
+    );
+    assert_eq!(names(&f.td.join("logs")).len(), 6, "one log per run\n{ctx}");
+    assert!(names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn sigint_while_idle_stops_at_once_and_leaves_nothing() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("run-sigint-idle");
+    // A sleep length no other test uses marks this test's runner processes.
+    let marker = format!("{}", 700_000 + std::process::id() % 100_000);
+    std::fs::write(f.mode.join("idle"), &marker).unwrap();
+    let running = krunner_run(&f, &["-n", "3"]).spawn();
+    let pid = running.pid();
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let online = f
+            .sim
+            .runners()
+            .iter()
+            .filter(|r| r.state() == RunnerState::Online)
+            .count();
+        if online == 3 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let out = running.wait();
+            panic!(
+                "three runners never came online ({online})\n{out}\n{}",
+                f.sim.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(running.wait());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(o) => o,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("krunner did not exit within 30 s of SIGINT");
+        }
+    };
+    let took = sent.elapsed();
+    out.success().never_shows("e2e-token");
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert!(
+        took < Duration::from_secs(8),
+        "idle runners must stop at once; took {took:?}\n{ctx}"
+    );
+    assert!(
+        f.sim.runners().is_empty(),
+        "registrations left: {:?}\n{ctx}",
+        f.sim.runners()
+    );
+    assert!(names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
+    let left: Vec<String> = processes_with(&marker)
+        .into_iter()
+        .chain(processes_with(f.td.path().to_str().unwrap()))
+        .collect();
+    assert!(left.is_empty(), "guest processes left: {left:?}\n{ctx}");
+}
+
+#[test]
+fn loops_that_keep_failing_stop_and_krunner_exits_non_zero() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("run-failing");
+    std::fs::write(f.mode.join("fail"), "").unwrap();
+    let out = krunner_run(&f, &["-n", "2", "--max-failures", "2"]).run();
+    out.failure(1).never_shows("e2e-token");
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert!(
+        out.stderr
+            .contains("stopping this slot after 2 failures in a row")
+            && out.stderr.contains("exit 3"),
+        "{ctx}"
+    );
+    assert!(
+        out.error_text()
+            .contains("every runner loop stopped on errors"),
+        "{ctx}"
+    );
+    assert_eq!(
+        f.sim.count(
+            "POST",
+            "/repos/owner/repo/actions/runners/generate-jitconfig"
+        ),
+        4,
+        "two attempts per loop\n{ctx}"
+    );
+    assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
+}
