@@ -41,3 +41,8 @@ mod agent;
 /// `krunner run` with the GitHub simulator and a stand-in runner image: `-n 3 -r 2` gives six
 /// JIT runners with unique names and no registration left; SIGINT while idle stops at once.
 mod run_e2e;
+
+/// The runner images, which cannot be built here: the docker CLI wrapper against a stand-in
+/// `docker.orig` under `sh` and `busybox sh`, a lint of every Containerfile, the podman
+/// configuration and the image-build workflow.
+mod images;
