@@ -96,6 +96,17 @@ pub enum Command {
     /// Credentials (`-T`, `--token-file`, `KRUNNER_TOKEN`, or a GitHub App) never enter a
     /// guest: the host registers runners and passes only the single-use configuration.
     Run(Box<RunArgs>),
+    /// Show what each running `krunner run` on this cache is doing.
+    ///
+    /// Reads the state files `krunner run` keeps under CACHE_DIR/state and prints, per
+    /// instance, whether it is alive (its pid exists and holds its instance lock) and, per
+    /// runner loop: the current runner's name, its state (registering, booting, idle, busy,
+    /// draining, backing-off, stopped), for how long, runs done, failures (in a row and in
+    /// total) and the last error. An instance shown as not alive crashed; the next
+    /// `krunner run` with its name prefix cleans up after it.
+    ///
+    /// Exits 0 when at least one instance was found, 1 otherwise.
+    Status(StatusArgs),
 }
 
 /// Where images come from: shared by every command that pulls.
@@ -419,6 +430,11 @@ pub struct RunArgs {
     #[arg(long = "cache", env = "KRUNNER_CACHE", value_name = "HOST_DIR")]
     pub shared_cache: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464). Off by
+    /// default; there is no authentication, so prefer a loopback address.
+    #[arg(long, env = "KRUNNER_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Guest options.
     #[command(flatten)]
     pub guest: GuestArgs,
@@ -426,6 +442,18 @@ pub struct RunArgs {
     /// Registry options.
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// `krunner status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only the instance with this runner name prefix.
+    #[arg(long, env = "KRUNNER_NAME_PREFIX")]
+    pub name_prefix: Option<String>,
+
+    /// Print JSON (one array of instances) instead of a table.
+    #[arg(long, env = "KRUNNER_JSON", value_parser = FalseyValueParser::new())]
+    pub json: bool,
 }
 
 /// `krunner doctor`.

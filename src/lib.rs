@@ -15,6 +15,7 @@
 //! - [`doctor`]: host checks for `krunner doctor`.
 //! - [`orchestrator`]: the pool behind `krunner run`: slots of ephemeral runners with
 //!   backoff, a boot cap and a two-stage shutdown.
+//! - [`metrics`]: the optional Prometheus endpoint of `krunner run`.
 //! - [`secret`]: a redacting string type for credentials.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -26,6 +27,7 @@ pub mod github;
 pub mod guest;
 pub mod image;
 pub mod launcher;
+pub mod metrics;
 pub mod orchestrator;
 pub mod rootfs;
 pub mod secret;

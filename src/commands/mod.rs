@@ -7,6 +7,7 @@ mod images;
 mod prune;
 mod pull;
 mod run;
+mod status;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(&cli.global, args),
         Command::Prune(args) => prune::run(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, *args),
+        Command::Status(args) => status::run(&cli.global, args),
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -19,7 +20,9 @@ use crate::github::{
 use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
 use crate::launcher::spec::Share;
+use crate::metrics::Metrics;
 use crate::orchestrator::slot::chain;
+use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
 use crate::orchestrator::{BackoffPolicy, Pool, PoolConfig, RegistrationMode, Shutdown, SlotStop};
 use crate::secret::Secret;
 
@@ -35,7 +38,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         api_base: base.clone(),
         scope: scope.clone(),
         auth,
-        retry: RetryPolicy::default(),
+        retry: retry_policy(),
     })
     .context("cannot set up the GitHub client")?;
     let prefix = args.name_prefix.clone().unwrap_or_else(default_name_prefix);
@@ -63,11 +66,31 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             read_only: false,
         });
     }
+    // Before the launcher sweeps anything: a second instance with this prefix stops here.
+    let _instance_lock = InstanceLock::acquire(cache.root(), &prefix)?;
+    let state_file = state::state_path(cache.root(), &prefix);
+    if let Some(dir) = state_file.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
+    let reporter = Reporter::new(
+        &prefix,
+        usize::from(args.runners),
+        Some(state_file),
+        Arc::new(Metrics::default()),
+    );
+    // Declared after the lock, so dropped before it: the file goes while the lock is held.
+    let _state_guard = CloseOnDrop(reporter.clone());
     let launcher = Launcher::new(cache).context("cannot prepare the launcher")?;
 
     super::runtime()?.block_on(async move {
         let shutdown = Shutdown::default();
         watch_signals(shutdown.clone())?;
+        if let Some(addr) = args.metrics {
+            let bound =
+                crate::metrics::serve(addr, reporter.metrics().clone(), github.clone()).await?;
+            reporter.set_metrics_addr(bound.to_string());
+        }
         let pull_cancel = Cancel::default();
         let image = tokio::select! {
             i = pull_image(global, &args, &store, &pull_cancel) => i?,
@@ -113,6 +136,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             registration,
             backoff: BackoffPolicy {
                 max_failures: args.max_failures,
+                base: env_ms("KRUNNER_BACKOFF_BASE_MS").unwrap_or(BackoffPolicy::default().base),
                 ..BackoffPolicy::default()
             },
             drain_timeout: Duration::from_secs(args.drain_timeout),
@@ -148,7 +172,15 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             args.principal,
             image.reference
         );
-        let report = Pool::new(cfg, github, launcher).run(&shutdown).await;
+        reporter.watch(
+            github.clone(),
+            shutdown.clone(),
+            env_ms("KRUNNER_STATUS_POLL_MS").unwrap_or(state::POLL_INTERVAL),
+        );
+        let report = Pool::new(cfg, github, launcher)
+            .with_reporter(reporter)
+            .run(&shutdown)
+            .await;
         for s in &report.slots {
             if let SlotStop::Failed(e) = &s.stop {
                 tracing::error!(slot = s.index, runs = s.runs, "stopped: {}", chain(e));
@@ -170,6 +202,38 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Hidden test and tuning knobs, environment only (no flags, not in `--help`): a duration in
+/// milliseconds from `name`, if set and a number. The e2e tests use them to keep fault runs
+/// short; an operator may use them to tune retries for a GitHub Enterprise Server.
+///
+/// - `KRUNNER_GITHUB_RETRY_BASE_MS`, `KRUNNER_GITHUB_RETRY_MAX_MS`: the first step and the cap
+///   of the GitHub client's backoff on 5xx and transport errors ([`RetryPolicy`]);
+/// - `KRUNNER_BACKOFF_BASE_MS`: the first step of a loop's backoff after a failed turn
+///   ([`BackoffPolicy`]);
+/// - `KRUNNER_STATUS_POLL_MS`: how often the runner listing behind `krunner status`'s idle and
+///   busy states is fetched ([`state::POLL_INTERVAL`]).
+fn env_ms(name: &str) -> Option<Duration> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse::<u64>() {
+        Ok(ms) => Some(Duration::from_millis(ms)),
+        Err(_) => {
+            tracing::warn!("ignoring {name}={v:?}: not a number of milliseconds");
+            None
+        }
+    }
+}
+
+/// The GitHub client's retry policy: the default, with the `KRUNNER_GITHUB_RETRY_*_MS` knobs
+/// ([`env_ms`]).
+fn retry_policy() -> RetryPolicy {
+    let d = RetryPolicy::default();
+    RetryPolicy {
+        base_delay: env_ms("KRUNNER_GITHUB_RETRY_BASE_MS").unwrap_or(d.base_delay),
+        max_delay: env_ms("KRUNNER_GITHUB_RETRY_MAX_MS").unwrap_or(d.max_delay),
+        ..d
+    }
 }
 
 /// The credentials, read into [`Secret`]s at once.

@@ -478,6 +478,12 @@ impl Launcher {
             _ = stop.cancelled() => { stopped_by_us = Some(VmExit::Stopped); stop_child(&mut child, pid, req.stop_grace).await }
         }
         .map_err(io("wait for the VM child".into()))?;
+        // The child is reaped, but what it started may still be dying (its PID 1 and the
+        // guest after a SIGKILL): wait until its process group is empty, so "the run ended"
+        // means nothing of it is left.
+        if let Some(p) = pid {
+            wait_group_gone(p, Duration::from_secs(10)).await;
+        }
         let exit = match stopped_by_us {
             Some(e) => e,
             None => match (
@@ -699,9 +705,30 @@ async fn stop_child(
                 pid,
                 "the VM child ignored SIGTERM for {grace:?}: killing it"
             );
+            // The whole process group: the VM child, and under the namespace backend its
+            // PID 1 and the guest processes that did not leave the group.
+            if let Some(p) = pid {
+                let _ = kill(Pid::from_raw(-p), Signal::SIGKILL);
+            }
             child.start_kill()?;
             child.wait().await
         }
+    }
+}
+
+/// Waits (up to `limit`) until no process is left in process group `pgid`.
+async fn wait_group_gone(pgid: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    // kill(-pgid, 0) fails with ESRCH once the group has no member left.
+    while kill(Pid::from_raw(-pgid), None).is_ok() {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                pgid,
+                "processes of a finished run are still alive after {limit:?}"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -11,9 +11,13 @@
 //! new guest, stops idle runners at once and lets busy ones finish up to the drain timeout;
 //! the second forces every guest to stop. Either way each slot deletes the registration it
 //! created before it returns.
+//!
+//! Each slot reports its transitions through a [`state::SlotSink`]; the [`state::Reporter`]
+//! behind them writes the state file `krunner status` reads and feeds the metrics.
 
 pub mod backoff;
 pub mod slot;
+pub mod state;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -179,16 +183,26 @@ pub struct Pool {
     cfg: Arc<PoolConfig>,
     github: GitHub,
     launcher: Launcher,
+    reporter: state::Reporter,
 }
 
 impl Pool {
     /// A pool; nothing starts before [`Pool::run`].
     pub fn new(cfg: PoolConfig, github: GitHub, launcher: Launcher) -> Pool {
+        let reporter = state::Reporter::in_memory(cfg.slots);
         Pool {
             cfg: Arc::new(cfg),
             github,
             launcher,
+            reporter,
         }
+    }
+
+    /// Reports every slot's transitions to `reporter` (state file, metrics) instead of
+    /// keeping them in memory only.
+    pub fn with_reporter(mut self, reporter: state::Reporter) -> Pool {
+        self.reporter = reporter;
+        self
     }
 
     /// Runs every slot until each has done its runs, stopped on errors, or shut down.
@@ -203,6 +217,7 @@ impl Pool {
                 launcher: self.launcher.clone(),
                 boots: boots.clone(),
                 shutdown: shutdown.clone(),
+                sink: self.reporter.slot(index),
             };
             let delay = self
                 .cfg

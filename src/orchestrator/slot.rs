@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 use super::backoff::{Backoff, Verdict};
+use super::state::SlotSink;
 use super::{OrchestratorError, PoolConfig, RegistrationMode, Shutdown};
 use crate::github::{runner_name, GitHub, GitHubError, JitRequest, RunnerId};
 use crate::guest::{Registration, RunnerJob};
@@ -57,6 +58,8 @@ pub(crate) struct Slot {
     pub(crate) launcher: Launcher,
     pub(crate) boots: Arc<Semaphore>,
     pub(crate) shutdown: Shutdown,
+    /// Where transitions are reported (`krunner status`, metrics).
+    pub(crate) sink: SlotSink,
 }
 
 /// How a turn ended, when it did not fail.
@@ -85,10 +88,15 @@ impl Slot {
             stop: SlotStop::Shutdown,
         };
         if !self.sleep_unless_drained(delay).await {
+            self.sink.stopped();
             return report;
         }
         let mut backoff = Backoff::new(self.cfg.backoff.clone());
         let mut seq = 0u64;
+        // Set after a failed registration: its answer may have been lost after GitHub made it,
+        // so the next turn asks for the same name, whose "already exists" removes that
+        // registration, instead of leaving it behind next to a new one.
+        let mut same_name = false;
         loop {
             if self.shutdown.requested() {
                 report.stop = SlotStop::Shutdown;
@@ -98,14 +106,20 @@ impl Slot {
                 report.stop = SlotStop::Done;
                 break;
             }
-            seq += 1;
-            match self.turn(seq).await {
+            if !same_name {
+                seq += 1;
+            }
+            let turn = self.turn(seq).await;
+            same_name = matches!(turn, Err(OrchestratorError::GitHub { .. }));
+            match turn {
                 Ok(TurnEnd::Finished) => {
+                    self.sink.succeeded();
                     report.runs += 1;
                     backoff.success();
                 }
                 Ok(TurnEnd::Stopped) => {}
                 Err(e) => {
+                    self.sink.failed(&e);
                     report.failures += 1;
                     match backoff.failure() {
                         Verdict::GiveUp => {
@@ -119,6 +133,7 @@ impl Slot {
                             break;
                         }
                         Verdict::Retry(wait) => {
+                            self.sink.backing_off();
                             tracing::warn!(
                                 slot = self.index,
                                 "{}; retrying in {:.1} s (failure {} in a row)",
@@ -135,6 +150,7 @@ impl Slot {
                 }
             }
         }
+        self.sink.stopped();
         tracing::debug!(slot = self.index, runs = report.runs, "slot stopped");
         report
     }
@@ -142,6 +158,7 @@ impl Slot {
     /// One registration and one guest.
     async fn turn(&self, seq: u64) -> Result<TurnEnd, OrchestratorError> {
         let name = runner_name(&self.cfg.name_prefix, self.index, seq);
+        self.sink.registering(&name);
         let permit = tokio::select! {
             p = self.boots.clone().acquire_owned() => p.map_err(|e| OrchestratorError::Task {
                 slot: self.index,
@@ -176,6 +193,7 @@ impl Slot {
             vm_stop.clone(),
             self.cfg.drain_timeout,
         ));
+        self.sink.booting();
         tracing::info!(slot = self.index, runner = %name, log = %log.display(), "starting runner");
         let outcome = {
             let run = self.launcher.run(&req, &vm_stop);
@@ -191,6 +209,13 @@ impl Slot {
             }
         };
         watcher.abort();
+        self.sink.vm_ended(
+            outcome
+                .as_ref()
+                .ok()
+                .and_then(|o| o.guest_result.as_ref())
+                .and_then(|r| r.runner_started),
+        );
         self.deregister(&held).await;
         prune_logs(&self.cfg.log_dir, self.cfg.keep_logs);
 

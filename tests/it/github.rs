@@ -220,7 +220,7 @@ async fn ghes_base_path() {
 
 /// One RSA key per test process: (PKCS#1 PEM as GitHub hands it out, PKCS#8 PEM, public key
 /// PEM).
-fn app_key() -> &'static (String, String, String) {
+pub(crate) fn app_key() -> &'static (String, String, String) {
     static KEY: OnceLock<(String, String, String)> = OnceLock::new();
     KEY.get_or_init(|| {
         use aws_lc_rs::encoding::AsDer as _;

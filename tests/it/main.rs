@@ -42,6 +42,16 @@ mod agent;
 /// JIT runners with unique names and no registration left; SIGINT while idle stops at once.
 mod run_e2e;
 
+/// `krunner status`, the `--metrics` endpoint and the per-instance lock while `krunner run
+/// -n 2` keeps two idle stand-in runners: the state file's slots, names and states, the
+/// counters, a second instance refused with the first's pid, no state file after SIGINT.
+mod run_status;
+
+/// `krunner run` under stress: SIGINT while runners are busy (drain to the end of a job and
+/// to the drain timeout; a second SIGINT forces), SIGKILL and a restart that sweeps and
+/// reconciles, API faults on 30 % of requests, and no credential in files or other processes.
+mod run_faults;
+
 /// The runner images, which cannot be built here: the docker CLI wrapper against a stand-in
 /// `docker.orig` under `sh` and `busybox sh`, a lint of every Containerfile, the podman
 /// configuration and the image-build workflow.

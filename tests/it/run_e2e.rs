@@ -3,7 +3,9 @@
 //! `bin/Runner.Listener` decodes its `--jitconfig` (busybox `base64 -d`) to find the
 //! simulator's report URL and its runner secret, records its name, reports `online`, and then
 //! either runs a "job" (`job-started`, `job-finished`, exit 0) or, when `/mode/idle` exists,
-//! sits idle until SIGTERM, or, when `/mode/fail` exists, exits 3. The namespace backend shares the host's network, so the reports
+//! sits idle until SIGTERM, or, when `/mode/fail` exists, exits 3, or, when `/mode/busy`
+//! exists, reports `job-started` and works for the seconds in `/mode/busy-{name}` (else
+//! `/mode/busy`) before `job-finished`; SIGTERM mid-job reports `offline` and exits 0. The namespace backend shares the host's network, so the reports
 //! reach the simulator on 127.0.0.1.
 
 use std::path::Path;
@@ -14,7 +16,7 @@ use crate::util::oci::{busybox_entries, Entry, Image};
 use crate::util::registry::Registry;
 use crate::util::*;
 
-const NEEDS: &[Need] = &[
+pub(crate) const NEEDS: &[Need] = &[
     Need::Root,
     Need::Tool("docker-registry"),
     Need::Tool("skopeo"),
@@ -41,12 +43,18 @@ if [ -f /mode/idle ]; then
   exit 0
 fi
 busybox wget -q -O- --post-data="$secret" "$url/job-started" || exit 8
+if [ -f /mode/busy ]; then
+  trap 'busybox wget -q -O- --post-data="$secret" "$url/offline"; exit 0' TERM
+  len=$(busybox cat "/mode/busy-$name" 2>/dev/null || busybox cat /mode/busy)
+  busybox sleep "$len" &
+  wait $!
+fi
 busybox wget -q -O- --post-data="$secret" "$url/job-finished" || exit 9
 exit 0
 "#;
 
 /// busybox, a runner user (1001) and the stand-in runner.
-fn runner_image() -> String {
+pub(crate) fn runner_image() -> String {
     let reg = Registry::shared();
     static PUSHED: std::sync::Once = std::sync::Once::new();
     PUSHED.call_once(|| {
@@ -70,14 +78,14 @@ fn runner_image() -> String {
     reg.reference("run-e2e-runner:v1")
 }
 
-struct Fixture {
-    td: TestDir,
-    sim: GitHubSim,
-    record: std::path::PathBuf,
-    mode: std::path::PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) td: TestDir,
+    pub(crate) sim: GitHubSim,
+    pub(crate) record: std::path::PathBuf,
+    pub(crate) mode: std::path::PathBuf,
 }
 
-fn fixture(name: &str) -> Fixture {
+pub(crate) fn fixture(name: &str) -> Fixture {
     let td = TestDir::new(name);
     let sim = GitHubSim::start();
     let repo = sim.add_repo("owner/repo");
@@ -97,7 +105,7 @@ fn fixture(name: &str) -> Fixture {
     }
 }
 
-fn krunner_run(f: &Fixture, extra: &[&str]) -> Krunner {
+pub(crate) fn krunner_run(f: &Fixture, extra: &[&str]) -> Krunner {
     let mut k = f.td.krunner();
     k.env("KRUNNER_TOKEN", "e2e-token").args([
         "run",
@@ -122,7 +130,7 @@ fn krunner_run(f: &Fixture, extra: &[&str]) -> Krunner {
     k
 }
 
-fn names(dir: &Path) -> Vec<String> {
+pub(crate) fn names(dir: &Path) -> Vec<String> {
     let mut n = list_names(dir);
     n.sort();
     n
@@ -167,7 +175,7 @@ fn three_loops_twice_each_give_six_jit_runners_and_leave_no_registration() {
 }
 
 /// Processes whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<String> {
+pub(crate) fn processes_with(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {

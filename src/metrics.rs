@@ -1,0 +1,313 @@
+//! The optional Prometheus endpoint of `krunner run` (`--metrics ADDR`).
+//!
+//! [`Metrics`] is a handful of atomics the slots update through their state reporter
+//! ([`crate::orchestrator::state`]); [`Metrics::render`] turns them, plus the GitHub client's
+//! own counters, into the Prometheus text format (0.0.4). [`serve`] is a deliberately tiny
+//! HTTP/1.1 server on a tokio `TcpListener`: one request per connection, `GET /metrics` only,
+//! `Connection: close`. A scrape endpoint needs nothing more, and a web framework would cost
+//! more build time and RSS than everything else here.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::github::GitHub;
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The address could not be bound.
+    #[error("cannot listen for metrics on {addr}")]
+    Bind {
+        /// The address given with `--metrics`.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A sum and a count of observations (a Prometheus summary without quantiles).
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Sum of the observations, in microseconds (integer, so it can be atomic).
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Summary {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count).
+    pub fn get(&self) -> (f64, u64) {
+        (
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            self.count.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The pool's counters, gauges and summaries; shared by every slot.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Guests started.
+    pub runs_started: AtomicU64,
+    /// Runs whose guest exited 0.
+    pub runs_succeeded: AtomicU64,
+    /// Runs that started a guest and ended in an error.
+    pub runs_failed: AtomicU64,
+    /// Guests running now.
+    pub active_vms: AtomicU64,
+    /// From guest start to the runner first seen online (or started, per the guest result).
+    pub time_to_online: Summary,
+    /// From guest start to guest end.
+    pub vm_lifetime: Summary,
+}
+
+/// What the GitHub client knows about its own use, read at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApiStats {
+    /// HTTP requests sent so far.
+    pub calls: u64,
+    /// `x-ratelimit-remaining` of the last response, if any said.
+    pub rate_limit_remaining: Option<u64>,
+}
+
+impl ApiStats {
+    /// The client's figures now.
+    pub fn of(github: &GitHub) -> ApiStats {
+        ApiStats {
+            calls: github.api_calls(),
+            rate_limit_remaining: github.rate_limit().remaining,
+        }
+    }
+}
+
+impl Metrics {
+    /// Everything in the Prometheus text format.
+    pub fn render(&self, api: ApiStats) -> String {
+        let mut out = String::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        };
+        metric(
+            "krunner_runs_started_total",
+            "counter",
+            "Guests started.",
+            load(&self.runs_started).to_string(),
+        );
+        metric(
+            "krunner_runs_succeeded_total",
+            "counter",
+            "Runs whose guest exited 0.",
+            load(&self.runs_succeeded).to_string(),
+        );
+        metric(
+            "krunner_runs_failed_total",
+            "counter",
+            "Runs that started a guest and ended in an error.",
+            load(&self.runs_failed).to_string(),
+        );
+        metric(
+            "krunner_github_api_calls_total",
+            "counter",
+            "GitHub API requests sent, retries included.",
+            api.calls.to_string(),
+        );
+        metric(
+            "krunner_active_vms",
+            "gauge",
+            "Guests running now.",
+            load(&self.active_vms).to_string(),
+        );
+        if let Some(r) = api.rate_limit_remaining {
+            // Absent until GitHub has answered once: a made-up value would trigger alerts.
+            metric(
+                "krunner_github_rate_limit_remaining",
+                "gauge",
+                "GitHub API requests left in the current rate-limit window.",
+                r.to_string(),
+            );
+        }
+        for (name, help, s) in [
+            (
+                "krunner_time_to_runner_online_seconds",
+                "From guest start to the runner first seen online.",
+                &self.time_to_online,
+            ),
+            (
+                "krunner_vm_lifetime_seconds",
+                "From guest start to guest end.",
+                &self.vm_lifetime,
+            ),
+        ] {
+            let (sum, count) = s.get();
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} summary\n{name}_sum {sum}\n{name}_count {count}\n"
+            );
+        }
+        out
+    }
+}
+
+/// Binds `addr` and serves `GET /metrics` in a background task until the runtime ends.
+/// Returns the bound address (the port may have been 0).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    github: GitHub,
+) -> Result<SocketAddr, MetricsError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    if !bound.ip().is_loopback() {
+        // Not refused (the user asked for it), but said: the endpoint has no authentication.
+        tracing::warn!("the metrics endpoint on {bound} is reachable from other hosts");
+    }
+    tracing::info!("metrics at http://{bound}/metrics");
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => {
+                    let metrics = metrics.clone();
+                    let github = github.clone();
+                    tokio::spawn(async move {
+                        // A slow or silent client must not hold a task forever.
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            answer(conn, &metrics, &github),
+                        )
+                        .await;
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: wait instead of spinning.
+                    tracing::debug!("metrics: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(bound)
+}
+
+/// Largest request head read; a scrape's is a few hundred bytes.
+const MAX_HEAD: usize = 8192;
+
+/// Reads one request head and writes one response.
+async fn answer(mut conn: TcpStream, metrics: &Metrics, github: &GitHub) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let first = String::from_utf8_lossy(&head);
+    let first = first.lines().next().unwrap_or("");
+    let (status, body) = route(first, || metrics.render(ApiStats::of(github)));
+    let content_type = if status == "200 OK" {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(resp.as_bytes()).await?;
+    conn.shutdown().await
+}
+
+/// The status line and body for a request line.
+fn route(request_line: &str, render: impl FnOnce() -> String) -> (&'static str, String) {
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let target = parts.next().unwrap_or("");
+    let path = target.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/metrics") => ("200 OK", render()),
+        (_, "/metrics") => ("405 Method Not Allowed", "only GET\n".into()),
+        _ => ("404 Not Found", "see /metrics\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_summaries() {
+        let m = Metrics::default();
+        m.runs_started.fetch_add(3, Ordering::Relaxed);
+        m.runs_succeeded.fetch_add(2, Ordering::Relaxed);
+        m.runs_failed.fetch_add(1, Ordering::Relaxed);
+        m.active_vms.fetch_add(1, Ordering::Relaxed);
+        m.time_to_online.observe(Duration::from_millis(1500));
+        m.time_to_online.observe(Duration::from_millis(500));
+        m.vm_lifetime.observe(Duration::from_secs(60));
+        let text = m.render(ApiStats {
+            calls: 42,
+            rate_limit_remaining: Some(4900),
+        });
+        for line in [
+            "# TYPE krunner_runs_started_total counter\nkrunner_runs_started_total 3\n",
+            "krunner_runs_succeeded_total 2\n",
+            "krunner_runs_failed_total 1\n",
+            "krunner_github_api_calls_total 42\n",
+            "# TYPE krunner_active_vms gauge\nkrunner_active_vms 1\n",
+            "krunner_github_rate_limit_remaining 4900\n",
+            "# TYPE krunner_time_to_runner_online_seconds summary\n",
+            "krunner_time_to_runner_online_seconds_sum 2\n",
+            "krunner_time_to_runner_online_seconds_count 2\n",
+            "krunner_vm_lifetime_seconds_sum 60\nkrunner_vm_lifetime_seconds_count 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        // Every sample line is `name value` with a number.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = l.split_once(' ').unwrap();
+            v.parse::<f64>().unwrap();
+        }
+    }
+
+    #[test]
+    fn rate_limit_is_absent_until_known() {
+        let text = Metrics::default().render(ApiStats::default());
+        assert!(!text.contains("rate_limit_remaining"));
+        assert!(text.contains("krunner_github_api_calls_total 0\n"));
+    }
+
+    #[test]
+    fn routes() {
+        let r = || "x".to_string();
+        assert_eq!(route("GET /metrics HTTP/1.1", r), ("200 OK", "x".into()));
+        assert_eq!(route("GET /metrics?a=b HTTP/1.0", r).0, "200 OK");
+        assert_eq!(
+            route("POST /metrics HTTP/1.1", r).0,
+            "405 Method Not Allowed"
+        );
+        assert_eq!(route("GET / HTTP/1.1", r).0, "404 Not Found");
+        assert_eq!(route("", r).0, "404 Not Found");
+    }
+}
