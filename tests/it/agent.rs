@@ -14,7 +14,6 @@ use krunner::launcher::spec::Share;
 use krunner::launcher::Backend;
 use krunner::secret::Secret;
 
-use crate::util::oci::{busybox_entries, Entry, Image};
 use crate::util::registry::Registry;
 use crate::util::*;
 
@@ -51,30 +50,14 @@ echo "uid=$(id -u)" > /record/config-id
 
 /// The busybox image plus a runner user (1001, group docker) and the stand-in runner.
 fn runner_image() -> String {
-    let reg = Registry::shared();
     static PUSHED: std::sync::Once = std::sync::Once::new();
-    PUSHED.call_once(|| {
-        let passwd =
-            "root:x:0:0:root:/root:/bin/sh\nrunner:x:1001:1001:runner:/home/runner:/bin/sh\n";
-        let group = "root:x:0:\nrunner:x:1001:\ndocker:x:121:runner\n";
-        let extra = vec![
-            Entry::file("etc/passwd", passwd),
-            Entry::file("etc/group", group),
-            Entry::dir("home/runner").mode(0o750).owner(1001, 1001),
-            Entry::dir("opt"),
-            Entry::dir("opt/actions-runner").owner(1001, 1001),
-            Entry::dir("opt/actions-runner/bin").owner(1001, 1001),
-            Entry::file("opt/actions-runner/bin/Runner.Listener", LISTENER)
-                .mode(0o755)
-                .owner(1001, 1001),
-            Entry::file("opt/actions-runner/config.sh", CONFIG_SH)
-                .mode(0o755)
-                .owner(1001, 1001),
-        ];
-        let image = Image::of_layers(vec![busybox_entries().to_vec(), extra]);
-        reg.push(&image, "agent-runner:v1");
-    });
-    reg.reference("agent-runner:v1")
+    crate::util::oci::runner_image(
+        Registry::shared(),
+        &PUSHED,
+        "agent-runner:v1",
+        LISTENER,
+        Some(CONFIG_SH),
+    )
 }
 
 struct Fixture {

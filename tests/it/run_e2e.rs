@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::util::github_sim::{GitHubSim, RunnerState};
-use crate::util::oci::{busybox_entries, Entry, Image};
 use crate::util::registry::Registry;
 use crate::util::*;
 
@@ -55,27 +54,14 @@ exit 0
 
 /// busybox, a runner user (1001) and the stand-in runner.
 pub(crate) fn runner_image() -> String {
-    let reg = Registry::shared();
     static PUSHED: std::sync::Once = std::sync::Once::new();
-    PUSHED.call_once(|| {
-        let passwd =
-            "root:x:0:0:root:/root:/bin/sh\nrunner:x:1001:1001:runner:/home/runner:/bin/sh\n";
-        let group = "root:x:0:\nrunner:x:1001:\ndocker:x:121:runner\n";
-        let extra = vec![
-            Entry::file("etc/passwd", passwd),
-            Entry::file("etc/group", group),
-            Entry::dir("home/runner").mode(0o750).owner(1001, 1001),
-            Entry::dir("opt"),
-            Entry::dir("opt/actions-runner").owner(1001, 1001),
-            Entry::dir("opt/actions-runner/bin").owner(1001, 1001),
-            Entry::file("opt/actions-runner/bin/Runner.Listener", LISTENER)
-                .mode(0o755)
-                .owner(1001, 1001),
-        ];
-        let image = Image::of_layers(vec![busybox_entries().to_vec(), extra]);
-        reg.push(&image, "run-e2e-runner:v1");
-    });
-    reg.reference("run-e2e-runner:v1")
+    crate::util::oci::runner_image(
+        Registry::shared(),
+        &PUSHED,
+        "run-e2e-runner:v1",
+        LISTENER,
+        None,
+    )
 }
 
 pub(crate) struct Fixture {

@@ -804,3 +804,48 @@ fn tar_writer_keeps_hostile_names_and_pax_records() {
     }
     assert_eq!(names, vec!["../x", "/abs", ".", long.as_str()]);
 }
+
+/// A layer over busybox that meets krunner's image contract for a runner: user `runner`
+/// (uid 1001, in group docker) and `/opt/actions-runner` with `listener` as
+/// `bin/Runner.Listener` and, if given, `config_sh` as `config.sh`.
+pub fn runner_layer(listener: &str, config_sh: Option<&str>) -> Vec<Entry> {
+    let passwd = "root:x:0:0:root:/root:/bin/sh\nrunner:x:1001:1001:runner:/home/runner:/bin/sh\n";
+    let group = "root:x:0:\nrunner:x:1001:\ndocker:x:121:runner\n";
+    let mut layer = vec![
+        Entry::file("etc/passwd", passwd),
+        Entry::file("etc/group", group),
+        Entry::dir("home/runner").mode(0o750).owner(1001, 1001),
+        Entry::dir("opt"),
+        Entry::dir("opt/actions-runner").owner(1001, 1001),
+        Entry::dir("opt/actions-runner/bin").owner(1001, 1001),
+        Entry::file("opt/actions-runner/bin/Runner.Listener", listener)
+            .mode(0o755)
+            .owner(1001, 1001),
+    ];
+    if let Some(c) = config_sh {
+        layer.push(
+            Entry::file("opt/actions-runner/config.sh", c)
+                .mode(0o755)
+                .owner(1001, 1001),
+        );
+    }
+    layer
+}
+
+/// busybox plus [`runner_layer`], pushed once per test process under `repo_tag`.
+pub fn runner_image(
+    reg: &super::registry::Registry,
+    once: &'static std::sync::Once,
+    repo_tag: &str,
+    listener: &str,
+    config_sh: Option<&str>,
+) -> String {
+    once.call_once(|| {
+        let layers = vec![
+            busybox_entries().to_vec(),
+            runner_layer(listener, config_sh),
+        ];
+        reg.push(&Image::of_layers(layers), repo_tag);
+    });
+    reg.reference(repo_tag)
+}
