@@ -20,6 +20,19 @@
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+/// An error and all its causes on one line (`a: b: c`, as anyhow's `{:#}` prints), for logs
+/// and for child processes that print one line and exit.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 pub mod cli;
 pub mod commands;
 pub mod doctor;

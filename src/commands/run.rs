@@ -21,7 +21,6 @@ use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
 use crate::launcher::spec::Share;
 use crate::metrics::Metrics;
-use crate::orchestrator::slot::chain;
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
 use crate::orchestrator::{BackoffPolicy, Pool, PoolConfig, RegistrationMode, Shutdown, SlotStop};
 use crate::secret::Secret;
@@ -183,7 +182,12 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             .await;
         for s in &report.slots {
             if let SlotStop::Failed(e) = &s.stop {
-                tracing::error!(slot = s.index, runs = s.runs, "stopped: {}", chain(e));
+                tracing::error!(
+                    slot = s.index,
+                    runs = s.runs,
+                    "stopped: {}",
+                    crate::error_chain(e)
+                );
             }
         }
         tracing::info!(runs = report.runs(), "all runner loops ended");

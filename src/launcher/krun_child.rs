@@ -227,7 +227,7 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
         return fail("parent check", None, "the krunner parent is gone".into());
     }
     if let Err(e) = prepare_private_root(&LinuxSys, &spec) {
-        return fail(e.step(), e.errno(), super::error_chain(&e));
+        return fail(e.step(), e.errno(), crate::error_chain(&e));
     }
     spec::emit(&spec.events, &Event::RootReady);
     let ctx = match KrunCtx::new(spec.krun_log_level).and_then(|c| c.configure(&spec).map(|()| c)) {

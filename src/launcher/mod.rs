@@ -37,18 +37,6 @@ pub const NS_INIT: &str = "__ns-init";
 /// The libkrun VM child.
 pub const KRUN_CHILD: &str = "__krun-child";
 
-/// An error and all its causes on one line (`a: b: c`), for children that print and exit.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Runs a child entry point if argv names one; returns its exit code.
 pub fn child_entry(args: &[OsString]) -> Option<u8> {
     let entry = args.get(1)?.to_str()?;

@@ -253,21 +253,9 @@ fn workload_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// The error and its causes on one line, as `{:#}` prints an anyhow chain.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
-}
-
 /// Reports a failed step: a `Failed` event, one line on stderr; returns the exit status.
 fn fail(events: &Path, who: &str, e: &NsError) -> i32 {
-    let message = chain(e);
+    let message = crate::error_chain(e);
     emit(
         events,
         &Event::Failed {
@@ -632,7 +620,7 @@ pub fn ns_child_main(spec_path: &Path) -> i32 {
         Ok(s) => s,
         Err(e) => {
             // No spec, no events file: stderr is all there is.
-            eprintln!("krunner: ns-child: {}", chain(&e));
+            eprintln!("krunner: ns-child: {}", crate::error_chain(&e));
             return 125;
         }
     };
@@ -715,7 +703,7 @@ pub fn ns_init_main(init_path: &Path) -> i32 {
     let init = match InitSpec::take(init_path) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("krunner: ns-init: {}", chain(&e));
+            eprintln!("krunner: ns-init: {}", crate::error_chain(&e));
             return 125;
         }
     };
@@ -929,9 +917,9 @@ mod tests {
             ("bind_share", Some(libc::ENOENT), 125)
         );
         assert!(
-            chain(&ns).ends_with("ENOENT: No such file or directory"),
+            crate::error_chain(&ns).ends_with("ENOENT: No such file or directory"),
             "{}",
-            chain(&ns)
+            crate::error_chain(&ns)
         );
     }
 

@@ -126,7 +126,7 @@ impl Slot {
                             tracing::error!(
                                 slot = self.index,
                                 "{}; stopping this slot after {} failures in a row",
-                                chain(&e),
+                                crate::error_chain(&e),
                                 backoff.failures()
                             );
                             report.stop = SlotStop::Failed(e);
@@ -137,7 +137,7 @@ impl Slot {
                             tracing::warn!(
                                 slot = self.index,
                                 "{}; retrying in {:.1} s (failure {} in a row)",
-                                chain(&e),
+                                crate::error_chain(&e),
                                 wait.as_secs_f64(),
                                 backoff.failures()
                             );
@@ -302,7 +302,7 @@ impl Slot {
             },
         };
         if let Err(e) = result {
-            tracing::warn!(slot = self.index, runner = %held.name, "cannot delete the registration: {}", chain(&e));
+            tracing::warn!(slot = self.index, runner = %held.name, "cannot delete the registration: {}", crate::error_chain(&e));
         }
     }
 
@@ -365,7 +365,7 @@ async fn drain_watch(
         Ok(b) => b.unwrap_or(false),
         Err(e) => {
             // Unknown: treat it as busy, so a job is not killed because the API hiccupped.
-            tracing::warn!(slot, runner = %name, "cannot tell whether the runner is busy: {}", chain(&e));
+            tracing::warn!(slot, runner = %name, "cannot tell whether the runner is busy: {}", crate::error_chain(&e));
             true
         }
     };
@@ -410,18 +410,6 @@ pub fn prune_logs(dir: &Path, keep: usize) {
     for (_, p) in logs.into_iter().take(excess) {
         let _ = std::fs::remove_file(p);
     }
-}
-
-/// An error with its causes, `a: b: c`.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

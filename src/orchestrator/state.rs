@@ -389,7 +389,7 @@ impl Reporter {
             })
             .and_then(|bytes| write_atomic(path, &bytes));
         if let Err(e) = result {
-            tracing::debug!("state file: {}", super::slot::chain(&e));
+            tracing::debug!("state file: {}", crate::error_chain(&e));
         }
     }
 
@@ -425,7 +425,7 @@ impl Reporter {
                         me.apply_listing(&seen);
                     }
                     Err(e) => {
-                        tracing::debug!("status poll: {}", super::slot::chain(&e));
+                        tracing::debug!("status poll: {}", crate::error_chain(&e));
                     }
                 }
             }
@@ -569,7 +569,7 @@ impl SlotSink {
 
     /// The turn failed with `error`.
     pub fn failed(&self, error: &dyn std::error::Error) {
-        let line = one_line(&super::slot::chain(error));
+        let line = one_line(&crate::error_chain(error));
         self.set(|s, l, m| {
             s.failures_in_row += 1;
             s.failures_total += 1;
