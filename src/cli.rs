@@ -13,8 +13,10 @@ use crate::secret::Secret;
 
 /// Ephemeral, isolated self-hosted GitHub Actions runners, one libkrun microVM per job.
 ///
-/// krunner pulls OCI runner images itself into a shared cache and (in later commands) boots
-/// each job in a fresh microVM from a copy-on-write clone of the cached root filesystem.
+/// `krunner run` keeps N runners available: for each job it registers a single-use runner
+/// with GitHub, boots a fresh microVM from a copy-on-write clone of a cached runner image, and
+/// throws everything away afterwards. Credentials stay on the host; images are pulled by
+/// krunner itself. Start with `krunner doctor`.
 #[derive(Debug, Parser)]
 #[command(
     name = "krunner",
