@@ -56,3 +56,8 @@ mod run_faults;
 /// `docker.orig` under `sh` and `busybox sh`, a lint of every Containerfile, the podman
 /// configuration and the image-build workflow.
 mod images;
+
+/// `krunner run --registration token`: a registration token per run, `config.sh` with the
+/// scope's web URL, the runner's name, labels and work folder, then `Runner.Listener run`; the
+/// token nowhere else, and no registration left.
+mod run_token;

@@ -1,0 +1,252 @@
+//! `krunner run --registration token` end to end: the built binary under the namespace
+//! backend, a stand-in image from the loopback registry, and the GitHub simulator (repo
+//! scope). The image's stand-in `config.sh` records its argv and environment under `/record`
+//! and then, as the real one registers with GitHub, registers its runner in the simulator
+//! (`POST /_sim/runners`, busybox `wget`), online; the stand-in `bin/Runner.Listener` records
+//! its argv and environment under its host name (krunner sets it to the runner's name) and
+//! exits 0 without a job, so the registration is still there when the guest ends and krunner
+//! must find it by name and delete it.
+
+use std::path::Path;
+
+use crate::util::github_sim::GitHubSim;
+use crate::util::registry::Registry;
+use crate::util::*;
+
+const NEEDS: &[Need] = &[
+    Need::Root,
+    Need::Tool("docker-registry"),
+    Need::Tool("skopeo"),
+    Need::Tool("busybox"),
+];
+
+const CONFIG_SH: &str = r#"#!/bin/sh
+# Stand-in for config.sh: records how it was called, then registers the runner.
+url=""; name=""; labels=""; prev=""
+for a in "$@"; do
+  case "$prev" in --url) url=$a ;; --name) name=$a ;; --labels) labels=$a ;; esac
+  prev=$a
+done
+[ -n "$name" ] || exit 4
+for a in "$@"; do echo "$a"; done > "/record/config-argv-$name"
+env > "/record/config-env-$name"
+server=$(echo "$url" | busybox cut -d/ -f1-3)
+principal=${url#"$server"/}
+json_labels=$(echo "$labels" | busybox sed 's/,/","/g')
+busybox wget -q -O "/record/config-registered-$name" \
+  --post-data="{\"scope\":\"repo:$principal\",\"name\":\"$name\",\"labels\":[\"$json_labels\"],\"state\":\"online\"}" \
+  "$server/_sim/runners" || exit 5
+"#;
+
+const LISTENER: &str = r#"#!/bin/sh
+# Stand-in for the actions runner: records how it was started, exits without a job.
+name=$(busybox hostname)
+for a in "$@"; do echo "$a"; done > "/record/listener-argv-$name"
+env > "/record/listener-env-$name"
+exit 0
+"#;
+
+fn runner_image() -> String {
+    static PUSHED: std::sync::Once = std::sync::Once::new();
+    crate::util::oci::runner_image(
+        Registry::shared(),
+        &PUSHED,
+        "run-token-runner:v1",
+        LISTENER,
+        Some(CONFIG_SH),
+    )
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| format!("<{}: {e}>", p.display()))
+}
+
+/// Files under `dir` (recursively, symlinks not followed) whose bytes contain `needle`.
+fn files_with(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        let bytes = if t.is_dir() {
+            found.extend(files_with(&e.path(), needle));
+            continue;
+        } else if t.is_symlink() {
+            std::fs::read_link(e.path())
+                .map(|p| p.into_os_string().into_encoded_bytes())
+                .unwrap_or_default()
+        } else {
+            std::fs::read(e.path()).unwrap_or_default()
+        };
+        if !needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle) {
+            found.push(e.path().display().to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing() {
+    if skip(NEEDS) {
+        return;
+    }
+    let td = TestDir::new("run-token");
+    let sim = GitHubSim::start();
+    let repo = sim.add_repo("owner/repo");
+    sim.add_pat("token-pat", &[&repo]);
+    let record = td.join("record");
+    std::fs::create_dir_all(&record).unwrap();
+    // config.sh and the listener run as the runner user (1001).
+    std::fs::set_permissions(&record, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let logs = td.join("logs");
+
+    let out = td
+        .krunner()
+        .env("KRUNNER_TOKEN", "token-pat")
+        .args([
+            "run",
+            "--backend",
+            "namespace",
+            "--registration",
+            "token",
+            "--api-url",
+            &sim.api_url(),
+            "-p",
+            "owner/repo",
+            "-i",
+            &runner_image(),
+            "--name-prefix",
+            "tok",
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "-M",
+            &format!("{}:/record", record.display()),
+            "-n",
+            "1",
+            "-r",
+            "2",
+        ])
+        .run();
+    let ctx = format!(
+        "{out}\nsim log:\n{}\nrecord: {:?}",
+        sim.log_text(),
+        list_names(&record)
+    );
+    out.success().never_shows("token-pat");
+
+    // One registration token per run, and no JIT config.
+    let tokens = sim.registration_tokens();
+    assert_eq!(
+        sim.count(
+            "POST",
+            "/repos/owner/repo/actions/runners/registration-token"
+        ),
+        2,
+        "{ctx}"
+    );
+    assert_eq!(tokens.len(), 2, "{ctx}");
+    assert_ne!(tokens[0], tokens[1], "{ctx}");
+    assert_eq!(
+        sim.count(
+            "POST",
+            "/repos/owner/repo/actions/runners/generate-jitconfig"
+        ),
+        0,
+        "{ctx}"
+    );
+    // Both stand-in config.sh runs registered their runner; krunner deleted both.
+    assert_eq!(sim.count("POST", "/_sim/runners"), 2, "{ctx}");
+    assert_eq!(
+        sim.count("DELETE", "/repos/owner/repo/actions/runners/"),
+        2,
+        "{ctx}"
+    );
+
+    // The web URL rule of `run.rs`: the API base itself (not api.github.com, no /api/v3)
+    // plus owner/repo.
+    let url = format!("{}/owner/repo", sim.server_url());
+    let mut used = Vec::new();
+    for seq in 1..=2 {
+        let name = format!("tok-0-{seq}");
+        let argv: Vec<String> = read(&record.join(format!("config-argv-{name}")))
+            .lines()
+            .map(String::from)
+            .collect();
+        let token = argv
+            .iter()
+            .skip_while(|a| *a != "--token")
+            .nth(1)
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            tokens.contains(&token),
+            "{name}: config.sh got token {token:?}, not one the simulator issued ({tokens:?})\n{ctx}"
+        );
+        let want = [
+            "--unattended",
+            "--ephemeral",
+            "--disableupdate",
+            "--url",
+            &url,
+            "--token",
+            &token,
+            "--name",
+            &name,
+            "--work",
+            "_work",
+            "--labels",
+            "krun,krunner-tok",
+        ];
+        assert_eq!(argv, want, "{name}: config.sh argv\n{ctx}");
+        used.push(token);
+        let registered = read(&record.join(format!("config-registered-{name}")));
+        assert!(
+            registered.contains(&format!("\"name\":\"{name}\"")),
+            "{name}: the stand-in registration failed: {registered}\n{ctx}"
+        );
+        assert_eq!(
+            read(&record.join(format!("listener-argv-{name}"))),
+            "run\n",
+            "{name}: Runner.Listener argv\n{ctx}"
+        );
+    }
+    assert_ne!(used[0], used[1], "each run has its own token\n{ctx}");
+    // Sequential runs of one slot take the tokens in the order they were issued.
+    assert_eq!(used, tokens, "{ctx}");
+
+    for token in &tokens {
+        out.never_shows(token);
+        for rec in list_names(&record) {
+            if rec.starts_with("config-env-") || rec.starts_with("listener-env-") {
+                assert!(
+                    !read(&record.join(&rec)).contains(token.as_str()),
+                    "{rec} holds a registration token\n{ctx}"
+                );
+            }
+        }
+        for dir in [td.cache(), logs.clone()] {
+            let found = files_with(&dir, token.as_bytes());
+            assert!(
+                found.is_empty(),
+                "a registration token is in {found:?}\n{ctx}"
+            );
+        }
+    }
+    assert_eq!(
+        list_names(&record)
+            .iter()
+            .filter(|n| n.ends_with("-env-tok-0-1") || n.ends_with("-env-tok-0-2"))
+            .count(),
+        4,
+        "an environment record per program and run\n{ctx}"
+    );
+
+    assert!(
+        sim.runners().is_empty(),
+        "registrations left: {:?}\n{ctx}",
+        sim.runners()
+    );
+    assert_eq!(list_names(&logs).len(), 2, "one log per run\n{ctx}");
+    assert!(list_names(&td.cache().join("runs")).is_empty(), "{ctx}");
+}
