@@ -348,8 +348,15 @@ fn watch_signals(shutdown: Shutdown) -> anyhow::Result<()> {
 /// host for `…/api/v3`, the API base itself otherwise.
 fn web_url(api: &Url, scope: &Scope) -> anyhow::Result<String> {
     let mut web = api.clone();
-    if web.host_str() == Some("api.github.com") {
-        web.set_host(Some("github.com"))
+    // github.com and GHE.com (data residency, `api.SUBDOMAIN.ghe.com`) serve the API on an
+    // `api.` host; GHES serves it under `/api/v3` on the web host itself.
+    let host = web.host_str().unwrap_or_default().to_string();
+    let web_host = match host.strip_prefix("api.") {
+        Some(rest) if rest == "github.com" || rest.ends_with(".ghe.com") => Some(rest.to_string()),
+        _ => None,
+    };
+    if let Some(h) = web_host {
+        web.set_host(Some(&h))
             .context("cannot derive the GitHub web address")?;
     }
     let path = web
@@ -392,6 +399,11 @@ mod tests {
         let ent = Scope::parse("enterprise", "e").unwrap();
         let gh = Url::parse("https://api.github.com").unwrap();
         assert_eq!(web_url(&gh, &repo).unwrap(), "https://github.com/o/r");
+        let ghe_com = Url::parse("https://api.octo.ghe.com").unwrap();
+        assert_eq!(
+            web_url(&ghe_com, &repo).unwrap(),
+            "https://octo.ghe.com/o/r"
+        );
         let ghes = Url::parse("https://ghe.example/api/v3").unwrap();
         assert_eq!(
             web_url(&ghes, &ent).unwrap(),
