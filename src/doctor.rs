@@ -67,7 +67,25 @@ pub fn is_pvm_host(sys_module: &Path, cpuinfo: &str) -> bool {
         && !has_flag
 }
 
-const PVM_FIX: &str = "this host's KVM is nested \"PVM\" KVM (kvm_pvm, no vmx/svm): it creates VMs but cannot execute the libkrunfw guest kernel, which dies with KVM_EXIT_INTERNAL_ERROR. Run krunner on bare metal or a VM with real nested virtualization, or use --backend namespace (weaker isolation)";
+/// What to do on a host whose KVM cannot run the guest kernel (a macro, so that `concat!` can
+/// share it between the messages below).
+macro_rules! kvm_remedy {
+    () => {
+        "run krunner on bare metal or a VM with real nested virtualization, or use --backend namespace (weaker isolation)"
+    };
+}
+
+const PVM_FIX: &str = concat!(
+    "this host's KVM is nested \"PVM\" KVM (kvm_pvm, no vmx/svm): it creates VMs but cannot execute the libkrunfw guest kernel, which dies with KVM_EXIT_INTERNAL_ERROR; ",
+    kvm_remedy!()
+);
+
+/// Why a guest died with `KVM_EXIT_INTERNAL_ERROR`, and what to do: for `krunner exec` and the
+/// run log messages of `krunner run`.
+pub const KVM_INTERNAL_ERROR_HELP: &str = concat!(
+    "the guest kernel died with KVM_EXIT_INTERNAL_ERROR: this host's KVM cannot run the libkrunfw guest kernel (nested \"PVM\" KVM is such a KVM); `krunner doctor` checks the host; ",
+    kvm_remedy!()
+);
 
 /// The checks that need no boot.
 pub fn static_checks(libkrunfw_dir: Option<&Path>) -> (Vec<Check>, bool) {
@@ -225,7 +243,7 @@ pub async fn test_boot(
         .map(|(_, e)| String::from_utf8_lossy(e).into_owned())
         .unwrap_or_default();
     let secs = outcome.timings.total.as_secs_f64();
-    if stderr.contains("KVM_EXIT_INTERNAL_ERROR") {
+    if outcome.kvm_internal_error {
         return Check::new(
             "test boot",
             Status::Fail,

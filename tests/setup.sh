@@ -13,6 +13,9 @@ packages=(
   clang libclang-dev pkg-config
   # the test suite's local registry, reference unpacker and image tools
   docker-registry skopeo umoci busybox-static apache2-utils
+  # the emulated KVM host that runs real libkrun guests (tests/l1.sh): QEMU in software, its
+  # initramfs (busybox-static above, cpio), module dependencies of its kernel (kmod)
+  qemu-system-x86 cpio kmod
   # lint of the repo's shell scripts
   shellcheck
   ca-certificates
@@ -59,6 +62,12 @@ if ! ls "$libkrunfw_dir"/libkrunfw.so.5 >/dev/null 2>&1; then
     fi
     rm -rf "$work"
   fi
+fi
+
+# The emulated KVM host's kernel (Debian's, downloaded with apt, unpacked, never installed) and
+# initramfs, cached in /var/tmp/krunner-test/l1.
+if ! bash "$(dirname "$0")/l1.sh" prepare; then
+  echo "tests/setup.sh: could not prepare the emulated KVM host; the real-guest tests will say why" >&2
 fi
 
 echo "tests/setup.sh: build and test dependencies installed"

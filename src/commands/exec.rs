@@ -101,5 +101,8 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
     if outcome.exit.code() != 0 {
         tracing::info!(run = %outcome.run_id, "guest {}", outcome.exit.describe());
     }
+    if outcome.kvm_internal_error {
+        tracing::error!("{}", crate::doctor::KVM_INTERNAL_ERROR_HELP);
+    }
     Ok(ExitCode::from(outcome.exit.code()))
 }

@@ -28,6 +28,12 @@ use crate::secret::Secret;
 /// Run logs kept in `--log-dir`.
 const KEEP_LOGS: usize = 50;
 
+/// How long a stopped runner may take to end by itself (the agent sends it SIGTERM) before its
+/// guest is killed: a busy runner cancels its job (SIGINT, then SIGTERM after 7.5 s, to the
+/// step's processes), then reports the result and removes its session. A drain waits
+/// `--drain-timeout` first; 600 s + this stays within the README's systemd TimeoutStopSec=660.
+const RUNNER_STOP_GRACE: Duration = Duration::from_secs(30);
+
 /// Runs the command.
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let auth = auth(&args)?;
@@ -158,7 +164,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 dns: args.guest.dns.clone(),
                 max_lifetime: (args.guest.max_lifetime > 0)
                     .then(|| Duration::from_secs(args.guest.max_lifetime)),
-                stop_grace: Duration::from_secs(10),
+                stop_grace: RUNNER_STOP_GRACE,
                 output: Output::Capture,
                 krun_log_level: args.guest.krun_log_level,
                 libkrunfw_dir: args.guest.libkrunfw_dir.clone(),

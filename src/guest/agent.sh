@@ -1,7 +1,7 @@
 #!/bin/sh
 # krunner guest agent: the workload of every guest, injected by the host into each run's clone
 # at /.krunner/agent, so any image that meets the image contract works and the agent always
-# matches the host's krunner. Needs only a POSIX sh, mount/umount, su, id, kill and date
+# matches the host's krunner. Needs only a POSIX sh, mount/umount, su, id, kill, cat and date
 # (busybox is enough). It runs as root: under libkrun's init, or as the child of krunner's
 # PID 1 under the namespace backend.
 #
@@ -9,8 +9,16 @@
 #   mount TAG PATH ro|rw   a virtio-fs share to mount (krun; the namespace backend pre-mounts)
 #   secrets PATH           the per-run secrets share (holds jitconfig or token)
 #   results PATH           the per-run results share (the agent writes "result" there)
-#   runner jit|token       run the actions runner once (else: run the command after "--")
+#   control PATH           the per-run control share (read-only; the host creates "stop" there)
+#   runner jit|token       run the actions runner once (else: run the command)
 #   url URL / name NAME / labels L / group G / work DIR / user USER   (token mode, user)
+#
+# The workload never travels on the kernel command line (which cannot carry "--", quotes or
+# newlines): the host writes it into the clone, one file per item, exact bytes.
+#   /.krunner/argv/0, 1, …   command mode: the command and its arguments
+#   /.krunner/env/NAME       the environment to add; the file's content is the value
+#
+# Command mode: rebuild the command from argv/, export env/, exec it.
 #
 # Runner mode, in order:
 #   1. mount the shares;
@@ -20,13 +28,18 @@
 #   4. run the runner as USER (uid 1001 in krunner's images) from /opt/actions-runner:
 #      JIT: bin/Runner.Listener run --jitconfig CONFIG (its documented, single-use input);
 #      token: config.sh --unattended --ephemeral --disableupdate …, then bin/Runner.Listener run;
-#   5. forward SIGTERM/SIGINT to it; write its exit status and start/end times to
-#      RESULTS/result; exit with its status.
+#   5. forward SIGTERM/SIGINT to it, and stop it the same way when the host creates
+#      CONTROL/stop; write its exit status and start/end times to RESULTS/result; exit with
+#      its status.
+# The runner and podman get the env/ variables too (the runner on top of a minimal
+# environment).
 set -eu
 
 conf=/.krunner/agent.conf
+argv_dir=/.krunner/argv
+env_dir=/.krunner/env
 runner_root=/opt/actions-runner
-secrets='' results='' mode='' url='' name='' labels='' group='' work=_work user=runner
+secrets='' results='' control='' mode='' url='' name='' labels='' group='' work=_work user=runner
 started=$(date +%s)
 runner_started=''
 
@@ -47,6 +60,27 @@ fail() { # CODE MESSAGE
 	log "$2"
 	write_result "$1" || true
 	exit "$1"
+}
+
+# is_name WORD: whether WORD can be a variable name (the host only writes such names).
+is_name() {
+	case "$1" in
+	'' | [!A-Za-z_]* | *[!A-Za-z0-9_]*) return 1 ;;
+	esac
+}
+
+# export_env: exports each env/NAME file as NAME, byte for byte. Its only state is its own
+# positional parameters, so a variable named like one of the agent's keeps the host's value.
+export_env() {
+	set -- "$env_dir"/*
+	while [ "$#" -gt 0 ]; do
+		if [ -f "$1" ] && is_name "${1##*/}"; then
+			# The x keeps trailing newlines, which $(…) would strip; eval only sees a name.
+			export "${1##*/}=$(cat "$1" && printf x)"
+			eval "${1##*/}=\${${1##*/}%x}"
+		fi
+		shift
+	done
 }
 
 # load_conf: reads the configuration. A function, so that its `set --` leaves the script's own
@@ -75,6 +109,7 @@ load_conf() {
 			;;
 		secrets) secrets=$1 ;;
 		results) results=$1 ;;
+		control) control=$1 ;;
 		runner) mode=$1 ;;
 		url) url=$1 ;;
 		name) name=$1 ;;
@@ -89,9 +124,18 @@ load_conf() {
 load_conf
 
 if [ -z "$mode" ]; then
-	# Command mode (krunner exec): run what follows "--".
-	[ "${1:-}" = "--" ] && shift
+	# Command mode (krunner exec): argv/0, argv/1, … until one is missing; the x keeps
+	# trailing newlines, which $(…) would strip.
+	set --
+	i=0
+	while [ -e "$argv_dir/$i" ]; do
+		v=$(cat "$argv_dir/$i" && printf x) || fail 125 "cannot read $argv_dir/$i"
+		set -- "$@" "${v%x}"
+		i=$((i + 1))
+	done
 	[ "$#" -gt 0 ] || fail 125 "no command given"
+	# Last: nothing of the agent runs with the workload's environment.
+	export_env
 	exec "$@"
 fi
 
@@ -106,15 +150,19 @@ fi
 registration=$(cat "$secret_file")
 rm -f "$secret_file"
 # Nothing a workflow starts may reach the share again: unmount it (virtio-fs under krun, a
-# bind mount under the namespace backend) and leave an empty, closed directory.
+# bind mount under the namespace backend) and remove its mount point; if that fails, leave
+# at least an empty, closed directory.
 if umount "$secrets" 2>/dev/null; then :; else log "warning: could not unmount $secrets"; fi
-chmod 000 "$secrets" 2>/dev/null || true
+rmdir "$secrets" 2>/dev/null || chmod 000 "$secrets" 2>/dev/null || true
 [ -n "$registration" ] || fail 125 "the registration in $secret_file is empty"
 
 # A docker-compatible daemon for the workflow, when the image has one.
 if command -v podman >/dev/null 2>&1; then
 	mkdir -p /var/run
-	podman system service --time=0 unix:///var/run/docker.sock >/var/log/krunner-podman.log 2>&1 &
+	(
+		export_env
+		exec podman system service --time=0 unix:///var/run/docker.sock
+	) >/var/log/krunner-podman.log 2>&1 &
 	i=0
 	while [ ! -S /var/run/docker.sock ] && [ "$i" -lt 100 ]; do
 		sleep 0.1 2>/dev/null || sleep 1
@@ -133,13 +181,19 @@ id "$user" >/dev/null 2>&1 || fail 125 "the image has no user $user"
 home=$(getent passwd "$user" 2>/dev/null | cut -d: -f6 || true)
 [ -n "$home" ] || home=/home/$user
 
-# as_user PROG ARGS…: become PROG, as the runner user with a minimal, explicit environment.
-# It execs: call it in a subshell or a background job, whose pid is then the runner's own (so
-# signals reach the runner, not a shell around it).
+# as_user PROG ARGS…: become PROG, as the runner user with a minimal, explicit environment
+# plus the env/ variables. It execs: call it in a subshell or a background job, whose pid is
+# then the runner's own (so signals reach the runner, not a shell around it).
 as_user() {
 	# shellcheck disable=SC2016 # "$0" "$@" are for the inner sh, not this one
-	exec env -i PATH="$PATH" HOME="$home" LANG=C.UTF-8 \
-		su -s /bin/sh -c 'exec "$0" "$@"' -- "$user" "$@"
+	set -- su -s /bin/sh -c 'exec "$0" "$@"' -- "$user" "$@"
+	for f in "$env_dir"/*; do
+		if [ -f "$f" ] && is_name "${f##*/}"; then
+			v=$(cat "$f" && printf x) || exit 125
+			set -- "${f##*/}=${v%x}" "$@"
+		fi
+	done
+	exec env -i PATH="$PATH" HOME="$home" LANG=C.UTF-8 "$@"
 }
 
 runner_pid=''
@@ -151,21 +205,48 @@ forward() {
 }
 trap forward TERM INT
 
+# watch_stop PID: polls for the host's stop request and then stops the runner as `forward`
+# does. Under krun a signal to the VMM never reaches the guest; this is how a stop does.
+# shellcheck disable=SC2317 # runs in the background
+watch_stop() {
+	while kill -0 "$1" 2>/dev/null; do
+		if [ -e "$control/stop" ]; then
+			log "stop requested by the host"
+			kill -TERM "$1" 2>/dev/null || true
+			return 0
+		fi
+		sleep 1
+	done
+}
+
 # run_runner PROG ARGS…: start it in the background, wait through forwarded signals.
 run_runner() {
 	"$@" &
 	runner_pid=$!
 	runner_started=$(date +%s)
+	watcher=''
+	if [ -n "$control" ]; then
+		watch_stop "$runner_pid" &
+		watcher=$!
+	fi
 	while :; do
 		rc=0
 		wait "$runner_pid" || rc=$?
 		# wait returns early (>128) when a trapped signal arrives; go on until it is gone.
 		kill -0 "$runner_pid" 2>/dev/null || break
 	done
+	# The watcher ends with the runner; its status is not the run's.
+	if [ -n "$watcher" ]; then
+		kill "$watcher" 2>/dev/null || true
+		wait "$watcher" 2>/dev/null || true
+	fi
 	return "$rc"
 }
 
 cd "$runner_root" 2>/dev/null || fail 125 "no actions runner at $runner_root"
+# These lines land in the run's log on the host (the guest console): enough to tell how far a
+# guest got.
+log "starting the runner ($mode mode) as $user from $runner_root"
 rc=0
 if [ "$mode" = jit ]; then
 	run_runner as_user "$runner_root/bin/Runner.Listener" run --jitconfig "$registration" || rc=$?
@@ -179,5 +260,6 @@ else
 	run_runner as_user "$runner_root/bin/Runner.Listener" run || rc=$?
 fi
 registration=''
+log "the runner exited with status $rc"
 write_result "$rc"
 exit "$rc"

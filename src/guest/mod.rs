@@ -1,5 +1,6 @@
 //! What the host puts into each run's clone before boot — the guest agent, its configuration,
-//! the network files — and what it reads back after the guest ended. None of what is written
+//! the workload's argv and env files, the network files — and what it reads back after the
+//! guest ended. None of what is written
 //! into the clone is secret: the registration travels in the per-run secrets share, which the
 //! agent empties and unmounts before the runner starts.
 
@@ -10,6 +11,15 @@ use crate::secret::Secret;
 pub const SECRETS_GUEST: &str = "/.krunner/secrets";
 /// Where the per-run results share appears in the guest.
 pub const RESULTS_GUEST: &str = "/.krunner/results";
+/// Where the per-run control share appears in the guest (runner runs, read-only): the host
+/// creates `stop` in it to ask the agent to stop the runner.
+pub const CONTROL_GUEST: &str = "/.krunner/control";
+/// The command's arguments, one file each, `0`, `1`, …, holding the exact bytes: they never
+/// travel on the kernel command line, which cannot carry `--`, quotes or newlines.
+pub const ARGV_DIR: &str = "/.krunner/argv";
+/// The workload's extra environment, one file per variable: the file's name is the variable's,
+/// its content the value.
+pub const ENV_DIR: &str = "/.krunner/env";
 
 /// How the guest's runner registers: the host obtained it, the guest only uses it.
 #[derive(Debug, Clone)]
@@ -87,6 +97,15 @@ pub fn parse_result(text: &str) -> Option<GuestResult> {
     })
 }
 
+/// Whether `name` can be an environment variable the agent exports: a shell identifier,
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
 /// A value for the agent configuration: one line, and no blanks unless `spaces` (the last
 /// field of its line).
 fn conf_value(key: &str, v: &str, spaces: bool) -> Result<(), String> {
@@ -110,7 +129,7 @@ pub fn agent_conf_for(
     let mut s = agent_conf(shares_to_mount);
     let Some(job) = job else { return Ok(s) };
     s.push_str(&format!(
-        "secrets {SECRETS_GUEST}\nresults {RESULTS_GUEST}\n"
+        "secrets {SECRETS_GUEST}\nresults {RESULTS_GUEST}\ncontrol {CONTROL_GUEST}\n"
     ));
     conf_value("user", &job.user, false)?;
     conf_value("work", &job.work, false)?;
@@ -204,6 +223,7 @@ mod tests {
             "labels krun,ubuntu",
             "group My Group",
             "secrets /.krunner/secrets",
+            "control /.krunner/control",
         ] {
             assert!(c.contains(&format!("{line}\n")), "{line}: {c}");
         }
@@ -246,6 +266,16 @@ mod tests {
         }]);
         assert!(s.contains("mount krunner-cache /cache ro\n"), "{s}");
         assert!(resolv_conf("1.1.1.1").contains("options use-vc\nnameserver 1.1.1.1\n"));
+    }
+
+    #[test]
+    fn env_names_are_shell_identifiers() {
+        for ok in ["A", "_", "a_1", "PATH", "_X9"] {
+            assert!(is_env_name(ok), "{ok}");
+        }
+        for bad in ["", "1A", "A-B", "a.b", "A B", "A=B", "É", "A\n"] {
+            assert!(!is_env_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

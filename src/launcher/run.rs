@@ -3,10 +3,11 @@
 //!
 //! Order: sweep leftovers of dead krunner processes (once, in [`Launcher::new`]) → take the
 //! image's rootfs lock shared (so `prune` keeps it) and the run's own lock → clone → write the
-//! agent and network files → write the spec (0600) → spawn `krunner __<backend>-child SPEC`
-//! in its own process group with a clean environment → wait, with a hard lifetime and stop
-//! requests (SIGTERM, then SIGKILL after a grace period) → read the child's events → remove
-//! the run directory.
+//! agent, the workload's argv and env files and the network files → write the spec (0600) →
+//! spawn `krunner __<backend>-child SPEC` in its own process group with a clean environment,
+//! its output through a pipe of ours → wait, with a hard lifetime and stop requests (the
+//! control share's stop file, SIGTERM under namespaces, then SIGKILL after a grace period) →
+//! read the child's events → remove the run directory.
 //!
 //! The child is spawned from an async task, i.e. from a runtime worker thread that lives as
 //! long as the runtime: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
@@ -159,7 +160,8 @@ pub struct RunRequest {
     pub shares: Vec<Share>,
     /// What the guest runs: a command, or the actions runner once.
     pub workload: Workload,
-    /// Extra environment for the guest command (added to PATH, HOME, HOSTNAME).
+    /// Extra environment for the guest workload (added to PATH, HOME, HOSTNAME; it overrides
+    /// them). Names must be shell identifiers: the agent exports them.
     pub env: Vec<(String, String)>,
     /// Guest working directory.
     pub workdir: String,
@@ -169,7 +171,9 @@ pub struct RunRequest {
     pub dns: String,
     /// Hard limit on the VM's life.
     pub max_lifetime: Option<Duration>,
-    /// Time between SIGTERM and SIGKILL when stopping.
+    /// How long a stopped guest may take to end by itself before it is killed. Under krun
+    /// only a runner run can end by itself (the agent acts on the stop file); the VMM gets no
+    /// SIGTERM.
     pub stop_grace: Duration,
     /// Where output goes.
     pub output: Output,
@@ -222,6 +226,9 @@ pub struct RunOutcome {
     pub timings: Timings,
     /// What the guest agent reported (runner runs).
     pub guest_result: Option<GuestResult>,
+    /// libkrun reported `KVM_EXIT_INTERNAL_ERROR`: this host's KVM cannot run the guest kernel
+    /// (see [`crate::doctor::KVM_INTERNAL_ERROR_HELP`]).
+    pub kvm_internal_error: bool,
 }
 
 impl RunOutcome {
@@ -362,9 +369,10 @@ impl Launcher {
             id: run_id.clone(),
         };
 
-        // The per-run secrets (0700 dir, 0600 file) and results shares of a runner job.
+        // The per-run secrets (0700 dir, 0600 file), results and control shares of a runner job.
         let mut shares = req.shares.clone();
         let results_dir = run_dir.join("results");
+        let mut control_dir = None;
         if let Workload::Runner(job) = &req.workload {
             let secrets = run_dir.join("secrets");
             write_secret(
@@ -389,6 +397,17 @@ impl Launcher {
                 guest: guest::RESULTS_GUEST.into(),
                 read_only: false,
             });
+            // The stop channel: the host creates `stop` here, the agent's watcher sees it and
+            // stops the runner (a signal to the VMM would never reach it).
+            let control = run_dir.join("control");
+            private_dir(&control).map_err(io(format!("create {}", control.display())))?;
+            shares.push(Share {
+                tag: "krunner-control".into(),
+                host: control.clone(),
+                guest: guest::CONTROL_GUEST.into(),
+                read_only: true,
+            });
+            control_dir = Some(control);
         }
 
         let t = Instant::now();
@@ -426,30 +445,53 @@ impl Launcher {
         if let Some(dir) = &req.libkrunfw_dir {
             cmd.env("LD_LIBRARY_PATH", dir);
         }
-        match &req.output {
-            Output::Inherit => {
+        // Under krun the child's stderr (and for a log file also its stdout and the guest
+        // console) passes through a pipe to a task of ours that copies it on and watches for
+        // libkrun's KVM_EXIT_INTERNAL_ERROR line. Under namespaces the guest writes to the
+        // terminal or the log directly.
+        let mut tee: Option<(tokio::net::unix::pipe::Receiver, Box<dyn TeeSink>)> = None;
+        let pipe_err = || io("create the output pipe".into());
+        match (&req.output, req.backend) {
+            (Output::Inherit, Backend::Namespace) => {
                 cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
             }
-            Output::File(p) => {
+            (Output::Inherit, Backend::Krun) => {
+                let (r, w) = output_pipe().map_err(pipe_err())?;
+                cmd.stdout(Stdio::inherit()).stderr(w);
+                tee = Some((r, Box::new(tokio::io::stderr())));
+            }
+            (Output::File(p), backend) => {
                 let f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
                     .map_err(io(format!("open log {}", p.display())))?;
-                let f2 = f
-                    .try_clone()
-                    .map_err(io(format!("open log {}", p.display())))?;
-                cmd.stdout(f).stderr(f2);
+                if backend == Backend::Krun {
+                    let (r, w) = output_pipe().map_err(pipe_err())?;
+                    let w2 = w.try_clone().map_err(pipe_err())?;
+                    cmd.stdout(w).stderr(w2);
+                    tee = Some((r, Box::new(tokio::fs::File::from_std(f))));
+                } else {
+                    let f2 = f
+                        .try_clone()
+                        .map_err(io(format!("open log {}", p.display())))?;
+                    cmd.stdout(f).stderr(f2);
+                }
             }
-            Output::Capture => {
+            (Output::Capture, _) => {
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             }
         }
-        let mut child = cmd.spawn().map_err(io("spawn the VM child".into()))?;
+        let spawned = cmd.spawn();
+        // The Command keeps its copies of the pipe's write end: drop them, or the tee task
+        // would never see the end of the output.
+        drop(cmd);
+        let mut child = spawned.map_err(io("spawn the VM child".into()))?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok());
         tracing::debug!(run = %run_id, backend = ?req.backend, pid, "VM child started");
 
-        // Drain captured output concurrently so a chatty guest cannot block on a full pipe.
+        // Drain output concurrently so a chatty guest cannot block on a full pipe.
+        let tee_task = tee.map(|(r, sink)| tokio::spawn(tee_output(r, sink)));
         let out_task = child.stdout.take().map(|mut s| {
             tokio::spawn(async move {
                 let mut v = Vec::new();
@@ -464,6 +506,17 @@ impl Launcher {
                 v
             })
         });
+        let stop_how = StopHow {
+            grace: req.stop_grace,
+            stop_file: control_dir.as_ref().map(|d| d.join("stop")),
+            // libkrun's VMM does not turn SIGTERM into anything the guest sees: it dies at
+            // once and takes the guest with it. So under krun a runner run is asked through
+            // the stop file (the agent's watcher stops the runner, which can tell GitHub) and
+            // gets no SIGTERM; a command run has no such watcher, so SIGTERM ends it at once
+            // rather than after a useless grace period. Under namespaces SIGTERM reaches the
+            // agent, which forwards it.
+            term_first: req.backend == Backend::Namespace || control_dir.is_none(),
+        };
 
         let lifetime = async {
             match req.max_lifetime {
@@ -474,8 +527,8 @@ impl Launcher {
         let mut stopped_by_us = None;
         let status = tokio::select! {
             s = child.wait() => s,
-            _ = lifetime => { stopped_by_us = Some(VmExit::LifetimeExceeded); stop_child(&mut child, pid, req.stop_grace).await }
-            _ = stop.cancelled() => { stopped_by_us = Some(VmExit::Stopped); stop_child(&mut child, pid, req.stop_grace).await }
+            _ = lifetime => { stopped_by_us = Some(VmExit::LifetimeExceeded); stop_child(&mut child, pid, &stop_how).await }
+            _ = stop.cancelled() => { stopped_by_us = Some(VmExit::Stopped); stop_child(&mut child, pid, &stop_how).await }
         }
         .map_err(io("wait for the VM child".into()))?;
         // The child is reaped, but what it started may still be dying (its PID 1 and the
@@ -496,8 +549,16 @@ impl Launcher {
             },
         };
         let captured = match (out_task, err_task) {
-            (Some(o), Some(e)) => Some((o.await.unwrap_or_default(), e.await.unwrap_or_default())),
+            (Some(o), Some(e)) => Some((
+                finish_task(o, &run_id).await.unwrap_or_default(),
+                finish_task(e, &run_id).await.unwrap_or_default(),
+            )),
             _ => None,
+        };
+        let kvm_internal_error = match (tee_task, &captured) {
+            (Some(t), _) => finish_task(t, &run_id).await.unwrap_or(false),
+            (None, Some((_, err))) => mentions_kvm_internal_error(err),
+            (None, None) => false,
         };
         let events = spec::read_events(&run_dir.join("events"));
         let started = events
@@ -529,6 +590,7 @@ impl Launcher {
             events,
             captured,
             guest_result,
+            kvm_internal_error,
             timings: Timings {
                 clone: clone_time,
                 prepare: prepare_time,
@@ -609,11 +671,19 @@ impl Launcher {
             0o644,
         )
         .map_err(clone_err)?;
+        let mut env = vec![("HOSTNAME".to_string(), req.hostname.clone())];
+        env.extend(req.env.iter().cloned());
+        let argv = match &req.workload {
+            Workload::Command(c) => Some(c.as_slice()),
+            Workload::Runner(_) => None,
+        };
+        write_workload_files(&root, argv, &env, run_id)?;
 
-        let mut env = vec![
+        // All that travels on the kernel command line (krun) or to the namespace's PID 1: the
+        // agent and what it needs itself. The rest is in the files written above.
+        let env = vec![
             ("PATH".to_string(), guest::GUEST_PATH.to_string()),
             ("HOME".to_string(), "/root".to_string()),
-            ("HOSTNAME".to_string(), req.hostname.clone()),
             (
                 "KRUNNER_BACKEND".to_string(),
                 match req.backend {
@@ -623,11 +693,7 @@ impl Launcher {
                 .to_string(),
             ),
         ];
-        env.extend(req.env.iter().cloned());
-        let mut args = vec![guest::AGENT_PATH.to_string(), "--".to_string()];
-        if let Workload::Command(c) = &req.workload {
-            args.extend(c.iter().cloned());
-        }
+        let args = vec![guest::AGENT_PATH.to_string()];
         let spec = LaunchSpec {
             run_id: run_id.to_string(),
             parent_pid: std::process::id() as i32,
@@ -651,8 +717,12 @@ impl Launcher {
                         .map_or(req.nofile, |(_, hard)| req.nofile.min(hard))
                 }
             },
+            // libkrun opens the console file with File::create (O_TRUNC, its own offset): the
+            // run's log itself would be truncated and overwritten. Our stderr is the output
+            // pipe instead, which libkrun opens anew through /proc (O_TRUNC means nothing to a
+            // pipe), so console and child messages reach the log in order, appended.
             console_log: match (&req.backend, &req.output) {
-                (Backend::Krun, Output::File(p)) => Some(p.clone()),
+                (Backend::Krun, Output::File(_)) => Some(PathBuf::from("/proc/self/fd/2")),
                 _ => None,
             },
             events: run_dir.join("events"),
@@ -689,21 +759,40 @@ fn write_secret(dir: &Path, name: &str, value: &str) -> std::io::Result<()> {
     f.write_all(value.as_bytes())
 }
 
-/// SIGTERM, then SIGKILL after `grace`; returns the final status.
+/// How a run is stopped.
+struct StopHow {
+    /// How long the guest may take to end by itself.
+    grace: Duration,
+    /// Created first, when the run has a control share: the agent stops the runner.
+    stop_file: Option<PathBuf>,
+    /// Send SIGTERM to the VM child (namespace backend: it reaches the agent).
+    term_first: bool,
+}
+
+/// Asks the guest to stop (the stop file, SIGTERM where it helps), then SIGKILLs the whole
+/// process group if it has not ended after the grace period; returns the final status.
 async fn stop_child(
     child: &mut tokio::process::Child,
     pid: Option<i32>,
-    grace: Duration,
+    how: &StopHow,
 ) -> std::io::Result<std::process::ExitStatus> {
-    if let Some(p) = pid {
-        let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+    if let Some(f) = &how.stop_file {
+        if let Err(e) = std::fs::write(f, b"stop\n") {
+            tracing::warn!("cannot create the stop file {}: {e}", f.display());
+        }
     }
+    if how.term_first {
+        if let Some(p) = pid {
+            let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+        }
+    }
+    let grace = how.grace;
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(s) => s,
         Err(_) => {
             tracing::warn!(
                 pid,
-                "the VM child ignored SIGTERM for {grace:?}: killing it"
+                "the guest did not end within {grace:?} of the stop request: killing it"
             );
             // The whole process group: the VM child, and under the namespace backend its
             // PID 1 and the guest processes that did not leave the group.
@@ -714,6 +803,139 @@ async fn stop_child(
             child.wait().await
         }
     }
+}
+
+/// Where the tee task copies output to: krunner's stderr or a run's log.
+trait TeeSink: tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncWrite + Unpin + Send> TeeSink for T {}
+
+/// A close-on-exec pipe for the child's output: our async read end, and the write end for the
+/// child's stdio.
+fn output_pipe() -> std::io::Result<(tokio::net::unix::pipe::Receiver, std::os::fd::OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((tokio::net::unix::pipe::Receiver::from_owned_fd(r)?, w))
+}
+
+/// Copies the child's output to `sink` as it comes (no waiting for whole lines) until every
+/// writer is gone; returns whether libkrun reported `KVM_EXIT_INTERNAL_ERROR` in it.
+async fn tee_output(
+    mut from: tokio::net::unix::pipe::Receiver,
+    mut sink: Box<dyn TeeSink>,
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut scan = MarkerScan::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sink_ok = true;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        scan.feed(&buf[..n]);
+        // A sink that fails (a closed terminal, a full disk) must not stall the guest on a
+        // full pipe: keep reading, stop writing.
+        if sink_ok && sink.write_all(&buf[..n]).await.is_err() {
+            sink_ok = false;
+        }
+    }
+    let _ = sink.flush().await;
+    scan.found
+}
+
+/// Awaits an output task: briefly, since it only ends when every process that inherited the
+/// pipe is gone, and the run's process group already is.
+async fn finish_task<T>(task: tokio::task::JoinHandle<T>, run_id: &str) -> Option<T> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(5), task).await {
+        Ok(r) => r.ok(),
+        Err(_) => {
+            tracing::warn!(run = %run_id, "the run's output is still open after it ended; no longer reading it");
+            abort.abort();
+            None
+        }
+    }
+}
+
+/// What libkrun logs when KVM stops the vCPU because it cannot emulate the guest (nested
+/// "PVM" KVM and libkrunfw's kernel).
+const KVM_INTERNAL_ERROR: &[u8] = b"KVM_EXIT_INTERNAL_ERROR";
+
+/// Whether `output` holds libkrun's `KVM_EXIT_INTERNAL_ERROR` report.
+pub fn mentions_kvm_internal_error(output: &[u8]) -> bool {
+    output
+        .windows(KVM_INTERNAL_ERROR.len())
+        .any(|w| w == KVM_INTERNAL_ERROR)
+}
+
+/// Finds [`KVM_INTERNAL_ERROR`] in a stream fed in pieces, also across piece boundaries,
+/// keeping only the last few bytes.
+#[derive(Default)]
+struct MarkerScan {
+    tail: Vec<u8>,
+    found: bool,
+}
+
+impl MarkerScan {
+    fn feed(&mut self, piece: &[u8]) {
+        if self.found {
+            return;
+        }
+        let keep = KVM_INTERNAL_ERROR.len() - 1;
+        // The carried-over tail plus the start of this piece covers a split marker.
+        let head = &piece[..piece.len().min(keep)];
+        let mut joint = std::mem::take(&mut self.tail);
+        joint.extend_from_slice(head);
+        self.found = mentions_kvm_internal_error(&joint) || mentions_kvm_internal_error(piece);
+        joint.extend_from_slice(&piece[head.len()..]);
+        self.tail = joint[joint.len().saturating_sub(keep)..].to_vec();
+    }
+}
+
+/// Writes the command's arguments (`argv`, a command run) and the extra environment into the
+/// clone as files for the agent ([`guest::ARGV_DIR`], [`guest::ENV_DIR`]): exact bytes, no
+/// quoting, no size limit of the kernel command line. Later `env` entries win.
+fn write_workload_files(
+    root: &RootSpec,
+    argv: Option<&[String]>,
+    env: &[(String, String)],
+    run_id: &str,
+) -> Result<(), LaunchError> {
+    let spec_err = |source| LaunchError::Spec {
+        run: run_id.to_string(),
+        source,
+    };
+    let clone_err = |source| LaunchError::Clone {
+        run: run_id.to_string(),
+        source,
+    };
+    if let Some(argv) = argv {
+        let mut files = Vec::with_capacity(argv.len());
+        for (i, a) in argv.iter().enumerate() {
+            if a.contains('\0') {
+                return Err(spec_err(spec::SpecError::Nul(format!(
+                    "argument {i} ({a:?})"
+                ))));
+            }
+            files.push((i.to_string(), a.clone().into_bytes()));
+        }
+        rootfs::write_guest_dir(root, guest::ARGV_DIR, &files, 0o644).map_err(clone_err)?;
+    }
+    let mut files: Vec<(String, Vec<u8>)> = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        if !guest::is_env_name(k) {
+            return Err(spec_err(spec::SpecError::EnvName(k.clone())));
+        }
+        if v.contains('\0') {
+            return Err(spec_err(spec::SpecError::Nul(format!(
+                "the value of environment variable {k}"
+            ))));
+        }
+        files.retain(|(name, _)| name != k);
+        files.push((k.clone(), v.clone().into_bytes()));
+    }
+    rootfs::write_guest_dir(root, guest::ENV_DIR, &files, 0o644).map_err(clone_err)
 }
 
 /// Waits (up to `limit`) until no process is left in process group `pgid`.
@@ -880,6 +1102,107 @@ mod tests {
         assert_eq!(VmExit::Exited(7).code(), 7);
         assert_eq!(VmExit::Signaled(9).code(), 137);
         assert_eq!(VmExit::LifetimeExceeded.code(), 143);
+    }
+
+    #[test]
+    fn the_workload_travels_as_files_byte_for_byte() {
+        let t = tempfile::tempdir().unwrap();
+        let root = RootSpec::Dir(t.path().to_path_buf());
+        let argv: Vec<String> = vec![
+            "sh".into(),
+            String::new(),
+            "--".into(),
+            "say \"hi\" 'there'\nline\n\n".into(),
+            "héllo ✓".into(),
+            "x".repeat(8192),
+        ];
+        let env = vec![
+            ("HOSTNAME".to_string(), "h".to_string()),
+            ("A_1".to_string(), "v\"al\nue\n".to_string()),
+            ("HOSTNAME".to_string(), "later wins".to_string()),
+        ];
+        write_workload_files(&root, Some(&argv), &env, "r").unwrap();
+        let dir = t.path().join(".krunner/argv");
+        for (i, a) in argv.iter().enumerate() {
+            assert_eq!(
+                std::fs::read(dir.join(i.to_string())).unwrap(),
+                a.as_bytes()
+            );
+        }
+        assert!(!dir.join(argv.len().to_string()).exists());
+        let env_dir = t.path().join(".krunner/env");
+        assert_eq!(std::fs::read(env_dir.join("A_1")).unwrap(), b"v\"al\nue\n");
+        assert_eq!(
+            std::fs::read(env_dir.join("HOSTNAME")).unwrap(),
+            b"later wins"
+        );
+        assert_eq!(std::fs::read_dir(&env_dir).unwrap().count(), 2);
+
+        // A runner run writes no argv; a second write replaces the first completely.
+        write_workload_files(&root, Some(&[]), &[], "r").unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(&env_dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bad_environment_names_and_nul_bytes_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = RootSpec::Dir(t.path().to_path_buf());
+        for name in ["1X", "A-B", "a.b", "", "X Y"] {
+            let e =
+                write_workload_files(&root, None, &[(name.into(), "v".into())], "r").unwrap_err();
+            let msg = crate::error_chain(&e);
+            assert!(
+                matches!(
+                    &e,
+                    LaunchError::Spec {
+                        source: spec::SpecError::EnvName(n),
+                        ..
+                    } if n == name
+                ),
+                "{name:?}: {msg}"
+            );
+            assert!(msg.contains(&format!("{name:?}")), "{msg}");
+        }
+        assert!(matches!(
+            write_workload_files(&root, None, &[("A".into(), "a\0b".into())], "r"),
+            Err(LaunchError::Spec {
+                source: spec::SpecError::Nul(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            write_workload_files(&root, Some(&["a\0".into()]), &[], "r"),
+            Err(LaunchError::Spec {
+                source: spec::SpecError::Nul(_),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn kvm_internal_errors_are_noticed_in_whole_and_split_output() {
+        let line = b"[ERROR vmm::linux::vstate] Received KVM_EXIT_INTERNAL_ERROR signal\n";
+        assert!(mentions_kvm_internal_error(line));
+        assert!(!mentions_kvm_internal_error(b"KVM_EXIT_INTERNAL error\n"));
+        assert!(!mentions_kvm_internal_error(b""));
+        // Fed in every possible split, and byte by byte.
+        for cut in 0..line.len() {
+            let mut scan = MarkerScan::default();
+            scan.feed(&line[..cut]);
+            scan.feed(&line[cut..]);
+            assert!(scan.found, "split at {cut}");
+        }
+        let mut scan = MarkerScan::default();
+        for b in line {
+            scan.feed(std::slice::from_ref(b));
+        }
+        assert!(scan.found);
+        let mut scan = MarkerScan::default();
+        scan.feed(b"KVM_EXIT_INTERNAL");
+        scan.feed(&[b'x'; 100]);
+        scan.feed(b"_ERROR");
+        assert!(!scan.found);
     }
 
     #[test]

@@ -87,7 +87,8 @@ pub struct LaunchSpec {
     pub hostname: String,
     /// RLIMIT_NOFILE (soft = hard) for the workload.
     pub nofile: u64,
-    /// krun: where the guest console goes (None: the child's stdout/stderr).
+    /// krun: where the guest console goes (None: libkrun's default, the child's stdout and
+    /// stderr as virtio-console ports).
     pub console_log: Option<PathBuf>,
     /// The child appends one line per step here (see [`Event`]).
     pub events: PathBuf,
@@ -122,6 +123,14 @@ pub enum SpecError {
     /// The workload does not fit libkrun's kernel command line.
     #[error("guest command line: {0}")]
     CommandLine(String),
+    /// An environment variable the agent could not export.
+    #[error(
+        "environment variable name {0:?} is not a valid shell identifier ([A-Za-z_][A-Za-z0-9_]*)"
+    )]
+    EnvName(String),
+    /// A NUL byte, which no argument or environment value of a process can hold.
+    #[error("{0} contains a NUL byte")]
+    Nul(String),
 }
 
 /// libkrunfw's kernel takes at most 32 argv and 32 envp entries (CONFIG_INIT_ENV_ARG_LIMIT);
@@ -134,7 +143,9 @@ pub const MAX_GUEST_CMDLINE: usize = 1500;
 
 impl LaunchSpec {
     /// Checks that env and argv survive the trip on the kernel command line (krun), where
-    /// values are wrapped in `"` and names with `.` or kernel parameter names are eaten.
+    /// values are wrapped in `"` and names with `.` or kernel parameter names are eaten. Only
+    /// the agent's small fixed part travels there (the user's command and environment are files
+    /// in the clone, see [`crate::guest::ARGV_DIR`]); this guards it.
     pub fn check_command_line(&self) -> Result<(), SpecError> {
         let e = &self.exec;
         if e.env.len() > MAX_GUEST_ENV {
@@ -174,7 +185,7 @@ impl LaunchSpec {
         if total > MAX_GUEST_CMDLINE {
             return Err(SpecError::CommandLine(format!(
                 "{total} bytes of env and arguments; the guest kernel command line holds about \
-                 {MAX_GUEST_CMDLINE} (pass bulky data as files in a share)"
+                 {MAX_GUEST_CMDLINE}"
             )));
         }
         Ok(())
@@ -334,11 +345,23 @@ mod tests {
     #[test]
     fn command_line_limits_are_enforced() {
         assert!(spec().check_command_line().is_ok());
+        // What the launcher puts there: the agent and a tiny fixed environment.
+        let mut s = spec();
+        s.exec.args = vec!["/.krunner/agent".into()];
+        s.exec.env = vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("HOME".into(), "/root".into()),
+            ("KRUNNER_BACKEND".into(), "krun".into()),
+        ];
+        assert!(s.check_command_line().is_ok());
         let mut s = spec();
         s.exec.env = (0..30).map(|i| (format!("V{i}"), "x".into())).collect();
         assert!(s.check_command_line().is_err());
         let mut s = spec();
         s.exec.args = vec!["say \"hi\"".into()];
+        assert!(s.check_command_line().is_err());
+        let mut s = spec();
+        s.exec.args = (0..40).map(|i| i.to_string()).collect();
         assert!(s.check_command_line().is_err());
         let mut s = spec();
         s.exec.env = vec![("BIG".into(), "x".repeat(3000))];

@@ -240,7 +240,16 @@ impl Slot {
             other => Err(OrchestratorError::Guest {
                 slot: self.index,
                 runner: name,
-                how: format!("{} (log: {})", other.describe(), log.display()),
+                how: if outcome.kvm_internal_error {
+                    format!(
+                        "{}; {} (log: {})",
+                        other.describe(),
+                        crate::doctor::KVM_INTERNAL_ERROR_HELP,
+                        log.display()
+                    )
+                } else {
+                    format!("{} (log: {})", other.describe(), log.display())
+                },
             }),
         }
     }

@@ -199,38 +199,34 @@ fn write_target(root: &RootSpec) -> (&Path, Option<&Path>) {
     }
 }
 
-/// Writes a non-secret file into the clone at absolute guest path `guest_path`, before boot.
-///
-/// Missing parent directories are created with the image's owner and mode. A parent that is a
-/// symlink in the image is refused (the write would land elsewhere, maybe on the host); an
-/// existing file or symlink at the final name is replaced, never followed.
-pub fn write_guest_file(
-    root: &RootSpec,
-    guest_path: &str,
-    content: &[u8],
-    mode: u32,
-) -> Result<(), CloneError> {
-    let unsafe_path = |reason| CloneError::UnsafeGuestPath {
-        path: guest_path.to_string(),
-        reason,
-    };
+/// Splits an absolute guest path into its components, refusing `.`, `..` and relative paths.
+fn guest_components<'a>(
+    guest_path: &'a str,
+    unsafe_path: &dyn Fn(&'static str) -> CloneError,
+) -> Result<Vec<&'a std::ffi::OsStr>, CloneError> {
     let rel = Path::new(guest_path)
         .strip_prefix("/")
         .map_err(|_| unsafe_path("not absolute"))?;
-    let comps: Vec<&std::ffi::OsStr> = rel
-        .components()
+    rel.components()
         .map(|c| match c {
             Component::Normal(n) => Ok(n),
             _ => Err(unsafe_path("has . or .. components")),
         })
-        .collect::<Result<_, _>>()?;
-    let Some((name, parents)) = comps.split_last() else {
-        return Err(unsafe_path("names the root itself"));
-    };
+        .collect()
+}
+
+/// Makes sure each of `comps` (below the guest root) is a real directory in the clone's
+/// writable top, creating missing ones with the image's owner and mode. Returns the last one
+/// in the writable top and, for overlay, in the image.
+fn guest_dirs(
+    root: &RootSpec,
+    comps: &[&std::ffi::OsStr],
+    unsafe_path: &dyn Fn(&'static str) -> CloneError,
+) -> Result<(PathBuf, Option<PathBuf>), CloneError> {
     let (top, lower) = write_target(root);
     let mut dir = top.to_path_buf();
     let mut image_dir = lower.map(Path::to_path_buf);
-    for c in parents {
+    for c in comps {
         dir.push(c);
         if let Some(l) = image_dir.as_mut() {
             l.push(c);
@@ -262,6 +258,42 @@ pub fn write_guest_file(
             }
         }
     }
+    Ok((dir, image_dir))
+}
+
+/// Creates `path` (which must not exist) without following a symlink, with `content`.
+fn create_file(path: &Path, content: &[u8], mode: u32) -> Result<(), CloneError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(path)
+        .map_err(io("create", path))?;
+    f.write_all(content).map_err(io("write", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
+}
+
+/// Writes a non-secret file into the clone at absolute guest path `guest_path`, before boot.
+///
+/// Missing parent directories are created with the image's owner and mode. A parent that is a
+/// symlink in the image is refused (the write would land elsewhere, maybe on the host); an
+/// existing file or symlink at the final name is replaced, never followed.
+pub fn write_guest_file(
+    root: &RootSpec,
+    guest_path: &str,
+    content: &[u8],
+    mode: u32,
+) -> Result<(), CloneError> {
+    let unsafe_path = |reason| CloneError::UnsafeGuestPath {
+        path: guest_path.to_string(),
+        reason,
+    };
+    let comps = guest_components(guest_path, &unsafe_path)?;
+    let Some((name, parents)) = comps.split_last() else {
+        return Err(unsafe_path("names the root itself"));
+    };
+    let (dir, _) = guest_dirs(root, parents, &unsafe_path)?;
     let path = dir.join(name);
     if let Ok(m) = fs::symlink_metadata(&path) {
         if m.is_dir() {
@@ -269,15 +301,63 @@ pub fn write_guest_file(
         }
         fs::remove_file(&path).map_err(io("replace", &path))?;
     }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(mode)
-        .open(&path)
-        .map_err(io("create", &path))?;
-    f.write_all(content).map_err(io("write", &path))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io("chmod", &path))
+    create_file(&path, content, mode)
+}
+
+/// Makes `guest_dir` in the clone hold exactly `files` (name, content), each with `mode`: what
+/// the image had there is removed (copy) or hidden (overlay: the directory is made opaque), so
+/// the guest never sees a stale entry. The same symlink rules as [`write_guest_file`] apply;
+/// a name must be a single plain path component.
+pub fn write_guest_dir(
+    root: &RootSpec,
+    guest_dir: &str,
+    files: &[(String, Vec<u8>)],
+    mode: u32,
+) -> Result<(), CloneError> {
+    let unsafe_path = |reason| CloneError::UnsafeGuestPath {
+        path: guest_dir.to_string(),
+        reason,
+    };
+    let comps = guest_components(guest_dir, &unsafe_path)?;
+    if comps.is_empty() {
+        return Err(unsafe_path("names the root itself"));
+    }
+    for (name, _) in files {
+        let mut c = Path::new(name).components();
+        if !matches!((c.next(), c.next()), (Some(Component::Normal(n)), None) if n == name.as_str())
+        {
+            return Err(CloneError::UnsafeGuestPath {
+                path: format!("{guest_dir}/{name}"),
+                reason: "a file name must be one plain path component",
+            });
+        }
+    }
+    let (dir, image_dir) = guest_dirs(root, &comps, &unsafe_path)?;
+    // Empty it: entries of the copy, or of an earlier write into the upper dir. remove_dir_all
+    // does not follow symlinks.
+    for e in fs::read_dir(&dir).map_err(io("list", &dir))? {
+        let p = e.map_err(io("list", &dir))?.path();
+        let r = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&p),
+            _ => fs::remove_file(&p),
+        };
+        r.map_err(io("remove", &p))?;
+    }
+    // Overlay: the image's own entries would show through the upper dir unless it is opaque.
+    if let Some(lower) = image_dir.filter(|l| l.is_dir()) {
+        let has_entries = fs::read_dir(&lower)
+            .map_err(io("list", &lower))?
+            .next()
+            .is_some();
+        if has_entries {
+            xattr::set(&dir, "trusted.overlay.opaque", b"y")
+                .map_err(io("make opaque (trusted.overlay.opaque)", &dir))?;
+        }
+    }
+    for (name, content) in files {
+        create_file(&dir.join(name), content, mode)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -354,6 +434,74 @@ mod tests {
         assert_eq!(
             fs::read(t.path().join("copy/etc/hostname")).unwrap(),
             b"guest\n"
+        );
+    }
+
+    #[test]
+    fn guest_dirs_hold_exactly_the_given_files() {
+        let t = tempfile::tempdir().unwrap();
+        // A copy whose image already has the directory, with a stale entry and a symlink.
+        let copy = RootSpec::Dir(t.path().join("copy"));
+        let argv = t.path().join("copy/.krunner/argv");
+        fs::create_dir_all(argv.join("sub")).unwrap();
+        fs::write(argv.join("7"), b"stale").unwrap();
+        let outside = t.path().join("outside");
+        fs::write(&outside, b"keep").unwrap();
+        std::os::unix::fs::symlink(&outside, argv.join("0")).unwrap();
+        let files = vec![
+            ("0".to_string(), b"a\n\n".to_vec()),
+            ("1".to_string(), Vec::new()),
+        ];
+        write_guest_dir(&copy, "/.krunner/argv", &files, 0o644).unwrap();
+        let mut names: Vec<String> = fs::read_dir(&argv)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["0", "1"]);
+        assert_eq!(fs::read(argv.join("0")).unwrap(), b"a\n\n");
+        assert_eq!(
+            fs::read(outside).unwrap(),
+            b"keep",
+            "the symlink was not followed"
+        );
+        assert_eq!(
+            fs::metadata(argv.join("1")).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        for bad in ["a/b", "..", ".", ""] {
+            assert!(
+                write_guest_dir(&copy, "/.krunner/argv", &[(bad.into(), vec![])], 0o644).is_err(),
+                "{bad:?}"
+            );
+        }
+        // A symlinked directory in the image is refused.
+        std::os::unix::fs::symlink("/tmp", t.path().join("copy/.krunner/env")).unwrap();
+        assert!(matches!(
+            write_guest_dir(&copy, "/.krunner/env", &[], 0o644),
+            Err(CloneError::UnsafeGuestPath { .. })
+        ));
+
+        // Overlay: the image's entries are hidden by an opaque upper directory (root only:
+        // trusted.* xattrs).
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let root = overlay_spec(t.path());
+        fs::create_dir_all(t.path().join("lower/.krunner/env")).unwrap();
+        fs::write(t.path().join("lower/.krunner/env/OLD"), b"x").unwrap();
+        write_guest_dir(
+            &root,
+            "/.krunner/env",
+            &[("NEW".into(), b"v".to_vec())],
+            0o644,
+        )
+        .unwrap();
+        let upper = t.path().join("run/upper/.krunner/env");
+        assert_eq!(fs::read(upper.join("NEW")).unwrap(), b"v");
+        assert_eq!(
+            xattr::get(&upper, "trusted.overlay.opaque").unwrap(),
+            Some(b"y".to_vec())
         );
     }
 

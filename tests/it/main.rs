@@ -61,3 +61,7 @@ mod images;
 /// scope's web URL, the runner's name, labels and work folder, then `Runner.Listener run`; the
 /// token nowhere else, and no registration left.
 mod run_token;
+
+/// The krun backend in real libkrun guests: `doctor`, `exec` and `run` end to end. Ignored
+/// here; `cargo test --test l1` runs them inside the emulated KVM host (tests/l1.sh).
+mod krun_guest;

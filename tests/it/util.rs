@@ -352,6 +352,23 @@ pub fn skip(needs: &[Need]) -> bool {
     true
 }
 
+/// Skips the rest of a test for a reason [`skip`] cannot see (a file, a kernel feature): prints
+/// why, and with `KRUNNER_IT_REQUIRE_ALL` set fails instead. Always returns true.
+#[track_caller]
+pub fn skip_because(why: &str) -> bool {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    let why = format!("SKIP {name}: {why}");
+    assert!(
+        std::env::var_os("KRUNNER_IT_REQUIRE_ALL").is_none(),
+        "{why} (KRUNNER_IT_REQUIRE_ALL is set)"
+    );
+    eprintln!("{why}");
+    true
+}
+
 /// The needs of a test that pushes to the Debian registry with skopeo.
 pub const REGISTRY: &[Need] = &[Need::Tool("docker-registry"), Need::Tool("skopeo")];
 

@@ -1834,8 +1834,13 @@ fn sim_endpoint(st: &mut State, req: &Request, path: &str) -> Reply {
                 .log
                 .iter()
                 .map(|l| {
+                    let wall_ms = l
+                        .wall
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
                     json!({"method": l.method, "path": l.path, "query": l.query,
-                           "auth": format!("{:?}", l.auth), "status": l.status, "fault": l.fault})
+                           "auth": format!("{:?}", l.auth), "status": l.status, "fault": l.fault,
+                           "wall_ms": wall_ms})
                 })
                 .collect();
             Reply::json(200, &Value::Array(all))

@@ -1,0 +1,787 @@
+//! The krun backend in real libkrun guests. These tests boot microVMs, which our hosts' nested
+//! PVM KVM cannot run, so they run only inside the emulated KVM host (`tests/l1.sh`), where
+//! `cargo test --test l1` starts this binary once per group (`krun_guest::exec_`,
+//! `krun_guest::run_`) with `--ignored`. Outside L1 they are ignored, and when asked to run
+//! anyway they fail and say where they belong.
+//!
+//! The stand-in runner talks HTTP with `busybox nc`: busybox `wget` has crashed inside emulated
+//! guests (see `../shared/reference/emulated-kvm.md`). It reports to the GitHub simulator, which
+//! the test starts on L1's loopback and the guest reaches through libkrun's TSI.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::util::github_sim::{GitHubSim, RunnerState};
+use crate::util::oci::busybox_image;
+use crate::util::registry::Registry;
+use crate::util::*;
+
+/// Where libkrunfw is, after checking that this runs inside L1 (and failing otherwise).
+fn in_l1() -> PathBuf {
+    assert!(
+        std::env::var_os("KRUNNER_IT_IN_L1").is_some(),
+        "this test boots real microVMs: it runs inside the emulated KVM host through `cargo test --test l1` (tests/l1.sh)"
+    );
+    let d = std::env::var_os("KRUNNER_TEST_LIBKRUNFW_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/krunner-test/libkrunfw"));
+    assert!(
+        d.join("libkrunfw.so.5").exists(),
+        "no libkrunfw.so.5 in {} (tests/setup.sh unpacks it)",
+        d.display()
+    );
+    assert!(Path::new("/dev/kvm").exists(), "L1 has no /dev/kvm");
+    d
+}
+
+/// One cache for every krun test of this process: the image is pulled once (a registry under
+/// emulation is slow), and the tests run one at a time (`--test-threads=1`), so each still sees
+/// only its own runs. Kept until L1 powers off.
+fn shared_cache() -> PathBuf {
+    static CACHE: std::sync::OnceLock<TestDir> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| TestDir::new("krun-cache")).cache()
+}
+
+/// A `krunner` command of test `td` on the shared cache.
+fn krunner(td: &TestDir) -> Krunner {
+    let mut k = td.krunner();
+    k.env("KRUNNER_CACHE_DIR", shared_cache());
+    k
+}
+
+fn image() -> String {
+    let reg = Registry::shared();
+    static PUSHED: std::sync::Once = std::sync::Once::new();
+    PUSHED.call_once(|| reg.push(busybox_image(), "krun-busybox:v1"));
+    reg.reference("krun-busybox:v1")
+}
+
+/// `krunner exec --backend krun` with a small guest; `extra` goes before the image.
+fn exec(td: &TestDir, fw: &Path, extra: &[&str], cmd: &[&str]) -> Krunner {
+    let mut k = krunner(&td);
+    k.args(["-v", "exec", "--backend", "krun", "--libkrunfw-dir"])
+        .arg(fw)
+        .args(["-c", "1", "-m", "256"])
+        .args(extra)
+        .arg(image())
+        .arg("--")
+        .args(cmd);
+    k
+}
+
+fn runs_left() -> Vec<String> {
+    list_names(&shared_cache().join("runs"))
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(d))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// Polls `cond` every 100 ms for up to `secs`.
+fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
+}
+
+/// Waits for krunner in a thread; an error (after SIGKILL) if it did not exit within `secs`.
+fn exit_within(running: Running, secs: u64) -> Result<Outcome, String> {
+    let pid = running.pid();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(running.wait());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(o) => Ok(o),
+        Err(_) => {
+            signal(pid, Signal::SIGKILL);
+            let out = rx
+                .recv_timeout(Duration::from_secs(10))
+                .map(|o| o.to_string())
+                .unwrap_or_default();
+            Err(format!("krunner did not exit within {secs} s\n{out}"))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// exec group
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_doctor_reports_a_successful_test_boot() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-doctor");
+    let out = td
+        .krunner()
+        .args(["doctor", "--libkrunfw-dir"])
+        .arg(&fw)
+        .run();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("[ok  ] test boot"), "{out}");
+    assert!(!out.stdout.contains("[FAIL]"), "{out}");
+    assert!(runs_left().is_empty());
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_output_and_exit_status_are_the_guests() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-exec-status");
+    let out = exec(
+        &td,
+        &fw,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo krun-out; echo krun-err >&2; uname -r; exit 7",
+        ],
+    )
+    .run();
+    assert_eq!(out.code, Some(7), "the guest's status is krunner's\n{out}");
+    assert!(out.stdout.contains("krun-out"), "{out}");
+    assert!(
+        out.stdout.contains("krun-err") || out.stderr.contains("krun-err"),
+        "{out}"
+    );
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(
+        !out.stdout.contains(host_kernel.trim()),
+        "the guest runs its own kernel (libkrunfw), not L1's {}\n{out}",
+        host_kernel.trim()
+    );
+    assert!(runs_left().is_empty(), "{:?}", runs_left());
+    assert!(mounts_under(&shared_cache()).is_empty());
+
+    // A command killed by a signal: 128 + N, as a shell reports it.
+    let out = exec(&td, &fw, &[], &["sh", "-c", "kill -TERM $$"]).run();
+    assert_eq!(out.code, Some(143), "SIGTERM gives 128+15\n{out}");
+    let out = exec(&td, &fw, &[], &["/no/such/command"]).run();
+    assert_eq!(out.code, Some(127), "{out}");
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_any_argv_reaches_the_program_exactly() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-argv");
+    let out_dir = td.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let long: String = (0..6000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let args: Vec<String> = vec![
+        "plain".into(),
+        String::new(),
+        "--".into(),
+        "say \"hi\" and 'bye'".into(),
+        "two\nlines\n".into(),
+        "tab\there $HOME `x` \\ back".into(),
+        "non-ASCII: żółć ✓ 日本".into(),
+        "-- --".into(),
+        long,
+        " ".into(),
+    ];
+    let mount = format!("{}:/out", out_dir.display());
+    let mut k = krunner(&td);
+    k.args(["exec", "--backend", "krun", "--libkrunfw-dir"])
+        .arg(&fw)
+        .args(["-c", "1", "-m", "256", "-M", &mount])
+        .arg(image())
+        .arg("--")
+        .args([
+            "sh",
+            "-c",
+            "for a in \"$@\"; do printf '%s\\0' \"$a\"; done >/out/args; echo \"$#\" >/out/count",
+            "sh",
+        ])
+        .args(&args);
+    let out = k.run();
+    out.success();
+    let got = std::fs::read(out_dir.join("args")).unwrap();
+    let mut want = Vec::new();
+    for a in &args {
+        want.extend_from_slice(a.as_bytes());
+        want.push(0);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want),
+        "every argument, byte for byte\n{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("count"))
+            .unwrap()
+            .trim(),
+        args.len().to_string()
+    );
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_shares_are_visible_and_ro_is_read_only() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-shares");
+    let rw = td.join("rw");
+    let ro = td.join("ro");
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("from-host"), "host data\n").unwrap();
+    let m_rw = format!("{}:/work", rw.display());
+    let m_ro = format!("{}:/data:ro", ro.display());
+    let out = exec(
+        &td,
+        &fw,
+        &["-M", &m_rw, "-M", &m_ro],
+        &[
+            "sh",
+            "-c",
+            "cat /data/from-host; echo guest data >/work/from-guest; \
+             if echo x >/data/nope 2>/dev/null; then echo RO-WRITABLE; else echo ro-refused; fi",
+        ],
+    )
+    .run();
+    out.success();
+    assert!(out.stdout.contains("host data"), "{out}");
+    assert!(out.stdout.contains("ro-refused"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("from-guest")).unwrap(),
+        "guest data\n"
+    );
+    assert!(!ro.join("nope").exists());
+    assert!(runs_left().is_empty());
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_cpus_and_memory_are_what_was_asked() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-size");
+    let mut k = krunner(&td);
+    k.args(["exec", "--backend", "krun", "--libkrunfw-dir"])
+        .arg(&fw)
+        .args(["-c", "2", "-m", "700"])
+        .arg(image())
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo cpus=$(nproc); grep MemTotal /proc/meminfo",
+        ]);
+    let out = k.run();
+    out.success();
+    assert!(out.stdout.contains("cpus=2"), "{out}");
+    let kib: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal\n{out}"));
+    // MemTotal is the guest RAM less what the kernel keeps for itself, give or take what
+    // libkrun adds around it: within a few percent of -m.
+    assert!(
+        (600 * 1024..=760 * 1024).contains(&kib),
+        "MemTotal {kib} kB for -m 700\n{out}"
+    );
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_max_lifetime_stops_the_guest() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-lifetime");
+    let t = Instant::now();
+    let out = exec(&td, &fw, &["--max-lifetime", "15"], &["sleep", "600"]).run();
+    let took = t.elapsed();
+    assert_eq!(out.code, Some(143), "{out}");
+    assert!(
+        took >= Duration::from_secs(15) && took < Duration::from_secs(60),
+        "stopped at its 15 s lifetime (plus the grace period); took {took:?}\n{out}"
+    );
+    assert!(
+        processes_with("__krun-child").is_empty(),
+        "{:?}",
+        processes_with("__krun-child")
+    );
+    assert!(runs_left().is_empty());
+    assert!(mounts_under(&shared_cache()).is_empty());
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-sigkill");
+    let share = td.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let m = format!("{}:/share", share.display());
+    let running = exec(
+        &td,
+        &fw,
+        &["-M", &m],
+        &["sh", "-c", "echo up >/share/up; sleep 600"],
+    )
+    .spawn();
+    let pid = running.pid();
+    assert!(
+        wait_for(120, || share.join("up").exists()),
+        "the guest never started"
+    );
+    let vmm = processes_with("__krun-child");
+    assert!(!vmm.is_empty(), "a VMM process runs the guest");
+    signal(pid, Signal::SIGKILL);
+    let _ = running.wait();
+    assert!(
+        wait_for(10, || processes_with("__krun-child").is_empty()),
+        "every VMM dies with krunner: {:?}",
+        processes_with("__krun-child")
+    );
+    // The run directory is left; the next krunner removes it (and nothing is mounted).
+    let out = exec(&td, &fw, &[], &["true"]).run();
+    out.success();
+    assert!(runs_left().is_empty(), "{:?}\n{out}", runs_left());
+    assert!(mounts_under(&shared_cache()).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// run group
+
+/// A stand-in for the actions runner in real guests: the run_e2e one's behaviour with HTTP
+/// through `busybox nc`. It records what it sees of its guest under `/record/NAME.*`: its uid,
+/// whether the secrets share is still mounted or its mount point still there.
+const LISTENER: &str = r#"#!/bin/sh
+# Stand-in for the actions runner, driven by the simulator's JIT config.
+post() { # URL BODY: POST, succeed on a 2xx answer
+  hp=${1#http://}; path=/${hp#*/}; hp=${hp%%/*}
+  answer=$(printf 'POST %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %s\r\n\r\n%s' \
+    "$path" "$hp" "${#2}" "$2" | busybox nc "${hp%:*}" "${hp##*:}" | busybox head -n 1)
+  case "$answer" in *" 2"[0-9][0-9]" "*) return 0 ;; esac
+  echo "stand-in runner: POST $1 answered: $answer" >&2
+  return 1
+}
+cfg=""; prev=""
+for a in "$@"; do [ "$prev" = "--jitconfig" ] && cfg=$a; prev=$a; done
+files=$(echo "$cfg" | busybox base64 -d)
+runner=$(echo "$files" | busybox sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | busybox base64 -d)
+creds=$(echo "$files" | busybox sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | busybox base64 -d)
+url=$(echo "$runner" | busybox sed 's/.*"simRunnerUrl":"\([^"]*\)".*/\1/')
+name=$(echo "$runner" | busybox sed 's/.*"agentName":"\([^"]*\)".*/\1/')
+secret=$(echo "$creds" | busybox sed 's/.*"simSecret":"\([^"]*\)".*/\1/')
+echo "$url" > "/record/$name"
+busybox id -u > "/record/$name.uid"
+if busybox grep -q krunner-secrets /proc/mounts; then echo mounted; elif [ -e /.krunner/secrets ]; then echo present; else echo gone; fi > "/record/$name.secrets"
+echo "stand-in runner $name starting"
+post "$url/online" "$secret" || exit 7
+[ -f /mode/fail ] && exit 3
+if [ -f /mode/idle ]; then
+  trap 'echo term > "/record/$name.term"; exit 0' TERM
+  busybox sleep 600 &
+  wait $!
+  exit 0
+fi
+post "$url/job-started" "$secret" || exit 8
+if [ -f /mode/busy ]; then
+  trap 'echo term > "/record/$name.term"; post "$url/offline" "$secret"; exit 0' TERM
+  len=$(busybox cat /mode/busy)
+  busybox sleep "$len" &
+  wait $!
+fi
+post "$url/job-finished" "$secret" || exit 9
+echo "stand-in runner $name done"
+exit 0
+"#;
+
+/// Token mode: `config.sh` registers the runner in the simulator (as GitHub's does), the
+/// listener records its uid and exits without a job.
+const CONFIG_SH: &str = r#"#!/bin/sh
+url=""; name=""; prev=""
+for a in "$@"; do
+  case "$prev" in --url) url=$a ;; --name) name=$a ;; esac
+  prev=$a
+done
+[ -n "$name" ] || exit 4
+server=$(echo "$url" | busybox cut -d/ -f1-3)
+principal=${url#"$server"/}
+body="{\"scope\":\"repo:$principal\",\"name\":\"$name\",\"labels\":[\"krun\"],\"state\":\"online\"}"
+hp=${server#http://}
+answer=$(printf 'POST /_sim/runners HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %s\r\n\r\n%s' \
+  "$hp" "${#body}" "$body" | busybox nc "${hp%:*}" "${hp##*:}" | busybox head -n 1)
+case "$answer" in *" 2"[0-9][0-9]" "*) ;; *) echo "config.sh: $answer" >&2; exit 5 ;; esac
+echo "$name" > "/record/config-$name"
+"#;
+
+const TOKEN_LISTENER: &str = r#"#!/bin/sh
+name=$(busybox hostname)
+busybox id -u > "/record/$name.uid"
+if busybox grep -q krunner-secrets /proc/mounts; then echo mounted; elif [ -e /.krunner/secrets ]; then echo present; else echo gone; fi > "/record/$name.secrets"
+exit 0
+"#;
+
+fn runner_image() -> String {
+    static PUSHED: std::sync::Once = std::sync::Once::new();
+    crate::util::oci::runner_image(
+        Registry::shared(),
+        &PUSHED,
+        "krun-runner:v1",
+        LISTENER,
+        Some(CONFIG_SH),
+    )
+}
+
+fn token_runner_image() -> String {
+    static PUSHED: std::sync::Once = std::sync::Once::new();
+    crate::util::oci::runner_image(
+        Registry::shared(),
+        &PUSHED,
+        "krun-token-runner:v1",
+        TOKEN_LISTENER,
+        Some(CONFIG_SH),
+    )
+}
+
+struct Fixture {
+    td: TestDir,
+    sim: GitHubSim,
+    record: PathBuf,
+    mode: PathBuf,
+    fw: PathBuf,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let fw = in_l1();
+    let td = TestDir::new(name);
+    let sim = GitHubSim::start();
+    let repo = sim.add_repo("owner/repo");
+    sim.add_pat("krun-token", &[&repo]);
+    let record = td.join("record");
+    let mode = td.join("mode");
+    for d in [&record, &mode] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    Fixture {
+        td,
+        sim,
+        record,
+        mode,
+        fw,
+    }
+}
+
+fn krunner_run(f: &Fixture, image: &str, extra: &[&str]) -> Krunner {
+    let mut k = krunner(&f.td);
+    k.env("KRUNNER_TOKEN", "krun-token")
+        .args(["-v", "run", "--backend", "krun", "--libkrunfw-dir"])
+        .arg(&f.fw)
+        .args([
+            "-c",
+            "1",
+            "-m",
+            "512",
+            "--api-url",
+            &f.sim.api_url(),
+            "-p",
+            "owner/repo",
+            "-i",
+            image,
+            "--name-prefix",
+            "krun",
+            "--log-dir",
+            f.td.join("logs").to_str().unwrap(),
+            "-M",
+            &format!("{}:/record", f.record.display()),
+            "-M",
+            &format!("{}:/mode:ro", f.mode.display()),
+        ]);
+    k.args(extra);
+    k
+}
+
+fn in_state(f: &Fixture, state: RunnerState) -> usize {
+    f.sim
+        .runners()
+        .iter()
+        .filter(|r| r.state() == state)
+        .count()
+}
+
+fn await_state(f: &Fixture, running: Running, n: usize, state: RunnerState) -> Running {
+    if wait_for(180, || in_state(f, state) >= n) {
+        return running;
+    }
+    signal(running.pid(), Signal::SIGKILL);
+    let out = running.wait();
+    panic!(
+        "{n} runners never reached {state:?}\n{out}\nsim log:\n{}",
+        f.sim.log_text()
+    );
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| format!("<{}: {e}>", p.display()))
+}
+
+/// What every finished run must have left: nothing in the cache's runs, no VMM, no mount.
+fn assert_clean(f: &Fixture, ctx: &str) {
+    assert!(
+        list_names(&shared_cache().join("runs")).is_empty(),
+        "run dirs left\n{ctx}"
+    );
+    assert!(
+        processes_with("__krun-child").is_empty(),
+        "VMMs left: {:?}\n{ctx}",
+        processes_with("__krun-child")
+    );
+    assert!(mounts_under(&shared_cache()).is_empty(), "{ctx}");
+    assert!(
+        f.sim.runners().is_empty(),
+        "registrations left: {:?}\n{ctx}",
+        f.sim.runners()
+    );
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn run_jit_runners_come_online_as_1001_without_the_secrets_share() {
+    let f = fixture("krun-run-jit");
+    let out = krunner_run(&f, &runner_image(), &["-n", "1", "-r", "2"]).run();
+    out.success().never_shows("krun-token");
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    for name in ["krun-0-1", "krun-0-2"] {
+        assert!(f.record.join(name).exists(), "{name} ran\n{ctx}");
+        assert_eq!(
+            read(&f.record.join(format!("{name}.uid"))).trim(),
+            "1001",
+            "{ctx}"
+        );
+        assert_eq!(
+            read(&f.record.join(format!("{name}.secrets"))).trim(),
+            "gone",
+            "the secrets share is unmounted and its mount point removed before the runner starts\n{ctx}"
+        );
+    }
+    let finished = f
+        .sim
+        .requests()
+        .iter()
+        .filter(|l| l.path.ends_with("/job-finished") && l.status == 200)
+        .count();
+    assert_eq!(finished, 2, "both reached the simulator over TSI\n{ctx}");
+    // The results share was read: krunner knows the runner started.
+    assert_eq!(
+        out.stderr.matches("runner_started=true").count(),
+        2,
+        "{ctx}"
+    );
+    // The per-run log holds the agent's lines and the guest's console.
+    let logs = list_names(&f.td.join("logs"));
+    assert_eq!(logs.len(), 2, "one log per run: {logs:?}\n{ctx}");
+    for l in &logs {
+        let text = read(&f.td.join("logs").join(l));
+        assert!(
+            text.contains("krunner agent:"),
+            "agent lines in {l}:\n{text}"
+        );
+        assert!(
+            text.contains("stand-in runner krun-0-"),
+            "console in {l}:\n{text}"
+        );
+    }
+    assert_clean(&f, &ctx);
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn run_token_mode_configures_and_cleans_up() {
+    let f = fixture("krun-run-token");
+    let out = krunner_run(
+        &f,
+        &token_runner_image(),
+        &["-n", "1", "-r", "1", "--registration", "token"],
+    )
+    .run();
+    out.success().never_shows("krun-token");
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert!(
+        f.record.join("config-krun-0-1").exists(),
+        "config.sh registered\n{ctx}"
+    );
+    assert_eq!(read(&f.record.join("krun-0-1.uid")).trim(), "1001", "{ctx}");
+    assert_eq!(
+        read(&f.record.join("krun-0-1.secrets")).trim(),
+        "gone",
+        "{ctx}"
+    );
+    for t in f.sim.registration_tokens() {
+        out.never_shows(&t);
+    }
+    assert_clean(&f, &ctx);
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn run_an_idle_runner_stops_at_once_on_sigint() {
+    let f = fixture("krun-run-idle");
+    std::fs::write(f.mode.join("idle"), "").unwrap();
+    let running = krunner_run(&f, &runner_image(), &["-n", "1"]).spawn();
+    let pid = running.pid();
+    let running = await_state(&f, running, 1, RunnerState::Online);
+    let sent = Instant::now();
+    signal(pid, Signal::SIGINT);
+    let out = exit_within(running, 60).unwrap();
+    let took = sent.elapsed();
+    out.success();
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert!(out.stderr.contains("stopping the idle runner"), "{ctx}");
+    // The stop reached the runner inside the guest (the agent's stop file → SIGTERM).
+    assert_eq!(
+        read(&f.record.join("krun-0-1.term")).trim(),
+        "term",
+        "{ctx}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}\n{ctx}");
+    assert_clean(&f, &ctx);
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn run_a_busy_runner_drains_and_a_second_sigint_reaches_it_in_the_guest() {
+    let f = fixture("krun-run-busy");
+    std::fs::write(f.mode.join("busy"), "600").unwrap();
+    let running = krunner_run(&f, &runner_image(), &["-n", "1", "--drain-timeout", "600"]).spawn();
+    let pid = running.pid();
+    let running = await_state(&f, running, 1, RunnerState::Busy);
+    signal(pid, Signal::SIGINT);
+    std::thread::sleep(Duration::from_secs(5));
+    let busy_then = in_state(&f, RunnerState::Busy);
+    let term_then = f.record.join("krun-0-1.term").exists();
+    let second = Instant::now();
+    signal(pid, Signal::SIGINT);
+    let out = exit_within(running, 60).unwrap();
+    let took = second.elapsed();
+    out.success();
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert_eq!(
+        busy_then, 1,
+        "the first SIGINT lets the busy runner work\n{ctx}"
+    );
+    assert!(!term_then, "nothing stops a draining runner\n{ctx}");
+    assert_eq!(
+        read(&f.record.join("krun-0-1.term")).trim(),
+        "term",
+        "the forced stop reached the runner process in the guest\n{ctx}"
+    );
+    let offline = f
+        .sim
+        .requests()
+        .iter()
+        .filter(|l| l.path.ends_with("/offline") && l.status == 200)
+        .count();
+    assert_eq!(
+        offline, 1,
+        "the runner told the simulator it is going away\n{ctx}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}\n{ctx}");
+    assert_clean(&f, &ctx);
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn run_a_busy_runner_finishes_its_job_when_drained() {
+    let f = fixture("krun-run-drain");
+    std::fs::write(f.mode.join("busy"), "10").unwrap();
+    let running = krunner_run(&f, &runner_image(), &["-n", "1", "--drain-timeout", "600"]).spawn();
+    let pid = running.pid();
+    let running = await_state(&f, running, 1, RunnerState::Busy);
+    signal(pid, Signal::SIGINT);
+    let out = exit_within(running, 90).unwrap();
+    out.success();
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    let finished = f
+        .sim
+        .requests()
+        .iter()
+        .filter(|l| l.path.ends_with("/job-finished") && l.status == 200)
+        .count();
+    assert_eq!(finished, 1, "the job ran to its end\n{ctx}");
+    assert!(!f.record.join("krun-0-1.term").exists(), "{ctx}");
+    assert_eq!(
+        f.sim.count(
+            "POST",
+            "/repos/owner/repo/actions/runners/generate-jitconfig"
+        ),
+        1,
+        "no new runner while draining\n{ctx}"
+    );
+    assert_clean(&f, &ctx);
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn run_sigkill_of_krunner_kills_every_vmm_and_the_restart_sweeps() {
+    let f = fixture("krun-run-sigkill");
+    std::fs::write(f.mode.join("idle"), "").unwrap();
+    let running = krunner_run(&f, &runner_image(), &["-n", "1"]).spawn();
+    let pid = running.pid();
+    let running = await_state(&f, running, 1, RunnerState::Online);
+    assert!(!processes_with("__krun-child").is_empty());
+    signal(pid, Signal::SIGKILL);
+    let _ = running.wait();
+    assert!(
+        wait_for(10, || processes_with("__krun-child").is_empty()),
+        "every VMM dies with krunner: {:?}",
+        processes_with("__krun-child")
+    );
+    assert!(
+        !list_names(&shared_cache().join("runs")).is_empty(),
+        "the dead krunner's run dir is still there for the restart to sweep"
+    );
+    // GitHub notices a dead runner after a while and shows it offline; the restart sweeps the
+    // run dir, reconciles that registration away and runs one job.
+    for r in f.sim.runners() {
+        f.sim.set_runner_state(r.id, RunnerState::Offline);
+    }
+    std::fs::remove_file(f.mode.join("idle")).unwrap();
+    let out = krunner_run(&f, &runner_image(), &["-n", "1", "-r", "1"]).run();
+    out.success();
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert!(out.stderr.contains("removed the leftovers"), "{ctx}");
+    assert_clean(&f, &ctx);
+}

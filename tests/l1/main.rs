@@ -1,0 +1,134 @@
+//! Real libkrun guests in the test suite. Our hosts' nested PVM KVM cannot run libkrunfw's
+//! kernel, so each test here boots the emulated KVM host of `tests/l1.sh` (QEMU in software,
+//! AMD SVM, Debian's kernel with kvm_amd) once and runs one group of the `it` binary's krun tests
+//! inside it (`tests/it/krun_guest.rs`, ignored elsewhere): one L1 boot per group, not per test.
+//!
+//! The groups run one after another (one L1 at a time: each wants both cores). Each must report
+//! at least as many passed tests as the group has, so a filter that matches nothing fails.
+//! Needs root, QEMU, busybox-static, cpio, kmod and libkrunfw (tests/setup.sh); without them the
+//! tests say why and skip, and fail under `KRUNNER_IT_REQUIRE_ALL=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Instant;
+
+static ONE_L1_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `it` test binary cargo built next to this one (the newest, if several hashes exist).
+fn it_binary() -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let deps = me.parent().unwrap();
+    std::fs::read_dir(deps)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with("it-") && !n.contains('.')
+        })
+        .filter(|e| {
+            use std::os::unix::fs::PermissionsExt;
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+        .unwrap_or_else(|| {
+            panic!(
+                "no `it` test binary in {} (cargo test --workspace builds it)",
+                deps.display()
+            )
+        })
+}
+
+/// Why L1 cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("root".into());
+    }
+    let check = Command::new("bash")
+        .arg(repo().join("tests/l1.sh"))
+        .arg("check")
+        .output()
+        .unwrap();
+    if !check.status.success() {
+        return Some(String::from_utf8_lossy(&check.stderr).trim().to_string());
+    }
+    let fw = std::env::var_os("KRUNNER_TEST_LIBKRUNFW_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/krunner-test/libkrunfw"));
+    if !fw.join("libkrunfw.so.5").exists() {
+        return Some(format!(
+            "libkrunfw.so.5 in {} (tests/setup.sh unpacks it)",
+            fw.display()
+        ));
+    }
+    None
+}
+
+/// Boots L1 and runs the ignored `it` tests matching `filter` there.
+fn group(filter: &str, tests: usize) {
+    if let Some(why) = missing() {
+        assert!(
+            std::env::var_os("KRUNNER_IT_REQUIRE_ALL").is_none(),
+            "SKIP {filter}: needs {why} (KRUNNER_IT_REQUIRE_ALL is set)"
+        );
+        eprintln!("SKIP {filter}: needs {why}");
+        return;
+    }
+    let _one = ONE_L1_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let it = it_binary();
+    let t = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo().join("tests/l1.sh"))
+        .args(["run", "--timeout", "1500"])
+        .args(["--env", "KRUNNER_IT_REQUIRE_ALL"])
+        .args(["--env", "KRUNNER_TEST_LIBKRUNFW_DIR"])
+        .args(["--env", "KRUNNER_IT_KEEP"])
+        .args(["--env", "RUST_BACKTRACE"])
+        .arg("--")
+        .arg(&it)
+        .args(["--ignored", "--test-threads=1", filter])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ctx = format!(
+        "tests/l1.sh run -- {} --ignored {filter}: {} after {:.0} s\n--- output ---\n{stdout}\n--- stderr ---\n{stderr}",
+        it.display(),
+        out.status,
+        t.elapsed().as_secs_f64()
+    );
+    eprintln!("{ctx}");
+    assert!(out.status.success(), "the group failed in L1\n{ctx}");
+    let passed: usize = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("test result: ok. "))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(
+        passed, tests,
+        "the group has {tests} tests; {passed} passed in L1\n{ctx}"
+    );
+}
+
+/// `doctor`, `exec` (output, status, signals, any argv, shares, size, lifetime, SIGKILL).
+#[test]
+fn krun_exec_in_real_guests() {
+    group("krun_guest::exec_", 7);
+}
+
+/// `run` in JIT and token modes, shutdown (idle, drain, forced), SIGKILL and restart.
+#[test]
+fn krun_run_in_real_guests() {
+    group("krun_guest::run_", 6);
+}
