@@ -489,7 +489,7 @@ fn fixture(name: &str) -> Fixture {
     let td = TestDir::new(name);
     let sim = GitHubSim::start();
     let repo = sim.add_repo("owner/repo");
-    sim.add_pat("krun-token", &[&repo]);
+    sim.add_pat("krun-pat-secret", &[&repo]);
     let record = td.join("record");
     let mode = td.join("mode");
     for d in [&record, &mode] {
@@ -507,7 +507,7 @@ fn fixture(name: &str) -> Fixture {
 
 fn krunner_run(f: &Fixture, image: &str, extra: &[&str]) -> Krunner {
     let mut k = krunner(&f.td);
-    k.env("KRUNNER_TOKEN", "krun-token")
+    k.env("KRUNNER_TOKEN", "krun-pat-secret")
         .args(["-v", "run", "--backend", "krun", "--libkrunfw-dir"])
         .arg(&f.fw)
         .args([
@@ -582,7 +582,7 @@ fn assert_clean(f: &Fixture, ctx: &str) {
 fn run_jit_runners_come_online_as_1001_without_the_secrets_share() {
     let f = fixture("krun-run-jit");
     let out = krunner_run(&f, &runner_image(), &["-n", "1", "-r", "2"]).run();
-    out.success().never_shows("krun-token");
+    out.success().never_shows("krun-pat-secret");
     let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
     for name in ["krun-0-1", "krun-0-2"] {
         assert!(f.record.join(name).exists(), "{name} ran\n{ctx}");
@@ -637,7 +637,7 @@ fn run_token_mode_configures_and_cleans_up() {
         &["-n", "1", "-r", "1", "--registration", "token"],
     )
     .run();
-    out.success().never_shows("krun-token");
+    out.success().never_shows("krun-pat-secret");
     let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
     assert!(
         f.record.join("config-krun-0-1").exists(),
