@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::image::Cancel;
 use crate::launcher::krun_child::{probe_kvm, KvmProbe};
-use crate::launcher::run::{find_libkrunfw, Launcher, Output, RunRequest, VmExit, Workload};
+use crate::launcher::libkrunfw::find_libkrunfw;
+use crate::launcher::run::{Launcher, Output, RunRequest, VmExit, Workload};
 use crate::launcher::Backend;
 
 /// How a check came out.

@@ -7,11 +7,25 @@
 //! - `__ns-child SPEC`: the namespace backend: new mount, pid, uts and ipc namespaces, the same
 //!   overlay root and shares, then `__ns-init` as PID 1, which pivots into the root and runs
 //!   the workload — see `ns_child`.
+//!
+//! Modules:
+//! - [`run`]: [`run::Launcher`] and one run's steps, from the request to its outcome;
+//! - `prepare`: what a run writes before its child starts: per-run shares, the guest's
+//!   files in the clone, the launch spec;
+//! - [`supervise`]: the VM child from spawn to its end: output, stop requests, lifetime;
+//! - [`leftovers`]: removing run directories and the mounts left under them;
+//! - [`libkrunfw`]: finding the guest kernel library;
+//! - [`spec`]: the parent–child contract: the launch spec and the child's events;
+//! - [`krun_child`], [`ns_child`]: the child entry points; [`sys`]: their system calls.
 
 pub mod krun_child;
+pub mod leftovers;
+pub mod libkrunfw;
 pub mod ns_child;
+mod prepare;
 pub mod run;
 pub mod spec;
+pub mod supervise;
 pub mod sys;
 
 use std::ffi::OsString;

@@ -12,16 +12,21 @@
 //! The child is spawned from an async task, i.e. from a runtime worker thread that lives as
 //! long as the runtime: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
 //! so a short-lived blocking-pool thread must never spawn it.
+//!
+//! [`Launcher::run`] takes these steps in this module; the work of each lives in the module
+//! for its concern: `prepare` (per-run shares, the guest's files, the spec), `supervise` (the
+//! child from spawn to its end), `leftovers` (removing run directories and stray mounts) and
+//! `libkrunfw`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-use super::spec::{self, Event, GuestExec, LaunchSpec, RootSpec, Share, Stamped};
-use super::{Backend, KRUN_CHILD, NS_CHILD};
+use super::leftovers::{self, RunDirGuard};
+use super::libkrunfw::check_libkrunfw;
+use super::prepare;
+use super::spec::{self, Event, Share, Stamped};
+use super::supervise::{self, ChildOutput, StopHow};
+use super::Backend;
 use crate::guest::{self, GuestResult, RunnerJob};
 use crate::image::cache::Digest;
 use crate::image::cache::{self, Cache, LockGuard, LockMode, LockName};
@@ -246,6 +251,35 @@ impl RunOutcome {
     }
 }
 
+impl LaunchError {
+    /// For `map_err`: an I/O error of operation `op` in run `run`.
+    pub(super) fn io(
+        run: &str,
+        op: impl Into<String>,
+    ) -> impl FnOnce(std::io::Error) -> LaunchError {
+        let (run, op) = (run.to_string(), op.into());
+        move |source| LaunchError::Io { run, op, source }
+    }
+
+    /// For `map_err`: a cache or lock error in run `run`.
+    pub(super) fn cache(run: &str) -> impl FnOnce(cache::CacheError) -> LaunchError {
+        let run = run.to_string();
+        move |source| LaunchError::Cache { run, source }
+    }
+
+    /// For `map_err`: a clone error in run `run`.
+    pub(super) fn clone_failed(run: &str) -> impl FnOnce(rootfs::CloneError) -> LaunchError {
+        let run = run.to_string();
+        move |source| LaunchError::Clone { run, source }
+    }
+
+    /// For `map_err`: a spec error in run `run`.
+    pub(super) fn spec(run: &str) -> impl FnOnce(spec::SpecError) -> LaunchError {
+        let run = run.to_string();
+        move |source| LaunchError::Spec { run, source }
+    }
+}
+
 /// Launches runs from one cache.
 #[derive(Debug, Clone)]
 pub struct Launcher {
@@ -294,314 +328,84 @@ impl Launcher {
     /// Removes run directories whose supervising krunner is gone (its run lock is free), with
     /// any mount left under them. Returns how many were removed.
     pub fn sweep(&self) -> Result<usize, LaunchError> {
-        let runs = self.cache.runs_dir();
-        let entries = std::fs::read_dir(&runs).map_err(|source| LaunchError::Io {
-            run: "-".into(),
-            op: format!("list {}", runs.display()),
-            source,
-        })?;
-        let mut removed = 0;
-        for e in entries.flatten() {
-            let id = e.file_name().to_string_lossy().to_string();
-            let lock = self
-                .cache
-                .try_lock(&LockName::Run(id.clone()), LockMode::Exclusive)
-                .map_err(|source| LaunchError::Cache {
-                    run: id.clone(),
-                    source,
-                })?;
-            if lock.is_none() {
-                continue; // a live krunner owns it
-            }
-            unmount_under(&e.path());
-            cache::remove_tree(&e.path()).map_err(|source| LaunchError::Cache {
-                run: id.clone(),
-                source,
-            })?;
-            self.cache.remove_run_lock(&id);
-            tracing::info!(run = %id, "removed the leftovers of an earlier krunner");
-            removed += 1;
-        }
-        Ok(removed)
+        leftovers::sweep(&self.cache)
     }
 
     /// Runs one guest to completion (or until stopped) and cleans up.
     pub async fn run(&self, req: &RunRequest, stop: &Cancel) -> Result<RunOutcome, LaunchError> {
         let start = Instant::now();
         let run_id = format!("{}-{}", std::process::id(), &cache::random_suffix()[..8]);
-        let run_dir = self.cache.runs_dir().join(&run_id);
-        let io = |op: String| {
-            let run = run_id.clone();
-            move |source| LaunchError::Io { run, op, source }
+        check_request(req, &run_id)?;
+        let claimed = self.claim(req, &run_id).await?;
+        let shares = prepare::run_shares(req, &claimed.dir, &run_id)?;
+        let staged = self.stage(req, &shares.all, &run_id, &claimed.dir)?;
+        let spawned_at = spec::monotonic_ns();
+        // Spawned here, on the run's own task: see the module docs on PR_SET_PDEATHSIG.
+        let mut child = supervise::spawn(&self.child_exe, req, &staged.spec_path, &run_id)?;
+        let how = StopHow::for_run(req, shares.control.as_deref());
+        let exit = child.wait(req.max_lifetime, stop, &how, &run_id).await?;
+        let output = child.output(&run_id).await;
+        let clock = Clock {
+            start,
+            clone: staged.clone,
+            prepare: staged.prepare,
+            spawned_at,
         };
-        let cache_err = |source| LaunchError::Cache {
-            run: run_id.clone(),
-            source,
-        };
-        if req.backend == Backend::Krun {
-            check_libkrunfw(req.libkrunfw_dir.as_deref())?;
-        }
-        for s in &req.shares {
-            if !s.host.is_dir() {
-                return Err(LaunchError::ShareMissing {
-                    run: run_id.clone(),
-                    host: s.host.clone(),
-                });
-            }
-        }
-        // Locks: the image stays (prune skips it), and this run dir is ours.
-        let _image_lock = match &req.manifest {
+        claimed.collect(run_id, exit, output, &clock)
+    }
+
+    /// Takes the image's rootfs lock shared (so `prune` keeps it) and the run's own lock, and
+    /// creates the run directory.
+    async fn claim(&self, req: &RunRequest, run_id: &str) -> Result<ClaimedRun, LaunchError> {
+        let image_lock = match &req.manifest {
             Some(m) => Some(
                 self.lock(LockName::Rootfs(m.clone()), LockMode::Shared)
                     .await
-                    .map_err(cache_err)?,
+                    .map_err(LaunchError::cache(run_id))?,
             ),
             None => None,
         };
-        let _run_lock = self
-            .lock(LockName::Run(run_id.clone()), LockMode::Exclusive)
+        let run_lock = self
+            .lock(LockName::Run(run_id.to_string()), LockMode::Exclusive)
             .await
-            .map_err(cache_err)?;
-        std::fs::create_dir(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
-        let mut cleanup = RunDirGuard {
-            dir: run_dir.clone(),
-            cache: self.cache.clone(),
-            id: run_id.clone(),
-        };
-
-        // The per-run secrets (0700 dir, 0600 file), results and control shares of a runner job.
-        let mut shares = req.shares.clone();
-        let results_dir = run_dir.join("results");
-        let mut control_dir = None;
-        if let Workload::Runner(job) = &req.workload {
-            let secrets = run_dir.join("secrets");
-            write_secret(
-                &secrets,
-                job.registration.file_name(),
-                job.registration.secret().expose(),
-            )
-            .map_err(io(format!(
-                "write the registration into {}",
-                secrets.display()
-            )))?;
-            private_dir(&results_dir).map_err(io(format!("create {}", results_dir.display())))?;
-            shares.push(Share {
-                tag: "krunner-secrets".into(),
-                host: secrets,
-                guest: guest::SECRETS_GUEST.into(),
-                read_only: false,
-            });
-            shares.push(Share {
-                tag: "krunner-results".into(),
-                host: results_dir.clone(),
-                guest: guest::RESULTS_GUEST.into(),
-                read_only: false,
-            });
-            // The stop channel: the host creates `stop` here, the agent's watcher sees it and
-            // stops the runner (a signal to the VMM would never reach it).
-            let control = run_dir.join("control");
-            private_dir(&control).map_err(io(format!("create {}", control.display())))?;
-            shares.push(Share {
-                tag: "krunner-control".into(),
-                host: control.clone(),
-                guest: guest::CONTROL_GUEST.into(),
-                read_only: true,
-            });
-            control_dir = Some(control);
-        }
-
-        let t = Instant::now();
-        let root =
-            rootfs::make_clone(self.clone_method, &req.rootfs, &run_dir).map_err(|source| {
-                LaunchError::Clone {
-                    run: run_id.clone(),
-                    source,
-                }
-            })?;
-        let clone_time = t.elapsed();
-
-        let t = Instant::now();
-        let spec = self.prepare(req, &shares, &run_id, &run_dir, root)?;
-        let spec_path = run_dir.join("spec.json");
-        spec.write(&spec_path).map_err(|source| LaunchError::Spec {
-            run: run_id.clone(),
-            source,
-        })?;
-        let prepare_time = t.elapsed();
-
-        let spawned_at = spec::monotonic_ns();
-        let mut cmd = tokio::process::Command::new(&self.child_exe);
-        cmd.arg(match req.backend {
-            Backend::Krun => KRUN_CHILD,
-            Backend::Namespace => NS_CHILD,
-        })
-        .arg(&spec_path)
-        // Nothing of krunner's environment (which may hold a token) reaches the child.
-        .env_clear()
-        .stdin(Stdio::null())
-        // Its own process group: a terminal's Ctrl-C reaches krunner, which decides.
-        .process_group(0)
-        .kill_on_drop(true);
-        if let Some(dir) = &req.libkrunfw_dir {
-            cmd.env("LD_LIBRARY_PATH", dir);
-        }
-        // Under krun the child's stderr (and for a log file also its stdout and the guest
-        // console) passes through a pipe to a task of ours that copies it on and watches for
-        // libkrun's KVM_EXIT_INTERNAL_ERROR line. Under namespaces the guest writes to the
-        // terminal or the log directly.
-        let mut tee: Option<(tokio::net::unix::pipe::Receiver, Box<dyn TeeSink>)> = None;
-        let pipe_err = || io("create the output pipe".into());
-        match (&req.output, req.backend) {
-            (Output::Inherit, Backend::Namespace) => {
-                cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
-            }
-            (Output::Inherit, Backend::Krun) => {
-                let (r, w) = output_pipe().map_err(pipe_err())?;
-                cmd.stdout(Stdio::inherit()).stderr(w);
-                tee = Some((r, Box::new(tokio::io::stderr())));
-            }
-            (Output::File(p), backend) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(io(format!("open log {}", p.display())))?;
-                if backend == Backend::Krun {
-                    let (r, w) = output_pipe().map_err(pipe_err())?;
-                    let w2 = w.try_clone().map_err(pipe_err())?;
-                    cmd.stdout(w).stderr(w2);
-                    tee = Some((r, Box::new(tokio::fs::File::from_std(f))));
-                } else {
-                    let f2 = f
-                        .try_clone()
-                        .map_err(io(format!("open log {}", p.display())))?;
-                    cmd.stdout(f).stderr(f2);
-                }
-            }
-            (Output::Capture, _) => {
-                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-            }
-        }
-        let spawned = cmd.spawn();
-        // The Command keeps its copies of the pipe's write end: drop them, or the tee task
-        // would never see the end of the output.
-        drop(cmd);
-        let mut child = spawned.map_err(io("spawn the VM child".into()))?;
-        let pid = child.id().and_then(|p| i32::try_from(p).ok());
-        tracing::debug!(run = %run_id, backend = ?req.backend, pid, "VM child started");
-
-        // Drain output concurrently so a chatty guest cannot block on a full pipe.
-        let tee_task = tee.map(|(r, sink)| tokio::spawn(tee_output(r, sink)));
-        let out_task = child.stdout.take().map(|mut s| {
-            tokio::spawn(async move {
-                let mut v = Vec::new();
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut v).await;
-                v
-            })
-        });
-        let err_task = child.stderr.take().map(|mut s| {
-            tokio::spawn(async move {
-                let mut v = Vec::new();
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut v).await;
-                v
-            })
-        });
-        let stop_how = StopHow {
-            grace: req.stop_grace,
-            stop_file: control_dir.as_ref().map(|d| d.join("stop")),
-            // libkrun's VMM does not turn SIGTERM into anything the guest sees: it dies at
-            // once and takes the guest with it. So under krun a runner run is asked through
-            // the stop file (the agent's watcher stops the runner, which can tell GitHub) and
-            // gets no SIGTERM; a command run has no such watcher, so SIGTERM ends it at once
-            // rather than after a useless grace period. Under namespaces SIGTERM reaches the
-            // agent, which forwards it.
-            term_first: req.backend == Backend::Namespace || control_dir.is_none(),
-        };
-
-        let lifetime = async {
-            match req.max_lifetime {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut stopped_by_us = None;
-        let status = tokio::select! {
-            s = child.wait() => s,
-            _ = lifetime => { stopped_by_us = Some(VmExit::LifetimeExceeded); stop_child(&mut child, pid, &stop_how).await }
-            _ = stop.cancelled() => { stopped_by_us = Some(VmExit::Stopped); stop_child(&mut child, pid, &stop_how).await }
-        }
-        .map_err(io("wait for the VM child".into()))?;
-        // The child is reaped, but what it started may still be dying (its PID 1 and the
-        // guest after a SIGKILL): wait until its process group is empty, so "the run ended"
-        // means nothing of it is left.
-        if let Some(p) = pid {
-            wait_group_gone(p, Duration::from_secs(10)).await;
-        }
-        let exit = match stopped_by_us {
-            Some(e) => e,
-            None => match (
-                status.code(),
-                std::os::unix::process::ExitStatusExt::signal(&status),
-            ) {
-                (Some(c), _) => VmExit::Exited(c),
-                (None, Some(s)) => VmExit::Signaled(s),
-                (None, None) => VmExit::Exited(1),
-            },
-        };
-        let captured = match (out_task, err_task) {
-            (Some(o), Some(e)) => Some((
-                finish_task(o, &run_id).await.unwrap_or_default(),
-                finish_task(e, &run_id).await.unwrap_or_default(),
-            )),
-            _ => None,
-        };
-        let kvm_internal_error = match (tee_task, &captured) {
-            (Some(t), _) => finish_task(t, &run_id).await.unwrap_or(false),
-            (None, Some((_, err))) => mentions_kvm_internal_error(err),
-            (None, None) => false,
-        };
-        let events = spec::read_events(&run_dir.join("events"));
-        let started = events
-            .iter()
-            .find(|s| matches!(s.event, Event::Started { .. }))
-            .map(|s| s.ts_ns);
-        let entering = events
-            .iter()
-            .find(|s| s.event == Event::Entering)
-            .map(|s| s.ts_ns);
-        let spawn = started.map(|t| Duration::from_nanos(t.saturating_sub(spawned_at)));
-        let setup = started
-            .zip(entering)
-            .map(|(s, e)| Duration::from_nanos(e.saturating_sub(s)));
-        let to_entering = entering.map(|e| {
-            Duration::from_nanos(e.saturating_sub(spawned_at)) + clone_time + prepare_time
-        });
-
-        let guest_result = std::fs::read_to_string(results_dir.join("result"))
-            .ok()
-            .and_then(|t| guest::parse_result(&t));
-        cleanup.finish().map_err(|source| LaunchError::Cache {
-            run: run_id.clone(),
-            source,
-        })?;
-        Ok(RunOutcome {
-            run_id,
-            exit,
-            events,
-            captured,
-            guest_result,
-            kvm_internal_error,
-            timings: Timings {
-                clone: clone_time,
-                prepare: prepare_time,
-                spawn,
-                setup,
-                to_entering,
-                total: start.elapsed(),
-            },
+            .map_err(LaunchError::cache(run_id))?;
+        let dir = self.cache.runs_dir().join(run_id);
+        std::fs::create_dir(&dir)
+            .map_err(LaunchError::io(run_id, format!("create {}", dir.display())))?;
+        Ok(ClaimedRun {
+            guard: RunDirGuard::new(dir.clone(), self.cache.clone(), run_id.to_string()),
+            dir,
+            _run_lock: run_lock,
+            _image_lock: image_lock,
         })
     }
 
+    /// Clones the image into the run directory, then writes the guest's files into the clone
+    /// and the spec next to it.
+    fn stage(
+        &self,
+        req: &RunRequest,
+        shares: &[Share],
+        run_id: &str,
+        run_dir: &Path,
+    ) -> Result<Staged, LaunchError> {
+        let t = Instant::now();
+        let root = rootfs::make_clone(self.clone_method, &req.rootfs, run_dir)
+            .map_err(LaunchError::clone_failed(run_id))?;
+        let clone = t.elapsed();
+
+        let t = Instant::now();
+        let spec = prepare::prepare(req, shares, run_id, run_dir, root)?;
+        let spec_path = run_dir.join("spec.json");
+        spec.write(&spec_path).map_err(LaunchError::spec(run_id))?;
+        Ok(Staged {
+            spec_path,
+            clone,
+            prepare: t.elapsed(),
+        })
+    }
+
+    /// Takes a cache lock without blocking the runtime.
     async fn lock(&self, name: LockName, mode: LockMode) -> Result<LockGuard, cache::CacheError> {
         let c = self.cache.clone();
         match tokio::task::spawn_blocking(move || c.lock(&name, mode)).await {
@@ -613,415 +417,115 @@ impl Launcher {
             }),
         }
     }
+}
 
-    /// Writes the guest's files into the clone and builds the spec.
-    fn prepare(
-        &self,
-        req: &RunRequest,
-        shares: &[Share],
-        run_id: &str,
-        run_dir: &Path,
-        root: RootSpec,
-    ) -> Result<LaunchSpec, LaunchError> {
-        let clone_err = |source| LaunchError::Clone {
-            run: run_id.to_string(),
-            source,
-        };
-        // Under krun the guest mounts its virtio-fs shares itself; under namespaces the
-        // child has bind-mounted them already.
-        let to_mount: &[Share] = match req.backend {
-            Backend::Krun => shares,
-            Backend::Namespace => &[],
-        };
-        let job = match &req.workload {
-            Workload::Runner(job) => Some(job),
-            Workload::Command(_) => None,
-        };
-        let conf = guest::agent_conf_for(to_mount, job).map_err(|reason| LaunchError::Spec {
-            run: run_id.to_string(),
-            source: spec::SpecError::CommandLine(reason),
-        })?;
-        rootfs::write_guest_file(
-            &root,
-            guest::AGENT_PATH,
-            guest::AGENT_SCRIPT.as_bytes(),
-            0o755,
-        )
-        .map_err(clone_err)?;
-        rootfs::write_guest_file(&root, guest::AGENT_CONF, conf.as_bytes(), 0o644)
-            .map_err(clone_err)?;
-        rootfs::write_guest_file(
-            &root,
-            "/etc/resolv.conf",
-            guest::resolv_conf(&req.dns).as_bytes(),
-            0o644,
-        )
-        .map_err(clone_err)?;
-        rootfs::write_guest_file(
-            &root,
-            "/etc/hostname",
-            format!("{}\n", req.hostname).as_bytes(),
-            0o644,
-        )
-        .map_err(clone_err)?;
-        rootfs::write_guest_file(
-            &root,
-            "/etc/hosts",
-            guest::hosts(&req.hostname).as_bytes(),
-            0o644,
-        )
-        .map_err(clone_err)?;
-        let mut env = vec![("HOSTNAME".to_string(), req.hostname.clone())];
-        env.extend(req.env.iter().cloned());
-        let argv = match &req.workload {
-            Workload::Command(c) => Some(c.as_slice()),
-            Workload::Runner(_) => None,
-        };
-        write_workload_files(&root, argv, &env, run_id)?;
-
-        // All that travels on the kernel command line (krun) or to the namespace's PID 1: the
-        // agent and what it needs itself. The rest is in the files written above.
-        let env = vec![
-            ("PATH".to_string(), guest::GUEST_PATH.to_string()),
-            ("HOME".to_string(), "/root".to_string()),
-            (
-                "KRUNNER_BACKEND".to_string(),
-                match req.backend {
-                    Backend::Krun => "krun",
-                    Backend::Namespace => "namespace",
-                }
-                .to_string(),
-            ),
-        ];
-        let args = vec![guest::AGENT_PATH.to_string()];
-        let spec = LaunchSpec {
-            run_id: run_id.to_string(),
-            parent_pid: std::process::id() as i32,
-            root,
-            cpus: req.cpus,
-            memory_mib: req.memory_mib,
-            shares: shares.to_vec(),
-            exec: GuestExec {
-                path: "/bin/sh".into(),
-                args,
-                env,
-                workdir: req.workdir.clone(),
-            },
-            hostname: req.hostname.clone(),
-            nofile: match req.backend {
-                Backend::Krun => req.nofile,
-                // In namespaces the limit cannot exceed our own hard limit without
-                // CAP_SYS_RESOURCE.
-                Backend::Namespace => {
-                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                        .map_or(req.nofile, |(_, hard)| req.nofile.min(hard))
-                }
-            },
-            // libkrun opens the console file with File::create (O_TRUNC, its own offset): the
-            // run's log itself would be truncated and overwritten. Our stderr is the output
-            // pipe instead, which libkrun opens anew through /proc (O_TRUNC means nothing to a
-            // pipe), so console and child messages reach the log in order, appended.
-            console_log: match (&req.backend, &req.output) {
-                (Backend::Krun, Output::File(_)) => Some(PathBuf::from("/proc/self/fd/2")),
-                _ => None,
-            },
-            events: run_dir.join("events"),
-            krun_log_level: req.krun_log_level,
-            libkrunfw_dir: req.libkrunfw_dir.clone(),
-        };
-        if req.backend == Backend::Krun {
-            spec.check_command_line()
-                .map_err(|source| LaunchError::Spec {
-                    run: run_id.to_string(),
-                    source,
-                })?;
-        }
-        Ok(spec)
+/// Refuses a request that cannot start: a krun run without libkrunfw, a share whose host
+/// directory is missing.
+fn check_request(req: &RunRequest, run_id: &str) -> Result<(), LaunchError> {
+    if req.backend == Backend::Krun {
+        check_libkrunfw(req.libkrunfw_dir.as_deref())?;
     }
-}
-
-/// Creates `dir` readable by its owner only.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().mode(0o700).create(dir)
-}
-
-/// Writes a secret as a new 0600 file `name` in a new 0700 directory `dir`.
-fn write_secret(dir: &Path, name: &str, value: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    private_dir(dir)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dir.join(name))?;
-    f.write_all(value.as_bytes())
-}
-
-/// How a run is stopped.
-struct StopHow {
-    /// How long the guest may take to end by itself.
-    grace: Duration,
-    /// Created first, when the run has a control share: the agent stops the runner.
-    stop_file: Option<PathBuf>,
-    /// Send SIGTERM to the VM child (namespace backend: it reaches the agent).
-    term_first: bool,
-}
-
-/// Asks the guest to stop (the stop file, SIGTERM where it helps), then SIGKILLs the whole
-/// process group if it has not ended after the grace period; returns the final status.
-async fn stop_child(
-    child: &mut tokio::process::Child,
-    pid: Option<i32>,
-    how: &StopHow,
-) -> std::io::Result<std::process::ExitStatus> {
-    if let Some(f) = &how.stop_file {
-        if let Err(e) = std::fs::write(f, b"stop\n") {
-            tracing::warn!("cannot create the stop file {}: {e}", f.display());
+    for s in &req.shares {
+        if !s.host.is_dir() {
+            return Err(LaunchError::ShareMissing {
+                run: run_id.to_string(),
+                host: s.host.clone(),
+            });
         }
     }
-    if how.term_first {
-        if let Some(p) = pid {
-            let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
-        }
-    }
-    let grace = how.grace;
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(s) => s,
-        Err(_) => {
-            tracing::warn!(
-                pid,
-                "the guest did not end within {grace:?} of the stop request: killing it"
-            );
-            // The whole process group: the VM child, and under the namespace backend its
-            // PID 1 and the guest processes that did not leave the group.
-            if let Some(p) = pid {
-                let _ = kill(Pid::from_raw(-p), Signal::SIGKILL);
-            }
-            child.start_kill()?;
-            child.wait().await
-        }
-    }
+    Ok(())
 }
 
-/// Where the tee task copies output to: krunner's stderr or a run's log.
-trait TeeSink: tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncWrite + Unpin + Send> TeeSink for T {}
-
-/// A close-on-exec pipe for the child's output: our async read end, and the write end for the
-/// child's stdio.
-fn output_pipe() -> std::io::Result<(tokio::net::unix::pipe::Receiver, std::os::fd::OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    Ok((tokio::net::unix::pipe::Receiver::from_owned_fd(r)?, w))
-}
-
-/// Copies the child's output to `sink` as it comes (no waiting for whole lines) until every
-/// writer is gone; returns whether libkrun reported `KVM_EXIT_INTERNAL_ERROR` in it.
-async fn tee_output(
-    mut from: tokio::net::unix::pipe::Receiver,
-    mut sink: Box<dyn TeeSink>,
-) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut scan = MarkerScan::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut sink_ok = true;
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        scan.feed(&buf[..n]);
-        // A sink that fails (a closed terminal, a full disk) must not stall the guest on a
-        // full pipe: keep reading, stop writing.
-        if sink_ok && sink.write_all(&buf[..n]).await.is_err() {
-            sink_ok = false;
-        }
-    }
-    let _ = sink.flush().await;
-    scan.found
-}
-
-/// Awaits an output task: briefly, since it only ends when every process that inherited the
-/// pipe is gone, and the run's process group already is.
-async fn finish_task<T>(task: tokio::task::JoinHandle<T>, run_id: &str) -> Option<T> {
-    let abort = task.abort_handle();
-    match tokio::time::timeout(Duration::from_secs(5), task).await {
-        Ok(r) => r.ok(),
-        Err(_) => {
-            tracing::warn!(run = %run_id, "the run's output is still open after it ended; no longer reading it");
-            abort.abort();
-            None
-        }
-    }
-}
-
-/// What libkrun logs when KVM stops the vCPU because it cannot emulate the guest (nested
-/// "PVM" KVM and libkrunfw's kernel).
-const KVM_INTERNAL_ERROR: &[u8] = b"KVM_EXIT_INTERNAL_ERROR";
-
-/// Whether `output` holds libkrun's `KVM_EXIT_INTERNAL_ERROR` report.
-pub fn mentions_kvm_internal_error(output: &[u8]) -> bool {
-    output
-        .windows(KVM_INTERNAL_ERROR.len())
-        .any(|w| w == KVM_INTERNAL_ERROR)
-}
-
-/// Finds [`KVM_INTERNAL_ERROR`] in a stream fed in pieces, also across piece boundaries,
-/// keeping only the last few bytes.
-#[derive(Default)]
-struct MarkerScan {
-    tail: Vec<u8>,
-    found: bool,
-}
-
-impl MarkerScan {
-    fn feed(&mut self, piece: &[u8]) {
-        if self.found {
-            return;
-        }
-        let keep = KVM_INTERNAL_ERROR.len() - 1;
-        // The carried-over tail plus the start of this piece covers a split marker.
-        let head = &piece[..piece.len().min(keep)];
-        let mut joint = std::mem::take(&mut self.tail);
-        joint.extend_from_slice(head);
-        self.found = mentions_kvm_internal_error(&joint) || mentions_kvm_internal_error(piece);
-        joint.extend_from_slice(&piece[head.len()..]);
-        self.tail = joint[joint.len().saturating_sub(keep)..].to_vec();
-    }
-}
-
-/// Writes the command's arguments (`argv`, a command run) and the extra environment into the
-/// clone as files for the agent ([`guest::ARGV_DIR`], [`guest::ENV_DIR`]): exact bytes, no
-/// quoting, no size limit of the kernel command line. Later `env` entries win.
-fn write_workload_files(
-    root: &RootSpec,
-    argv: Option<&[String]>,
-    env: &[(String, String)],
-    run_id: &str,
-) -> Result<(), LaunchError> {
-    let spec_err = |source| LaunchError::Spec {
-        run: run_id.to_string(),
-        source,
-    };
-    let clone_err = |source| LaunchError::Clone {
-        run: run_id.to_string(),
-        source,
-    };
-    if let Some(argv) = argv {
-        let mut files = Vec::with_capacity(argv.len());
-        for (i, a) in argv.iter().enumerate() {
-            if a.contains('\0') {
-                return Err(spec_err(spec::SpecError::Nul(format!(
-                    "argument {i} ({a:?})"
-                ))));
-            }
-            files.push((i.to_string(), a.clone().into_bytes()));
-        }
-        rootfs::write_guest_dir(root, guest::ARGV_DIR, &files, 0o644).map_err(clone_err)?;
-    }
-    let mut files: Vec<(String, Vec<u8>)> = Vec::with_capacity(env.len());
-    for (k, v) in env {
-        if !guest::is_env_name(k) {
-            return Err(spec_err(spec::SpecError::EnvName(k.clone())));
-        }
-        if v.contains('\0') {
-            return Err(spec_err(spec::SpecError::Nul(format!(
-                "the value of environment variable {k}"
-            ))));
-        }
-        files.retain(|(name, _)| name != k);
-        files.push((k.clone(), v.clone().into_bytes()));
-    }
-    rootfs::write_guest_dir(root, guest::ENV_DIR, &files, 0o644).map_err(clone_err)
-}
-
-/// Waits (up to `limit`) until no process is left in process group `pgid`.
-async fn wait_group_gone(pgid: i32, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    // kill(-pgid, 0) fails with ESRCH once the group has no member left.
-    while kill(Pid::from_raw(-pgid), None).is_ok() {
-        if Instant::now() >= deadline {
-            tracing::warn!(
-                pgid,
-                "processes of a finished run are still alive after {limit:?}"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Removes the run directory when dropped (also on error paths), unmounting anything that
-/// was left mounted under it first.
-struct RunDirGuard {
+/// A run's directory and the locks that keep it and its image ours. Dropped, on every path
+/// out of [`Launcher::run`], it removes the directory first and then releases the locks
+/// (fields drop in order).
+struct ClaimedRun {
+    /// Removes `dir`.
+    guard: RunDirGuard,
+    /// The run directory.
     dir: PathBuf,
-    cache: Cache,
-    id: String,
+    /// The run's own lock: a live krunner owns this directory.
+    _run_lock: LockGuard,
+    /// The image's rootfs lock, shared: `prune` keeps the image.
+    _image_lock: Option<LockGuard>,
 }
 
-impl RunDirGuard {
-    fn finish(&mut self) -> Result<(), cache::CacheError> {
-        unmount_under(&self.dir);
-        let r = cache::remove_tree(&self.dir);
-        if r.is_ok() {
-            self.cache.remove_run_lock(&self.id);
-            self.dir = PathBuf::new();
-        }
-        r
+impl ClaimedRun {
+    /// Reads what the child and the guest left in the run directory (events, the guest's
+    /// result), removes the directory and puts the outcome together.
+    fn collect(
+        mut self,
+        run_id: String,
+        exit: VmExit,
+        output: ChildOutput,
+        clock: &Clock,
+    ) -> Result<RunOutcome, LaunchError> {
+        let events = spec::read_events(&self.dir.join("events"));
+        let mut timings = clock.timings(&events);
+        let guest_result = std::fs::read_to_string(self.dir.join("results").join("result"))
+            .ok()
+            .and_then(|t| guest::parse_result(&t));
+        self.guard.finish().map_err(LaunchError::cache(&run_id))?;
+        timings.total = clock.start.elapsed();
+        Ok(RunOutcome {
+            run_id,
+            exit,
+            events,
+            captured: output.captured,
+            guest_result,
+            kvm_internal_error: output.kvm_internal_error,
+            timings,
+        })
     }
 }
 
-impl Drop for RunDirGuard {
-    fn drop(&mut self) {
-        if !self.dir.as_os_str().is_empty() {
-            let _ = self.finish();
-        }
-    }
+/// A run ready to spawn: its spec written, and how long getting there took.
+struct Staged {
+    /// The spec file.
+    spec_path: PathBuf,
+    /// Making the clone.
+    clone: Duration,
+    /// Writing the guest's files and the spec.
+    prepare: Duration,
 }
 
-/// Detaches every mount at or below `dir` in krunner's own mount namespace. Mounts normally
-/// live only in the child's namespace; this is for a child that failed in an odd way.
-pub fn unmount_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    // Deepest first.
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::warn!("cannot unmount leftover {}: {e}", p.display());
-        }
-    }
+/// When a run's host-side steps happened, for its [`Timings`].
+struct Clock {
+    /// The start of [`Launcher::run`].
+    start: Instant,
+    /// Making the clone.
+    clone: Duration,
+    /// Writing the guest's files and the spec.
+    prepare: Duration,
+    /// CLOCK_MONOTONIC (as in the child's events) just before the child was spawned.
+    spawned_at: u64,
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+impl Clock {
+    /// The timings the child's `events` tell; `total` is left for the caller.
+    fn timings(&self, events: &[Stamped]) -> Timings {
+        let started = events
+            .iter()
+            .find(|s| matches!(s.event, Event::Started { .. }))
+            .map(|s| s.ts_ns);
+        let entering = events
+            .iter()
+            .find(|s| s.event == Event::Entering)
+            .map(|s| s.ts_ns);
+        let spawned_at = self.spawned_at;
+        Timings {
+            clone: self.clone,
+            prepare: self.prepare,
+            spawn: started.map(|t| Duration::from_nanos(t.saturating_sub(spawned_at))),
+            setup: started
+                .zip(entering)
+                .map(|(s, e)| Duration::from_nanos(e.saturating_sub(s))),
+            to_entering: entering.map(|e| {
+                Duration::from_nanos(e.saturating_sub(spawned_at)) + self.clone + self.prepare
+            }),
+            total: Duration::ZERO,
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The path to re-execute ourselves.
@@ -1030,63 +534,6 @@ fn self_exe() -> PathBuf {
         PathBuf::from("/proc/self/exe")
     } else {
         std::env::current_exe().unwrap_or_else(|_| PathBuf::from("krunner"))
-    }
-}
-
-/// Finds libkrunfw.so.5 where the dynamic loader would: `dir`, LD_LIBRARY_PATH, the loader
-/// cache, the usual library directories.
-pub fn find_libkrunfw(dir: Option<&Path>) -> Option<PathBuf> {
-    let name = if cfg!(target_os = "macos") {
-        "libkrunfw.5.dylib"
-    } else {
-        "libkrunfw.so.5"
-    };
-    let mut dirs: Vec<PathBuf> = dir.into_iter().map(Path::to_path_buf).collect();
-    if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
-        dirs.extend(std::env::split_paths(&p));
-    }
-    if let Ok(out) = std::process::Command::new("ldconfig").arg("-p").output() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(p) = text
-            .lines()
-            .filter(|l| l.trim_start().starts_with(name))
-            .find_map(|l| l.rsplit(" => ").next())
-        {
-            dirs.push(
-                Path::new(p.trim())
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default(),
-            );
-        }
-    }
-    for d in [
-        "/usr/lib64",
-        "/usr/lib",
-        "/usr/local/lib",
-        "/usr/local/lib64",
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/opt/homebrew/lib",
-    ] {
-        dirs.push(PathBuf::from(d));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists())
-}
-
-fn check_libkrunfw(dir: Option<&Path>) -> Result<(), LaunchError> {
-    match find_libkrunfw(dir) {
-        Some(_) => Ok(()),
-        None => Err(LaunchError::NoLibkrunfw {
-            searched: match dir {
-                Some(d) => format!(
-                    " in {}, LD_LIBRARY_PATH, the loader cache or the usual library directories",
-                    d.display()
-                ),
-                None => " in LD_LIBRARY_PATH, the loader cache or the usual library directories"
-                    .to_string(),
-            },
-        }),
     }
 }
 
@@ -1102,125 +549,5 @@ mod tests {
         assert_eq!(VmExit::Exited(7).code(), 7);
         assert_eq!(VmExit::Signaled(9).code(), 137);
         assert_eq!(VmExit::LifetimeExceeded.code(), 143);
-    }
-
-    #[test]
-    fn the_workload_travels_as_files_byte_for_byte() {
-        let t = tempfile::tempdir().unwrap();
-        let root = RootSpec::Dir(t.path().to_path_buf());
-        let argv: Vec<String> = vec![
-            "sh".into(),
-            String::new(),
-            "--".into(),
-            "say \"hi\" 'there'\nline\n\n".into(),
-            "héllo ✓".into(),
-            "x".repeat(8192),
-        ];
-        let env = vec![
-            ("HOSTNAME".to_string(), "h".to_string()),
-            ("A_1".to_string(), "v\"al\nue\n".to_string()),
-            ("HOSTNAME".to_string(), "later wins".to_string()),
-        ];
-        write_workload_files(&root, Some(&argv), &env, "r").unwrap();
-        let dir = t.path().join(".krunner/argv");
-        for (i, a) in argv.iter().enumerate() {
-            assert_eq!(
-                std::fs::read(dir.join(i.to_string())).unwrap(),
-                a.as_bytes()
-            );
-        }
-        assert!(!dir.join(argv.len().to_string()).exists());
-        let env_dir = t.path().join(".krunner/env");
-        assert_eq!(std::fs::read(env_dir.join("A_1")).unwrap(), b"v\"al\nue\n");
-        assert_eq!(
-            std::fs::read(env_dir.join("HOSTNAME")).unwrap(),
-            b"later wins"
-        );
-        assert_eq!(std::fs::read_dir(&env_dir).unwrap().count(), 2);
-
-        // A runner run writes no argv; a second write replaces the first completely.
-        write_workload_files(&root, Some(&[]), &[], "r").unwrap();
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-        assert_eq!(std::fs::read_dir(&env_dir).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn bad_environment_names_and_nul_bytes_are_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let root = RootSpec::Dir(t.path().to_path_buf());
-        for name in ["1X", "A-B", "a.b", "", "X Y"] {
-            let e =
-                write_workload_files(&root, None, &[(name.into(), "v".into())], "r").unwrap_err();
-            let msg = crate::error_chain(&e);
-            assert!(
-                matches!(
-                    &e,
-                    LaunchError::Spec {
-                        source: spec::SpecError::EnvName(n),
-                        ..
-                    } if n == name
-                ),
-                "{name:?}: {msg}"
-            );
-            assert!(msg.contains(&format!("{name:?}")), "{msg}");
-        }
-        assert!(matches!(
-            write_workload_files(&root, None, &[("A".into(), "a\0b".into())], "r"),
-            Err(LaunchError::Spec {
-                source: spec::SpecError::Nul(_),
-                ..
-            })
-        ));
-        assert!(matches!(
-            write_workload_files(&root, Some(&["a\0".into()]), &[], "r"),
-            Err(LaunchError::Spec {
-                source: spec::SpecError::Nul(_),
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn kvm_internal_errors_are_noticed_in_whole_and_split_output() {
-        let line = b"[ERROR vmm::linux::vstate] Received KVM_EXIT_INTERNAL_ERROR signal\n";
-        assert!(mentions_kvm_internal_error(line));
-        assert!(!mentions_kvm_internal_error(b"KVM_EXIT_INTERNAL error\n"));
-        assert!(!mentions_kvm_internal_error(b""));
-        // Fed in every possible split, and byte by byte.
-        for cut in 0..line.len() {
-            let mut scan = MarkerScan::default();
-            scan.feed(&line[..cut]);
-            scan.feed(&line[cut..]);
-            assert!(scan.found, "split at {cut}");
-        }
-        let mut scan = MarkerScan::default();
-        for b in line {
-            scan.feed(std::slice::from_ref(b));
-        }
-        assert!(scan.found);
-        let mut scan = MarkerScan::default();
-        scan.feed(b"KVM_EXIT_INTERNAL");
-        scan.feed(&[b'x'; 100]);
-        scan.feed(b"_ERROR");
-        assert!(!scan.found);
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo("/a\\040b/c"), "/a b/c");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
-    }
-
-    #[test]
-    fn libkrunfw_search_honours_the_given_dir() {
-        let d = tempfile::tempdir().unwrap();
-        let name = if cfg!(target_os = "macos") {
-            "libkrunfw.5.dylib"
-        } else {
-            "libkrunfw.so.5"
-        };
-        std::fs::write(d.path().join(name), b"").unwrap();
-        assert_eq!(find_libkrunfw(Some(d.path())), Some(d.path().join(name)));
     }
 }

@@ -61,7 +61,7 @@ fn image() -> String {
 
 /// `krunner exec --backend krun` with a small guest; `extra` goes before the image.
 fn exec(td: &TestDir, fw: &Path, extra: &[&str], cmd: &[&str]) -> Krunner {
-    let mut k = krunner(&td);
+    let mut k = krunner(td);
     k.args(["-v", "exec", "--backend", "krun", "--libkrunfw-dir"])
         .arg(fw)
         .args(["-c", "1", "-m", "256"])
