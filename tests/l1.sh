@@ -128,7 +128,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 while read -r m; do insmod "/modules/$m" || echo "l1: insmod $m failed"; done </modules/order
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro host /host || { echo "l1: cannot mount the host root"; poweroff -f; }
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro host /host || { echo "l1: cannot mount the host root"; poweroff -f; }
 mkdir -p /job
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 job /job || { echo "l1: cannot mount the job share"; poweroff -f; }
 h=/host

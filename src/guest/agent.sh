@@ -122,6 +122,13 @@ load_conf() {
 	done <"$conf"
 }
 load_conf
+# The guest's host name (the runner's name in `krunner run`): the host wrote /etc/hostname;
+# libkrun's init does not apply it (the namespace backend has set it already).
+if [ -s /etc/hostname ] && [ -w /proc/sys/kernel/hostname ]; then
+	if read -r h </etc/hostname; then
+		printf '%s' "$h" 2>/dev/null >/proc/sys/kernel/hostname || log "warning: cannot set the host name $h"
+	fi
+fi
 
 if [ -z "$mode" ]; then
 	# Command mode (krunner exec): argv/0, argv/1, … until one is missing; the x keeps
