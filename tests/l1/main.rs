@@ -102,11 +102,16 @@ fn group(filter: &str, tests: usize) {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Indented, so that the inner binary's "test result:" lines are not mistaken for this
+    // binary's own (CI adds those up).
+    let indent = |t: &str| t.lines().map(|l| format!("  | {l}\n")).collect::<String>();
     let ctx = format!(
-        "tests/l1.sh run -- {} --ignored {filter}: {} after {:.0} s\n--- output ---\n{stdout}\n--- stderr ---\n{stderr}",
+        "tests/l1.sh run -- {} --ignored {filter}: {} after {:.0} s\n--- output ---\n{}--- stderr ---\n{}",
         it.display(),
         out.status,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        indent(&stdout),
+        indent(&stderr)
     );
     eprintln!("{ctx}");
     assert!(out.status.success(), "the group failed in L1\n{ctx}");
