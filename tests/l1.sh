@@ -136,6 +136,11 @@ mount -t proc proc $h/proc
 mount -t sysfs sys $h/sys
 mount -t devtmpfs dev $h/dev
 mkdir -p $h/dev/pts $h/dev/shm 2>/dev/null
+# What udev would add (bash's process substitution needs /dev/fd).
+ln -sf /proc/self/fd $h/dev/fd
+ln -sf /proc/self/fd/0 $h/dev/stdin
+ln -sf /proc/self/fd/1 $h/dev/stdout
+ln -sf /proc/self/fd/2 $h/dev/stderr
 mount -t devpts devpts $h/dev/pts
 mount -t tmpfs shm $h/dev/shm
 for d in /tmp /run /root; do mount -t tmpfs -o mode=1777 tmp $h$d; done
