@@ -176,7 +176,10 @@ fn exec_output_and_exit_status_are_the_guests() {
     .run();
     assert_eq!(out.code, Some(7), "the guest's status is krunner's\n{out}");
     assert!(out.stdout.contains("krun-out"), "{out}");
-    assert!(out.stdout.contains("host=krunner-exec"), "the guest's host name\n{out}");
+    assert!(
+        out.stdout.contains("host=krunner-exec"),
+        "the guest's host name\n{out}"
+    );
     assert!(
         out.stdout.contains("krun-err") || out.stderr.contains("krun-err"),
         "{out}"

@@ -292,7 +292,7 @@ fn zombies_of(pid: u32) -> usize {
 }
 
 /// Where the test setup unpacked libkrunfw (tests/setup.sh), if anywhere.
-fn libkrunfw_dir() -> Option<PathBuf> {
+pub(crate) fn libkrunfw_dir() -> Option<PathBuf> {
     let d = std::env::var_os("KRUNNER_TEST_LIBKRUNFW_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/krunner-test/libkrunfw"));
@@ -317,7 +317,7 @@ fn krun_ready() -> Option<PathBuf> {
 }
 
 /// Whether this host's KVM is the nested "PVM" kind, which cannot run libkrunfw's kernel.
-fn pvm_host() -> bool {
+pub(crate) fn pvm_host() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
         && !Path::new("/sys/module/kvm_intel").exists()
         && !Path::new("/sys/module/kvm_amd").exists()

@@ -283,3 +283,64 @@ fn loops_that_keep_failing_stop_and_krunner_exits_non_zero() {
     );
     assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
 }
+
+/// On a host whose KVM cannot run the guest kernel (our nested PVM machines), `krunner run
+/// --backend krun` must say what that means, not only libkrun's raw line and an exit status;
+/// and it leaves no registration behind.
+#[test]
+fn run_on_a_kvm_that_cannot_boot_guests_explains_the_failure() {
+    if skip(NEEDS) {
+        return;
+    }
+    if !crate::launcher::pvm_host() {
+        skip_because("needs nested PVM KVM, whose guests die with KVM_EXIT_INTERNAL_ERROR (elsewhere the krun_guest tests boot for real)");
+        return;
+    }
+    let Some(fw) = crate::launcher::libkrunfw_dir() else {
+        skip_because("needs libkrunfw.so.5 (tests/setup.sh)");
+        return;
+    };
+    let f = fixture("run-pvm");
+    let out =
+        f.td.krunner()
+            .env("KRUNNER_TOKEN", "e2e-token")
+            .args(["run", "--backend", "krun", "--libkrunfw-dir"])
+            .arg(&fw)
+            .args([
+                "-c",
+                "1",
+                "-m",
+                "256",
+                "-n",
+                "1",
+                "--max-failures",
+                "1",
+                "--api-url",
+                &f.sim.api_url(),
+                "-p",
+                "owner/repo",
+                "-i",
+                &runner_image(),
+                "--name-prefix",
+                "pvm",
+                "--log-dir",
+                f.td.join("logs").to_str().unwrap(),
+            ])
+            .run();
+    out.failure(1).never_shows("e2e-token");
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert!(
+        out.stderr.contains("cannot run the libkrunfw guest kernel")
+            && out.stderr.contains("krunner doctor"),
+        "the slot's error explains KVM_EXIT_INTERNAL_ERROR\n{ctx}"
+    );
+    let logs = list_names(&f.td.join("logs"));
+    assert_eq!(logs.len(), 1, "{ctx}");
+    let log = std::fs::read_to_string(f.td.join("logs").join(&logs[0])).unwrap();
+    assert!(
+        log.contains("KVM_EXIT_INTERNAL_ERROR"),
+        "the run's log keeps libkrun's own line:\n{log}"
+    );
+    assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
+    assert!(names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
+}
