@@ -8,11 +8,14 @@
 #   tests/l1.sh check                   say whether L1 can be prepared here, and why not
 #
 # run options: --mem MIB (default 6144), --cpus N (default 2), --timeout SECONDS (default 1800),
-#              --env NAME (repeatable: pass NAME=$NAME from this environment into L1)
+#              --env NAME (repeatable: pass NAME=$NAME from this environment into L1),
+#              --keep DIR (repeatable: a directory below /tmp, /run or /root that CMD needs;
+#              the working directory is kept always)
 #
 # What L1 sees: the host's whole root file system read-only at the same paths (9p, so the built
 # krunner, test binaries, python3, docker-registry, libkrunfw are all there), with fresh tmpfs on
-# /tmp, /run, /var/tmp/krunner-l1-scratch and /root, its own /proc, /sys, /dev (with /dev/kvm),
+# /tmp, /run and /root (the working directory and --keep directories below them stay visible),
+# its own /proc, /sys, /dev (with /dev/kvm),
 # loopback up and no other network. CMD runs as root through `sh -c` in the same working
 # directory, with TMPDIR=/tmp and KRUNNER_IT_IN_L1=1. Its stdout and stderr are copied to ours
 # as it runs; the L1 console (kernel messages) of the last run is kept in $L1_DIR/console.log.
@@ -143,8 +146,19 @@ ln -sf /proc/self/fd/1 $h/dev/stdout
 ln -sf /proc/self/fd/2 $h/dev/stderr
 mount -t devpts devpts $h/dev/pts
 mount -t tmpfs shm $h/dev/shm
-for d in /tmp /run /root; do mount -t tmpfs -o mode=1777 tmp $h$d; done
+# Fresh tmpfs on /tmp, /run and /root; the paths the job needs that lie below them (the
+# working directory, a target directory) are bound back from the host's view.
+for d in /tmp /run /root; do
+	mkdir -p /saved$d
+	mount --bind $h$d /saved$d
+	mount -t tmpfs -o mode=1777 tmp $h$d
+done
 chmod 0700 $h/root
+while read -r p; do
+	for d in /tmp /run /root; do
+		case $p in $d/*) mkdir -p "$h$p" && mount --bind "/saved$p" "$h$p" ;; esac
+	done
+done </job/keep
 mount -t tmpfs cgroup $h/sys/fs/cgroup 2>/dev/null || true
 jobdir=$(cat /job/path)
 mkdir -p $h$jobdir
@@ -167,13 +181,14 @@ prepare() {
 }
 
 run() {
-  local mem=6144 cpus=2 timeout=1800 envs=()
+  local mem=6144 cpus=2 timeout=1800 envs=() keep=("$PWD")
   while [[ $# -gt 0 ]]; do
     case $1 in
     --mem) mem=$2; shift 2 ;;
     --cpus) cpus=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
     --env) envs+=("$2"); shift 2 ;;
+    --keep) keep+=("$(realpath "$2")"); shift 2 ;;
     --) shift; break ;;
     *) die "unknown run option $1" ;;
     esac
@@ -185,6 +200,7 @@ run() {
   # shellcheck disable=SC2064 # expand $job now
   trap "rm -rf '$job'" EXIT
   echo "$job" >"$job/path"
+  printf '%s\n' "${keep[@]}" >"$job/keep"
   {
     echo "#!/bin/sh"
     echo "# written by tests/l1.sh"

@@ -86,6 +86,12 @@ fn group(filter: &str, tests: usize) {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let it = it_binary();
+    // target/debug/deps/it-HASH: the target directory holds the krunner binary the tests run.
+    let target = it
+        .ancestors()
+        .nth(3)
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
     let t = Instant::now();
     let out = Command::new("bash")
         .arg(repo().join("tests/l1.sh"))
@@ -94,6 +100,8 @@ fn group(filter: &str, tests: usize) {
         .args(["--env", "KRUNNER_TEST_LIBKRUNFW_DIR"])
         .args(["--env", "KRUNNER_IT_KEEP"])
         .args(["--env", "RUST_BACKTRACE"])
+        .arg("--keep")
+        .arg(&target)
         .arg("--")
         .arg(&it)
         .args(["--ignored", "--test-threads=1", filter])
