@@ -77,8 +77,8 @@ build_runner_image() {
 		  printf 'POST %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %s\r\n\r\n%s' \
 		    "$path" "$hp" "${#2}" "$2" | nc "${hp%:*}" "${hp##*:}" | head -n 1 | grep -q ' 2[0-9][0-9] '
 		}
-		cfg=""; prev=""
-		for a in "$@"; do [ "$prev" = "--jitconfig" ] && cfg=$a; prev=$a; done
+		# The runner takes its JIT config from ACTIONS_RUNNER_INPUT_JITCONFIG (krunner keeps it off argv).
+		cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
 		files=$(echo "$cfg" | base64 -d)
 		runner=$(echo "$files" | sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | base64 -d)
 		creds=$(echo "$files" | sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | base64 -d)

@@ -54,8 +54,8 @@ build_runner_image() {
 	chown 1001:1001 "$r/home/runner" "$r/opt/actions-runner"
 	cat >"$r/opt/actions-runner/bin/Runner.Listener" <<-'STANDIN'
 		#!/bin/sh
-		cfg=""; prev=""
-		for a in "$@"; do [ "$prev" = "--jitconfig" ] && cfg=$a; prev=$a; done
+		# The runner takes its JIT config from ACTIONS_RUNNER_INPUT_JITCONFIG (krunner keeps it off argv).
+		cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
 		files=$(echo "$cfg" | base64 -d)
 		runner=$(echo "$files" | sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | base64 -d)
 		creds=$(echo "$files" | sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | base64 -d)

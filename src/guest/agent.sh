@@ -26,8 +26,12 @@
 #      any process a workflow can see exists;
 #   3. start podman's docker-compatible service on /var/run/docker.sock if podman exists;
 #   4. run the runner as USER (uid 1001 in krunner's images) from /opt/actions-runner:
-#      JIT: bin/Runner.Listener run --jitconfig CONFIG (its documented, single-use input);
-#      token: config.sh --unattended --ephemeral --disableupdate …, then bin/Runner.Listener run;
+#      JIT: bin/Runner.Listener run, with the config in ACTIONS_RUNNER_INPUT_JITCONFIG;
+#      token: config.sh --unattended --ephemeral --disableupdate … with the token in
+#      ACTIONS_RUNNER_INPUT_TOKEN, then bin/Runner.Listener run. The runner reads any
+#      --FLAG from ACTIONS_RUNNER_INPUT_FLAG and clears it; the registration is thus in no
+#      process's argv (world-readable in /proc) and, passed through a pipe from a shell
+#      builtin, in no file either;
 #   5. forward SIGTERM/SIGINT to it, and stop it the same way when the host creates
 #      CONTROL/stop; write its exit status and start/end times to RESULTS/result; exit with
 #      its status.
@@ -188,12 +192,26 @@ id "$user" >/dev/null 2>&1 || fail 125 "the image has no user $user"
 home=$(getent passwd "$user" 2>/dev/null | cut -d: -f6 || true)
 [ -n "$home" ] || home=/home/$user
 
-# as_user PROG ARGS…: become PROG, as the runner user with a minimal, explicit environment
-# plus the env/ variables. It execs: call it in a subshell or a background job, whose pid is
-# then the runner's own (so signals reach the runner, not a shell around it).
+# as_user [--secret-env NAME] PROG ARGS…: become PROG, as the runner user with a minimal,
+# explicit environment plus the env/ variables. With --secret-env, NAME is set to the first
+# line of stdin (read by the runner user's shell, then stdin is /dev/null): the way a secret
+# reaches PROG without being in any argv. It execs: call it in a subshell or a background job,
+# whose pid is then the runner's own (so signals reach the runner, not a shell around it).
 as_user() {
-	# shellcheck disable=SC2016 # "$0" "$@" are for the inner sh, not this one
-	set -- su -s /bin/sh -c 'exec "$0" "$@"' -- "$user" "$@"
+	secret_env=''
+	if [ "$1" = --secret-env ]; then
+		is_name "$2" || fail 125 "bad variable name $2"
+		secret_env=$2
+		shift 2
+	fi
+	if [ -n "$secret_env" ]; then
+		set -- su -s /bin/sh \
+			-c "IFS= read -r $secret_env && export $secret_env && exec \"\$0\" \"\$@\" </dev/null" \
+			-- "$user" "$@"
+	else
+		# shellcheck disable=SC2016 # "$0" "$@" are for the inner sh, not this one
+		set -- su -s /bin/sh -c 'exec "$0" "$@"' -- "$user" "$@"
+	fi
 	for f in "$env_dir"/*; do
 		if [ -f "$f" ] && is_name "${f##*/}"; then
 			v=$(cat "$f" && printf x) || exit 125
@@ -226,9 +244,18 @@ watch_stop() {
 	done
 }
 
-# run_runner PROG ARGS…: start it in the background, wait through forwarded signals.
+# run_runner [--stdin VALUE] PROG ARGS…: start it in the background (VALUE as a line on its
+# stdin, written by the printf builtin: in no argv, no file), wait through forwarded signals.
 run_runner() {
-	"$@" &
+	if [ "$1" = --stdin ]; then
+		feed=$2
+		shift 2
+		# $! is the pipeline's last command: the runner, not printf.
+		printf '%s\n' "$feed" | "$@" &
+		feed=''
+	else
+		"$@" &
+	fi
 	runner_pid=$!
 	runner_started=$(date +%s)
 	watcher=''
@@ -256,13 +283,15 @@ cd "$runner_root" 2>/dev/null || fail 125 "no actions runner at $runner_root"
 log "starting the runner ($mode mode) as $user from $runner_root"
 rc=0
 if [ "$mode" = jit ]; then
-	run_runner as_user "$runner_root/bin/Runner.Listener" run --jitconfig "$registration" || rc=$?
+	run_runner --stdin "$registration" \
+		as_user --secret-env ACTIONS_RUNNER_INPUT_JITCONFIG "$runner_root/bin/Runner.Listener" run ||
+		rc=$?
 else
-	set -- --unattended --ephemeral --disableupdate --url "$url" --token "$registration" \
-		--name "$name" --work "$work"
+	set -- --unattended --ephemeral --disableupdate --url "$url" --name "$name" --work "$work"
 	[ -z "$labels" ] || set -- "$@" --labels "$labels"
 	[ -z "$group" ] || set -- "$@" --runnergroup "$group"
-	(as_user "$runner_root/config.sh" "$@") || fail $? "config.sh failed"
+	(printf '%s\n' "$registration" | as_user --secret-env ACTIONS_RUNNER_INPUT_TOKEN \
+		"$runner_root/config.sh" "$@") || fail $? "config.sh failed"
 	set --
 	run_runner as_user "$runner_root/bin/Runner.Listener" run || rc=$?
 fi

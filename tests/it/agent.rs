@@ -34,8 +34,8 @@ env > $rec/env
 cat /proc/self/cmdline > /dev/null
 if ls /.krunner/secrets > $rec/secrets-ls 2>&1; then echo listed >> $rec/secrets-ls; fi
 grep -c krunner/secrets /proc/mounts > $rec/secret-mounts || true
-cfg=""; prev=""
-for a in "$@"; do [ "$prev" = "--jitconfig" ] && cfg=$a; prev=$a; done
+# The runner takes its JIT config from ACTIONS_RUNNER_INPUT_JITCONFIG (krunner keeps it off argv).
+cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
 case "$cfg" in
   *sleep*) trap 'echo got-term > $rec/signal; exit 143' TERM; sleep 60 & wait $! ;;
   *exit3*) exit 3 ;;
@@ -45,6 +45,7 @@ exit 0
 
 const CONFIG_SH: &str = r#"#!/bin/sh
 for a in "$@"; do echo "$a"; done > /record/config-argv
+env > /record/config-env
 echo "uid=$(id -u)" > /record/config-id
 "#;
 
@@ -156,14 +157,16 @@ fn jit_runner_runs_as_1001_without_the_secret_around_it() {
         "in group docker: {}",
         read(&f.record.join("id"))
     );
-    assert_eq!(
-        read(&f.record.join("argv")),
-        format!("run\n--jitconfig\n{secret}\n")
-    );
+    // The JIT config reaches the runner in its environment alone (the runner reads and
+    // clears ACTIONS_RUNNER_INPUT_JITCONFIG), never in its argv.
+    assert_eq!(read(&f.record.join("argv")), "run\n");
     let env = read(&f.record.join("env"));
-    assert!(
-        !env.contains(secret) && !env.contains("c2VjcmV0"),
-        "the registration is in the runner's environment:\n{env}"
+    assert_eq!(
+        env.lines()
+            .filter(|l| l.contains(secret))
+            .collect::<Vec<_>>(),
+        vec![format!("ACTIONS_RUNNER_INPUT_JITCONFIG={secret}")],
+        "the registration is in the runner's environment once, as its JIT config:\n{env}"
     );
     assert!(env.contains("HOME=/home/runner"), "{env}");
     assert!(
@@ -236,8 +239,6 @@ fn token_mode_configures_then_runs() {
         "--disableupdate",
         "--url",
         "https://github.com/octo/repo",
-        "--token",
-        "REGTOKEN-1234",
         "--name",
         "host-0-7",
         "--work",
@@ -249,6 +250,14 @@ fn token_mode_configures_then_runs() {
     ];
     assert_eq!(args, want, "{ctx}");
     assert_eq!(read(&f.record.join("config-id")).trim(), "uid=1001");
+    // The token reaches config.sh in its environment, not its argv, and the runner not at all.
+    assert!(
+        read(&f.record.join("config-env"))
+            .lines()
+            .any(|l| l == "ACTIONS_RUNNER_INPUT_TOKEN=REGTOKEN-1234"),
+        "{}",
+        read(&f.record.join("config-env"))
+    );
     assert_eq!(read(&f.record.join("argv")), "run\n");
     assert!(!read(&f.record.join("env")).contains("REGTOKEN"));
 }

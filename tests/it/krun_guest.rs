@@ -400,8 +400,8 @@ post() { # URL BODY: POST, succeed on a 2xx answer
   echo "stand-in runner: POST $1 answered: $answer" >&2
   return 1
 }
-cfg=""; prev=""
-for a in "$@"; do [ "$prev" = "--jitconfig" ] && cfg=$a; prev=$a; done
+# The runner takes its JIT config from ACTIONS_RUNNER_INPUT_JITCONFIG (krunner keeps it off argv).
+cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
 files=$(echo "$cfg" | busybox base64 -d)
 runner=$(echo "$files" | busybox sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | busybox base64 -d)
 creds=$(echo "$files" | busybox sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | busybox base64 -d)
@@ -409,6 +409,7 @@ url=$(echo "$runner" | busybox sed 's/.*"simRunnerUrl":"\([^"]*\)".*/\1/')
 name=$(echo "$runner" | busybox sed 's/.*"agentName":"\([^"]*\)".*/\1/')
 secret=$(echo "$creds" | busybox sed 's/.*"simSecret":"\([^"]*\)".*/\1/')
 echo "$url" > "/record/$name"
+for a in "$@"; do echo "$a"; done > "/record/$name.argv"
 busybox id -u > "/record/$name.uid"
 if busybox grep -q krunner-secrets /proc/mounts; then echo mounted; elif [ -e /.krunner/secrets ]; then echo present; else echo gone; fi > "/record/$name.secrets"
 echo "stand-in runner $name starting"
@@ -594,6 +595,11 @@ fn run_jit_runners_come_online_as_1001_without_the_secrets_share() {
             read(&f.record.join(format!("{name}.uid"))).trim(),
             "1001",
             "{ctx}"
+        );
+        assert_eq!(
+            read(&f.record.join(format!("{name}.argv"))),
+            "run\n",
+            "the JIT config is in no argv\n{ctx}"
         );
         assert_eq!(
             read(&f.record.join(format!("{name}.secrets"))).trim(),

@@ -24,8 +24,8 @@ pub(crate) const NEEDS: &[Need] = &[
 
 const LISTENER: &str = r#"#!/bin/sh
 # Stand-in for the actions runner, driven by the simulator's JIT config.
-cfg=""; prev=""
-for a in "$@"; do [ "$prev" = "--jitconfig" ] && cfg=$a; prev=$a; done
+# The runner takes its JIT config from ACTIONS_RUNNER_INPUT_JITCONFIG (krunner keeps it off argv).
+cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
 files=$(echo "$cfg" | busybox base64 -d)
 runner=$(echo "$files" | busybox sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | busybox base64 -d)
 creds=$(echo "$files" | busybox sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | busybox base64 -d)

@@ -173,12 +173,13 @@ fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing(
             .lines()
             .map(String::from)
             .collect();
-        let token = argv
-            .iter()
-            .skip_while(|a| *a != "--token")
-            .nth(1)
-            .cloned()
-            .unwrap_or_default();
+        // The token is in config.sh's environment (the runner reads --token from
+        // ACTIONS_RUNNER_INPUT_TOKEN), never on its command line.
+        let token = read(&record.join(format!("config-env-{name}")))
+            .lines()
+            .find_map(|l| l.strip_prefix("ACTIONS_RUNNER_INPUT_TOKEN="))
+            .unwrap_or_default()
+            .to_string();
         assert!(
             tokens.contains(&token),
             "{name}: config.sh got token {token:?}, not one the simulator issued ({tokens:?})\n{ctx}"
@@ -189,8 +190,6 @@ fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing(
             "--disableupdate",
             "--url",
             &url,
-            "--token",
-            &token,
             "--name",
             &name,
             "--work",
@@ -218,7 +217,8 @@ fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing(
     for token in &tokens {
         out.never_shows(token);
         for rec in list_names(&record) {
-            if rec.starts_with("config-env-") || rec.starts_with("listener-env-") {
+            // config.sh's environment holds it (checked above); no argv and no runner does.
+            if rec.starts_with("config-argv-") || rec.starts_with("listener-") {
                 assert!(
                     !read(&record.join(&rec)).contains(token.as_str()),
                     "{rec} holds a registration token\n{ctx}"
