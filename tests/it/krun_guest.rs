@@ -371,7 +371,9 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
     let vmm = processes_with("__krun-child");
     assert!(!vmm.is_empty(), "a VMM process runs the guest");
     signal(pid, Signal::SIGKILL);
-    let _ = running.wait();
+    if let Err(e) = exit_within(running, 30) {
+        panic!("krunner's output did not end after SIGKILL: something holds its pipes\n{e}\nVMMs: {:?}", processes_with("__krun-child"));
+    }
     assert!(
         wait_for(10, || processes_with("__krun-child").is_empty()),
         "every VMM dies with krunner: {:?}",
@@ -773,7 +775,9 @@ fn run_sigkill_of_krunner_kills_every_vmm_and_the_restart_sweeps() {
     let running = await_state(&f, running, 1, RunnerState::Online);
     assert!(!processes_with("__krun-child").is_empty());
     signal(pid, Signal::SIGKILL);
-    let _ = running.wait();
+    if let Err(e) = exit_within(running, 30) {
+        panic!("krunner's output did not end after SIGKILL: something holds its pipes\n{e}\nVMMs: {:?}", processes_with("__krun-child"));
+    }
     assert!(
         wait_for(10, || processes_with("__krun-child").is_empty()),
         "every VMM dies with krunner: {:?}",
@@ -789,7 +793,9 @@ fn run_sigkill_of_krunner_kills_every_vmm_and_the_restart_sweeps() {
         f.sim.set_runner_state(r.id, RunnerState::Offline);
     }
     std::fs::remove_file(f.mode.join("idle")).unwrap();
-    let out = krunner_run(&f, &runner_image(), &["-n", "1", "-r", "1"]).run();
+    let running = krunner_run(&f, &runner_image(), &["-n", "1", "-r", "1"]).spawn();
+    let out =
+        exit_within(running, 300).unwrap_or_else(|e| panic!("{e}\nsim log:\n{}", f.sim.log_text()));
     out.success();
     let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
     assert!(out.stderr.contains("removed the leftovers"), "{ctx}");
