@@ -11,9 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
+use crate::run_e2e::processes_with;
+use crate::run_faults::{exit_within, mounts_under, signal, wait_for};
 use crate::util::github_sim::{GitHubSim, RunnerState};
 use crate::util::oci::busybox_image;
 use crate::util::registry::Registry;
@@ -74,69 +75,6 @@ fn exec(td: &TestDir, fw: &Path, extra: &[&str], cmd: &[&str]) -> Krunner {
 
 fn runs_left() -> Vec<String> {
     list_names(&shared_cache().join("runs"))
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let d = dir.to_str().unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(d))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Processes whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(needle) {
-            found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
-        }
-    }
-    found
-}
-
-/// Polls `cond` every 100 ms for up to `secs`.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn signal(pid: u32, sig: Signal) {
-    let _ = kill(Pid::from_raw(pid as i32), sig);
-}
-
-/// Waits for krunner in a thread; an error (after SIGKILL) if it did not exit within `secs`.
-fn exit_within(running: Running, secs: u64) -> Result<Outcome, String> {
-    let pid = running.pid();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(running.wait());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(o) => Ok(o),
-        Err(_) => {
-            signal(pid, Signal::SIGKILL);
-            let out = rx
-                .recv_timeout(Duration::from_secs(10))
-                .map(|o| o.to_string())
-                .unwrap_or_default();
-            Err(format!("krunner did not exit within {secs} s\n{out}"))
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

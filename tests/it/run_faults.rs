@@ -19,12 +19,12 @@ use crate::util::*;
 
 const JIT: &str = "/repos/owner/repo/actions/runners/generate-jitconfig";
 
-fn signal(pid: u32, sig: Signal) {
+pub(crate) fn signal(pid: u32, sig: Signal) {
     let _ = kill(Pid::from_raw(pid as i32), sig);
 }
 
 /// Polls `cond` every 50 ms for up to `secs`; whether it became true.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if cond() {
@@ -38,7 +38,7 @@ fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Waits for krunner in a thread; `None` (after SIGKILL) if it did not exit within `secs`.
-fn exit_within(running: Running, secs: u64) -> Result<Outcome, String> {
+pub(crate) fn exit_within(running: Running, secs: u64) -> Result<Outcome, String> {
     let pid = running.pid();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -105,7 +105,7 @@ fn guests_left(f: &Fixture, marker: &str) -> Vec<String> {
 }
 
 /// Mounts under `dir` in this (the host's) mount namespace.
-fn mounts_under(dir: &Path) -> Vec<String> {
+pub(crate) fn mounts_under(dir: &Path) -> Vec<String> {
     let d = dir.to_str().unwrap();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
