@@ -491,10 +491,11 @@ fn await_state(f: &Fixture, running: Running, n: usize, state: RunnerState) -> R
     if wait_for(180, || in_state(f, state) >= n) {
         return running;
     }
-    signal(running.pid(), Signal::SIGKILL);
-    let out = running.wait();
+    // exit_within SIGKILLs it and gives up after a bound: never an unbounded wait here.
+    let out = exit_within(running, 1).map_or_else(|e| e, |o| o.to_string());
     panic!(
-        "{n} runners never reached {state:?}\n{out}\nsim log:\n{}",
+        "{n} runners never reached {state:?}\n{out}\nVMMs: {:?}\nsim log:\n{}",
+        processes_with("__krun-child"),
         f.sim.log_text()
     );
 }
