@@ -165,6 +165,29 @@ mkdir -p $h$jobdir
 mount --bind /job $h$jobdir
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 echo "l1: ready, /dev/kvm: $(ls /dev/kvm 2>&1)"
+# When the host asks (it creates /job/dump on a timeout), write what every task is waiting on,
+# so that a stalled job leaves evidence. Nothing here reads /proc/PID/cmdline or ps's args:
+# those take the target's mm lock, which a task stuck in its exit can hold for ever.
+(
+	while sleep 2; do
+		[ -e /job/dump ] || continue
+		{
+			echo "== tasks (pid tid state wchan comm) and kernel stacks of the blocked ones"
+			for t in /proc/[0-9]*/task/[0-9]*; do
+				st=$(sed -n 's/^State:[[:space:]]*//p' $t/status 2>/dev/null)
+				echo "$t $st $(cat $t/wchan 2>/dev/null) $(cat $t/comm 2>/dev/null)"
+				case $st in R* | D* | Z*) timeout -s KILL 5 cat $t/stack 2>/dev/null | sed 's/^/    /' ;; esac
+			done
+			echo "== parents"
+			for p in /proc/[0-9]*; do echo "${p#/proc/} ppid $(sed -n 's/^PPid:[[:space:]]*//p' $p/status 2>/dev/null) $(cat $p/comm 2>/dev/null)"; done
+			echo "== dmesg"
+			dmesg | tail -n 60
+			echo "== meminfo"
+			head -n 5 /proc/meminfo
+		} >/job/dump.out 2>&1
+		rm -f /job/dump
+	done
+) &
 chroot $h /bin/sh "$jobdir/job.sh"
 sync
 poweroff -f
@@ -233,7 +256,12 @@ run() {
   local waited=0
   while kill -0 "$qemu" 2>/dev/null; do
     if ((waited >= timeout)); then
-      echo "tests/l1.sh: L1 did not finish within ${timeout}s; stopping it" >&2
+      echo "tests/l1.sh: L1 did not finish within ${timeout}s; what its tasks wait on:" >&2
+      : >"$job/dump"
+      local w=0
+      while [[ -e $job/dump ]] && ((w < 60)); do sleep 1; w=$((w + 1)); done
+      cat "$job/dump.out" >&2 2>/dev/null || echo "(L1 wrote no dump within 60 s)" >&2
+      echo "tests/l1.sh: stopping L1" >&2
       kill "$qemu" 2>/dev/null || true
       break
     fi
