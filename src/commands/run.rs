@@ -5,6 +5,7 @@
 //! run directories of dead krunner processes) → in the runtime: signal handling, reconcile of
 //! this instance's offline leftovers, the runner group, then the [`Pool`] until it ends.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,7 +59,10 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         .log_dir
         .clone()
         .unwrap_or_else(|| cache_dir.join("logs"));
-    std::fs::create_dir_all(&log_dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&log_dir)
         .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
     let mut shares = super::exec::user_shares(&args.guest);
     if let Some(dir) = &args.shared_cache {

@@ -227,8 +227,9 @@ impl Cache {
         let root = std::path::absolute(root).map_err(io_err("resolve", root))?;
         for sub in ["blobs/sha256", "ingest", "rootfs", "tmp", "locks", "runs"] {
             let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io_err("create directory", &p))?;
+            private_dirs(&p).map_err(io_err("create directory", &p))?;
         }
+        make_private(&root).map_err(io_err("make private", &root))?;
         Ok(Cache { root })
     }
 
@@ -583,6 +584,28 @@ pub fn remove_tree(path: &Path) -> Result<(), CacheError> {
             fs::remove_dir_all(path).map_err(|_| io_err("remove", path)(e))
         }
     }
+}
+
+/// Creates `dir` and its missing parents readable by their owner only.
+fn private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Takes group and other permissions off the cache root. Images' device nodes, setuid files
+/// and file capabilities, and every job's files, sit below it: no other local user may
+/// reach them.
+fn make_private(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(root)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::info!(cache = %root.display(), "making the cache private (mode 0700)");
+        fs::set_permissions(root, fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
 }
 
 fn make_dirs_writable(path: &Path) {

@@ -16,6 +16,7 @@
 //! - [`leftovers`]: removing run directories and the mounts left under them;
 //! - [`libkrunfw`]: finding the guest kernel library;
 //! - [`spec`]: the parent–child contract: the launch spec and the child's events;
+//! - [`untrusted`]: reading a file the guest wrote without trusting it;
 //! - [`krun_child`], [`ns_child`]: the child entry points; [`sys`]: their system calls.
 
 pub mod krun_child;
@@ -27,6 +28,7 @@ pub mod run;
 pub mod spec;
 pub mod supervise;
 pub mod sys;
+pub mod untrusted;
 
 use std::ffi::OsString;
 use std::path::Path;

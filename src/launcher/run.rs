@@ -18,6 +18,7 @@
 //! child from spawn to its end), `leftovers` (removing run directories and stray mounts) and
 //! `libkrunfw`.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use super::libkrunfw::check_libkrunfw;
 use super::prepare;
 use super::spec::{self, Event, Share, Stamped};
 use super::supervise::{self, ChildOutput, StopHow};
-use super::Backend;
+use super::{untrusted, Backend};
 use crate::guest::{self, GuestResult, RunnerJob};
 use crate::image::cache::Digest;
 use crate::image::cache::{self, Cache, LockGuard, LockMode, LockName};
@@ -351,7 +352,13 @@ impl Launcher {
             prepare: staged.prepare,
             spawned_at,
         };
-        claimed.collect(run_id, exit, output, &clock)
+        // Reading what the guest wrote and removing the run directory are blocking file work.
+        let id = run_id.clone();
+        tokio::task::spawn_blocking(move || claimed.collect(run_id, exit, output, &clock))
+            .await
+            .map_err(|e| {
+                LaunchError::io(&id, "collect the run's outcome")(std::io::Error::other(e))
+            })?
     }
 
     /// Takes the image's rootfs lock shared (so `prune` keeps it) and the run's own lock, and
@@ -370,7 +377,11 @@ impl Launcher {
             .await
             .map_err(LaunchError::cache(run_id))?;
         let dir = self.cache.runs_dir().join(run_id);
-        std::fs::create_dir(&dir)
+        // Private: the job's files (a setuid binary in the overlay's upper dir, say) are no
+        // business of other local users.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
             .map_err(LaunchError::io(run_id, format!("create {}", dir.display())))?;
         Ok(ClaimedRun {
             guard: RunDirGuard::new(dir.clone(), self.cache.clone(), run_id.to_string()),
@@ -462,9 +473,7 @@ impl ClaimedRun {
     ) -> Result<RunOutcome, LaunchError> {
         let events = spec::read_events(&self.dir.join("events"));
         let mut timings = clock.timings(&events);
-        let guest_result = std::fs::read_to_string(self.dir.join("results").join("result"))
-            .ok()
-            .and_then(|t| guest::parse_result(&t));
+        let guest_result = read_guest_result(&self.dir.join("results").join("result"), &run_id);
         self.guard.finish().map_err(LaunchError::cache(&run_id))?;
         timings.total = clock.start.elapsed();
         Ok(RunOutcome {
@@ -476,6 +485,21 @@ impl ClaimedRun {
             kvm_internal_error: output.kvm_internal_error,
             timings,
         })
+    }
+}
+
+/// The most the host reads of the guest's result file: a few short `key=value` lines.
+const RESULT_CAP: u64 = 64 * 1024;
+
+/// The guest's result, if it wrote a sound one. The guest controls this file: a symlink, a
+/// FIFO or a huge file is logged and ignored (see [`untrusted`]).
+fn read_guest_result(path: &Path, run_id: &str) -> Option<GuestResult> {
+    match untrusted::read_capped(path, RESULT_CAP) {
+        Ok(text) => text.and_then(|t| guest::parse_result(&t)),
+        Err(e) => {
+            tracing::warn!(run = %run_id, "ignoring the guest's result: {e}");
+            None
+        }
     }
 }
 

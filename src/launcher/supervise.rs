@@ -3,6 +3,7 @@
 //! `KVM_EXIT_INTERNAL_ERROR`), stopped on request or at the end of its lifetime, and waited
 //! for until nothing of its process group is left.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -112,9 +113,11 @@ fn connect_output(
         }
         (Output::File(p), backend) => {
             let log_err = || LaunchError::io(run_id, format!("open log {}", p.display()));
+            // A job's log may hold what its steps print: readable by krunner's user alone.
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(p)
                 .map_err(log_err())?;
             if backend == Backend::Krun {

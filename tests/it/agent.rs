@@ -37,6 +37,17 @@ grep -c krunner/secrets /proc/mounts > $rec/secret-mounts || true
 # The runner takes its JIT config from ACTIONS_RUNNER_INPUT_JITCONFIG (krunner keeps it off argv).
 cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
 case "$cfg" in
+  # A hostile job (root in the guest) replaces the agent's result with something that would
+  # hurt a trusting reader, and blocks the agent's own write (result.tmp is a directory).
+  *hostile-*)
+    r=/.krunner/results
+    rm -rf $r/result $r/result.tmp && mkdir $r/result.tmp
+    case "$cfg" in
+      *symlink*) ln -s /dev/zero $r/result ;;
+      *fifo*) mkfifo $r/result ;;
+      *huge*) truncate -s 1G $r/result ;;
+    esac
+    ls -l $r > $rec/hostile-ls 2>&1 ;;
   *sleep*) trap 'echo got-term > $rec/signal; exit 143' TERM; sleep 60 & wait $! ;;
   *exit3*) exit 3 ;;
 esac
@@ -55,7 +66,7 @@ fn runner_image() -> String {
     crate::util::oci::runner_image(
         Registry::shared(),
         &PUSHED,
-        "agent-runner:v1",
+        "agent-runner:v2",
         LISTENER,
         Some(CONFIG_SH),
     )
@@ -78,6 +89,15 @@ fn fixture(name: &str) -> Fixture {
 }
 
 fn run(f: &Fixture, registration: Registration, lifetime: Option<Duration>) -> RunOutcome {
+    run_as(f, registration, lifetime, "runner")
+}
+
+fn run_as(
+    f: &Fixture,
+    registration: Registration,
+    lifetime: Option<Duration>,
+    user: &str,
+) -> RunOutcome {
     let launcher = Launcher::new(Cache::open(&f.td.cache()).unwrap())
         .unwrap()
         .with_child_exe(PathBuf::from(env!("CARGO_BIN_EXE_krunner")));
@@ -96,7 +116,7 @@ fn run(f: &Fixture, registration: Registration, lifetime: Option<Duration>) -> R
         workload: Workload::Runner(RunnerJob {
             registration,
             work: "_work".into(),
-            user: "runner".into(),
+            user: user.into(),
         }),
         env: Vec::new(),
         workdir: "/".into(),
@@ -109,10 +129,69 @@ fn run(f: &Fixture, registration: Registration, lifetime: Option<Duration>) -> R
         libkrunfw_dir: None,
         nofile: 4096,
     };
+    // Bounded: a reader that trusts the guest's files can block for ever (a FIFO).
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(launcher.run(&req, &Cancel::default()))
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(300),
+                launcher.run(&req, &Cancel::default()),
+            )
+            .await
+        })
+        .expect("the run ended within 300 s")
         .unwrap()
+}
+
+/// The peak resident memory of this process (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The guest controls its results share: a result that is a symlink to /dev/zero, a FIFO or
+/// a 1 GiB file is ignored, the run still ends and cleans up, and memory stays flat.
+#[test]
+fn a_hostile_result_file_is_ignored_and_costs_nothing() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("agent-hostile");
+    for kind in ["symlink", "fifo", "huge"] {
+        let before = peak_rss_kib();
+        let o = run_as(
+            &f,
+            Registration::Jit(Secret::new(format!("JIT-hostile-{kind}"))),
+            None,
+            "root",
+        );
+        let grew = peak_rss_kib().saturating_sub(before);
+        let ctx = format!(
+            "{kind}: {}\nresults share as the job left it:\n{}",
+            show(&o),
+            read(&f.record.join("hostile-ls"))
+        );
+        // The agent cannot write its own result either (result.tmp is a directory): it says
+        // so and fails; what matters is that the host was not fooled.
+        assert!(
+            show(&o).contains("result.tmp"),
+            "the agent's complaint\n{ctx}"
+        );
+        assert!(
+            read(&f.record.join("hostile-ls")).contains("result"),
+            "the job did not plant its result\n{ctx}"
+        );
+        assert_eq!(o.guest_result, None, "a planted result was believed\n{ctx}");
+        assert!(
+            grew < 256 * 1024,
+            "reading it grew this process by {grew} KiB\n{ctx}"
+        );
+        assert!(list_names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
+    }
 }
 
 fn read(p: &Path) -> String {

@@ -3,6 +3,7 @@
 //! libkrun backend as far as this hardware goes (every krun_* call, then krun_start_enter up to
 //! the vCPU), and `krunner doctor` on this machine.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -472,3 +473,67 @@ fn libkrunfw_system_wide() -> bool {
 }
 
 use std::process::Command;
+
+/// A setuid-root binary a job writes into its clone stays out of reach of every other local
+/// user: the cache root and the run directory are private (0700).
+#[test]
+fn ns_a_setuid_file_the_job_writes_is_out_of_other_users_reach() {
+    if skip(NS) || skip(&[Need::Tool("setpriv")]) {
+        return;
+    }
+    let td = TestDir::new("ns-setuid");
+    // Where a cache usually lives (/var/cache) anyone may pass: only krunner's modes protect.
+    std::fs::set_permissions(td.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut k = td.krunner();
+    k.args(["exec", "--backend", "namespace", image().as_str(), "--"])
+        .args(["sh", "-c"])
+        .arg("cp /bin/busybox /sush-planted && chmod 4755 /sush-planted && sleep 120");
+    let running = k.spawn();
+    let runs = td.cache().join("runs");
+    let planted = || {
+        find_named(&runs, "sush-planted")
+            .into_iter()
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o4000 != 0))
+    };
+    let found = crate::run_faults::wait_for(60, || planted().is_some());
+    let path = planted();
+    // As nobody, as any other local user would: neither see nor run it.
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let attempt = path.as_ref().map(|p| {
+        let p = p.to_string_lossy().to_string();
+        (
+            as_nobody(&["test", "-e", &p]).status.success(),
+            // Through a shell: setpriv execs its argument in a way that skips the path's
+            // search permission check, which no real user's exec does.
+            as_nobody(&["sh", "-c", &format!("'{p}' id -u")]),
+        )
+    });
+    crate::run_faults::signal(running.pid(), nix::sys::signal::Signal::SIGINT);
+    let out = running.wait();
+    assert!(
+        found,
+        "the job's setuid file never appeared under {runs:?}\n{out}"
+    );
+    let (seen, ran) = attempt.unwrap();
+    assert!(!seen, "another user can see {path:?}");
+    assert!(
+        !ran.status.success(),
+        "another user ran the job's setuid file {path:?}: {}",
+        String::from_utf8_lossy(&ran.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&ran.stderr).contains("ermission denied"),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&td.cache()), 0o700, "the cache root is private");
+    assert_eq!(mode(&runs), 0o700, "the runs dir is private");
+    assert!(runs_left(&td).is_empty(), "{out}");
+}
