@@ -67,7 +67,7 @@ const SECONDARY_MESSAGE: &str = "You have exceeded a secondary rate limit. Pleas
 const MAX_PER_PAGE: usize = 100;
 
 /// How long a runner that stopped sending heartbeats stays as it was, by default.
-pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(8);
 
 /// Where runners live: a repository (`owner/repo`), an organization or an enterprise.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
