@@ -416,6 +416,28 @@ pub struct RunArgs {
     )]
     pub drain_timeout: u64,
 
+    /// Seconds a registration krunner wants gone is retried (GitHub refuses to delete a
+    /// runner it still counts as busy); after that the next start's reconcile removes it.
+    #[arg(
+        long,
+        env = "KRUNNER_DELETE_DEADLINE",
+        value_name = "SECONDS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub delete_deadline: u64,
+
+    /// Seconds a started guest's runner may take to come online (boot plus runner start);
+    /// then the guest is stopped and the loop backs off.
+    #[arg(
+        long,
+        env = "KRUNNER_ONLINE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub online_timeout: u64,
+
     /// Guests that may boot at once.
     #[arg(long, env = "KRUNNER_MAX_CONCURRENT_BOOTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_boots: u16,
@@ -619,6 +641,7 @@ mod tests {
             (r.runners, r.repeat, r.max_failures, r.drain_timeout),
             (3, 2, 5, 600)
         );
+        assert_eq!((r.delete_deadline, r.online_timeout), (600, 600));
         assert_eq!(r.token.as_ref().map(Secret::expose), Some("tok-123"));
         assert!(
             !format!("{r:?}").contains("tok-123"),

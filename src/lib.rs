@@ -14,7 +14,8 @@
 //!   limits and retries.
 //! - [`doctor`]: host checks for `krunner doctor`.
 //! - [`orchestrator`]: the pool behind `krunner run`: slots of ephemeral runners with
-//!   backoff, a boot cap and a two-stage shutdown.
+//!   backoff, a boot cap, a two-stage shutdown, a deletion queue that retries until each
+//!   registration is gone, and the per-host-and-cache instance label.
 //! - [`metrics`]: the optional Prometheus endpoint of `krunner run`.
 //! - [`secret`]: a redacting string type for credentials.
 #![deny(unsafe_code)]

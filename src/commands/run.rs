@@ -22,6 +22,7 @@ use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
 use crate::launcher::spec::Share;
 use crate::metrics::Metrics;
+use crate::orchestrator::identity;
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
 use crate::orchestrator::{BackoffPolicy, Pool, PoolConfig, RegistrationMode, Shutdown, SlotStop};
 use crate::secret::Secret;
@@ -48,11 +49,11 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     })
     .context("cannot set up the GitHub client")?;
     let prefix = args.name_prefix.clone().unwrap_or_else(default_name_prefix);
-    let instance = instance_label(&prefix);
-    let labels = labels(&args.labels, &args.image, &instance);
-
     let cache_dir = super::cache_dir(global)?;
     let cache = super::open_cache(global)?;
+    let instance = instance_label(&prefix, &identity::instance_id(cache.root())?);
+    let labels = labels(&args.labels, &args.image, &instance);
+
     let store = ImageStore::new(cache.clone());
     super::exec::warn_backend(args.guest.backend);
     let log_dir = args
@@ -140,7 +141,11 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             slots: usize::from(args.runners),
             repeat: args.repeat,
             name_prefix: prefix.clone(),
+            seq_floor: report.last_seq,
             labels,
+            instance_label: instance.clone(),
+            delete_deadline: Duration::from_secs(args.delete_deadline),
+            online_timeout: Duration::from_secs(args.online_timeout),
             runner_group,
             registration,
             backoff: BackoffPolicy {
@@ -200,7 +205,11 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        tracing::info!(runs = report.runs(), "all runner loops ended");
+        tracing::info!(
+            runs = report.runs(),
+            registrations_left = report.left.len(),
+            "all runner loops ended"
+        );
         if report.shutdown_requested {
             return Ok(ExitCode::SUCCESS);
         }

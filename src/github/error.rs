@@ -134,12 +134,13 @@ pub enum GitHubError {
         /// The groups that do exist.
         available: Vec<String>,
     },
-    /// A runner with the JIT name already exists and cannot be removed because it is in use.
+    /// A runner with the JIT name already exists and cannot be removed: it is in use, or it
+    /// is not this instance's.
     #[error("a runner named {name:?} already exists and is {state}; not removing it")]
     NameConflict {
         /// The runner name.
         name: String,
-        /// Its state, such as "online" or "busy".
+        /// Its state, such as "online", "busy" or "not ours (…)".
         state: String,
     },
     /// Invalid settings: scope, API base, runner group for the repo scope.

@@ -37,7 +37,9 @@ pub use models::{
     JitConfig, JitRequest, RateLimit, ReconcileReport, RegistrationToken, Runner, RunnerGroupId,
     RunnerId,
 };
-pub use scope::{api_base, default_name_prefix, instance_label, runner_name, Scope};
+pub use scope::{
+    api_base, default_name_prefix, instance_label, parse_runner_name, runner_name, Scope,
+};
 
 use auth::Credentials;
 use http::{Cred, Response, Sleeper};
@@ -178,8 +180,9 @@ impl GitHub {
     /// Registers a just-in-time runner and returns its id and single-use config.
     ///
     /// A 409/422 "already exists" means an earlier attempt with this (deterministic) name got
-    /// through: that runner is deleted if it is offline and idle, and the request is sent once
-    /// more. An online or busy runner of that name is never touched: that is an error.
+    /// through: that runner is deleted if it is offline, idle and carries the request's
+    /// instance label, and the request is sent once more. An online or busy runner of that
+    /// name, or one without the label (someone else's), is never touched: that is an error.
     pub async fn generate_jit_config(&self, req: &JitRequest) -> Result<JitConfig, GitHubError> {
         let path = format!("{}/generate-jitconfig", self.runners_path());
         let body = serde_json::to_vec(&WireJitRequest {
@@ -210,34 +213,58 @@ impl GitHub {
                 }) if !cleared && message.to_ascii_lowercase().contains("already exists") => {
                     cleared = true;
                     tracing::info!(runner = %req.name, "runner name already registered; removing the stale registration");
-                    self.clear_stale_runner(&req.name).await?;
+                    self.clear_stale_runner(&req.name, &req.instance_label)
+                        .await?;
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Deletes the runner called `name` if it is offline and idle.
-    async fn clear_stale_runner(&self, name: &str) -> Result<(), GitHubError> {
-        let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
-        let path = format!("{}?name={encoded}&per_page={PER_PAGE}", self.runners_path());
-        let list: WireRunnerList = self.get(&path).await?;
-        let found = list
-            .runners
-            .into_iter()
-            .map(Runner::from)
-            .find(|r| r.name == name);
-        let Some(runner) = found else {
+    /// Deletes the runner called `name` if it is offline, idle and carries `label`.
+    async fn clear_stale_runner(&self, name: &str, label: &str) -> Result<(), GitHubError> {
+        let Some(runner) = self.runner_named(name).await? else {
             // Gone in the meantime (or GitHub's list lags): asking again is all we can do.
             return Ok(());
         };
-        if runner.busy || runner.is_online() {
-            return Err(GitHubError::NameConflict {
-                name: name.to_string(),
-                state: if runner.busy { "busy" } else { "online" }.to_string(),
-            });
-        }
-        self.delete_runner(runner.id).await
+        let state = if !runner.has_label(label) {
+            format!("not ours (no label {label})")
+        } else if runner.busy {
+            "busy".to_string()
+        } else if runner.is_online() {
+            "online".to_string()
+        } else {
+            return self.delete_runner(runner.id).await;
+        };
+        Err(GitHubError::NameConflict {
+            name: name.to_string(),
+            state,
+        })
+    }
+
+    /// The runner called `name`, whoever registered it.
+    async fn runner_named(&self, name: &str) -> Result<Option<Runner>, GitHubError> {
+        let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        let path = format!("{}?name={encoded}&per_page={PER_PAGE}", self.runners_path());
+        let list: WireRunnerList = self.get(&path).await?;
+        Ok(list
+            .runners
+            .into_iter()
+            .map(Runner::from)
+            .find(|r| r.name == name))
+    }
+
+    /// The runner called `name` if it carries `label`; a runner of that name without the label
+    /// is someone else's and is not returned.
+    pub async fn find_runner(
+        &self,
+        name: &str,
+        label: &str,
+    ) -> Result<Option<Runner>, GitHubError> {
+        Ok(self
+            .runner_named(name)
+            .await?
+            .filter(|r| r.has_label(label)))
     }
 
     /// A registration token for `config.sh` (servers without JIT).
@@ -300,7 +327,8 @@ impl GitHub {
 
     /// Deletes the offline runners this instance registered earlier: name starting with
     /// `{name_prefix}-`, carrying `instance_label`, offline and idle. Runners of this instance
-    /// that are online or busy are reported as kept; runners of anyone else are not looked at.
+    /// that are online or busy are reported as kept; runners of anyone else are not touched.
+    /// Also reports the highest sequence number each slot's names reached.
     pub async fn reconcile(
         &self,
         name_prefix: &str,
@@ -314,11 +342,11 @@ impl GitHub {
         let start = format!("{name_prefix}-");
         let mut report = ReconcileReport::default();
         for runner in self.list_runners().await? {
-            let ours = runner.name.starts_with(&start)
-                && runner
-                    .labels
-                    .iter()
-                    .any(|l| l.eq_ignore_ascii_case(instance_label));
+            if let Some((slot, seq)) = parse_runner_name(name_prefix, &runner.name) {
+                let last = report.last_seq.entry(slot).or_insert(0);
+                *last = (*last).max(seq);
+            }
+            let ours = runner.name.starts_with(&start) && runner.has_label(instance_label);
             if !ours {
                 continue;
             }

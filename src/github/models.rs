@@ -50,6 +50,11 @@ impl Runner {
     pub fn is_online(&self) -> bool {
         self.status.eq_ignore_ascii_case("online")
     }
+
+    /// Whether it carries `label` (GitHub compares labels ignoring case).
+    pub fn has_label(&self, label: &str) -> bool {
+        self.labels.iter().any(|l| l.eq_ignore_ascii_case(label))
+    }
 }
 
 /// What to register one just-in-time runner with.
@@ -61,6 +66,9 @@ pub struct JitRequest {
     pub runner_group_id: RunnerGroupId,
     /// Custom labels, 1 to 100.
     pub labels: Vec<String>,
+    /// The label that marks this instance's runners (one of `labels`): a stale runner of the
+    /// same name is removed only if it carries it.
+    pub instance_label: String,
     /// Work folder relative to the runner directory (GitHub's default is `_work`).
     pub work_folder: String,
 }
@@ -101,6 +109,10 @@ pub struct ReconcileReport {
     pub deleted: Vec<Runner>,
     /// Runners of this instance left alone because they are online or busy.
     pub kept: Vec<Runner>,
+    /// Per slot, the highest sequence number of any runner named `{prefix}-{slot}-{seq}`
+    /// (anyone's, deleted or kept): new names continue after it, so none collides with a
+    /// runner an earlier run left online.
+    pub last_seq: std::collections::BTreeMap<usize, u64>,
 }
 
 // ---- wire shapes ----

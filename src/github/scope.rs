@@ -179,9 +179,22 @@ fn without_credentials(url: &Url) -> String {
 /// The name of the runner for `slot`'s `attempt`-th registration: `{prefix}-{slot}-{attempt}`.
 ///
 /// Deterministic, so a retried registration asks for the same name; unique per slot and
-/// attempt, so two live runners never share one.
+/// attempt, so two live runners never share one. A slot's `attempt` continues after the
+/// highest one in use at start ([`super::ReconcileReport::last_seq`]), so names stay unique
+/// across restarts too.
 pub fn runner_name(prefix: &str, slot: usize, attempt: u64) -> String {
     format!("{prefix}-{slot}-{attempt}")
+}
+
+/// The slot and sequence number of a name made by [`runner_name`] with `prefix`.
+pub fn parse_runner_name(prefix: &str, name: &str) -> Option<(usize, u64)> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let (slot, seq) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(slot) || !digits(seq) {
+        return None;
+    }
+    Some((slot.parse().ok()?, seq.parse().ok()?))
 }
 
 /// The default `--name-prefix`: the host name, lowercased, reduced to `[a-z0-9-]`, at most
@@ -194,10 +207,12 @@ pub fn default_name_prefix() -> String {
     sanitize_prefix(&host)
 }
 
-/// The label that marks runners of the instance with `prefix`; reconcile deletes only runners
-/// that carry it, so runners someone else named alike are never touched.
-pub fn instance_label(prefix: &str) -> String {
-    format!("krunner-{prefix}")
+/// The label that marks runners of the instance with `prefix` and instance id `id`
+/// (`krunner-{prefix}-{id}`, see [`crate::orchestrator::identity`]); krunner deletes only
+/// runners that carry it, so runners someone else named alike, even another host with the
+/// same host name and prefix, are never touched.
+pub fn instance_label(prefix: &str, id: &str) -> String {
+    format!("krunner-{prefix}-{id}")
 }
 
 /// Maximum length of a name prefix: leaves room for `-{slot}-{attempt}` within GitHub's
@@ -323,7 +338,22 @@ mod tests {
     fn names() {
         assert_eq!(runner_name("build1", 3, 7), "build1-3-7");
         assert_ne!(runner_name("p", 1, 11), runner_name("p", 11, 1));
-        assert_eq!(instance_label("build1"), "krunner-build1");
+        assert_eq!(instance_label("build1", "0a1b"), "krunner-build1-0a1b");
+        assert_eq!(parse_runner_name("a-b", "a-b-3-17"), Some((3, 17)));
+        assert_eq!(
+            parse_runner_name("a-b", &runner_name("a-b", 0, 9)),
+            Some((0, 9))
+        );
+        for other in [
+            "a-b-3",
+            "a-bc-3-1",
+            "a-b-x-1",
+            "a-b-3-1-2",
+            "a-b-3-",
+            "b-3-1",
+        ] {
+            assert_eq!(parse_runner_name("a-b", other), None, "{other}");
+        }
     }
 
     #[test]

@@ -447,6 +447,7 @@ async fn jit_conflict_deletes_the_offline_runner_and_retries_once() {
         name: runner_name("p", 0, 1),
         runner_group_id: RunnerGroupId(3),
         labels: vec!["krunner-p".into(), "linux".into()],
+        instance_label: "krunner-p".into(),
         work_folder: "_work".into(),
     };
     let cfg = gh.generate_jit_config(&req).await.unwrap();
@@ -491,6 +492,7 @@ async fn jit_conflict_with_an_online_runner_is_an_error() {
         name: "p-0-1".into(),
         runner_group_id: RunnerGroupId(1),
         labels: vec!["x".into()],
+        instance_label: "krunner-p".into(),
         work_folder: "_work".into(),
     };
     let e = gh.generate_jit_config(&req).await.unwrap_err();
@@ -505,11 +507,11 @@ async fn reconcile_deletes_only_our_offline_runners() {
         "GET" => reply(
             200,
             json!({"total_count": 6, "runners": [
-                runner_json(1, "host-0-1", "offline", false, &["self-hosted", "krunner-host"]),
-                runner_json(2, "host-1-4", "online", false, &["krunner-host"]),
-                runner_json(3, "host-2-2", "offline", true, &["krunner-host"]),
+                runner_json(1, "host-0-1", "offline", false, &["self-hosted", "krunner-host-i1"]),
+                runner_json(2, "host-1-4", "online", false, &["krunner-host-i1"]),
+                runner_json(3, "host-2-2", "offline", true, &["krunner-host-i1"]),
                 runner_json(4, "host-3-1", "offline", false, &["self-hosted"]),
-                runner_json(5, "hostile-0-1", "offline", false, &["krunner-host"]),
+                runner_json(5, "hostile-0-1", "offline", false, &["krunner-host-i1"]),
                 runner_json(6, "other-0-1", "offline", false, &["krunner-other"]),
             ]}),
         ),
@@ -518,10 +520,18 @@ async fn reconcile_deletes_only_our_offline_runners() {
     })
     .await;
     let (gh, _) = pat_client(&srv.base, repo());
-    let report = gh.reconcile("host", &instance_label("host")).await.unwrap();
+    let report = gh
+        .reconcile("host", &instance_label("host", "i1"))
+        .await
+        .unwrap();
     let ids = |v: &[Runner]| v.iter().map(|r| r.id.0).collect::<Vec<_>>();
     assert_eq!(ids(&report.deleted), [1]);
     assert_eq!(ids(&report.kept), [2, 3]);
+    // Every name of the prefix counts, ours or not: a new name must collide with none.
+    assert_eq!(
+        report.last_seq,
+        std::collections::BTreeMap::from([(0, 1), (1, 4), (2, 2), (3, 1)])
+    );
     let deletes: Vec<_> = srv
         .lines()
         .into_iter()

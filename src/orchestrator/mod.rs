@@ -9,16 +9,24 @@
 //!
 //! Shutdown is two-staged through [`Shutdown`]: the first request (SIGINT/SIGTERM) starts no
 //! new guest, stops idle runners at once and lets busy ones finish up to the drain timeout;
-//! the second forces every guest to stop. Either way each slot deletes the registration it
-//! created before it returns.
+//! the second forces every guest to stop. Registrations to delete go to the instance's
+//! [`deleter`] queue, which retries until each is gone or its deadline passes; the pool waits
+//! for it before returning (after a forced stop, for [`deleter::FORCE_WINDOW`] at most) and
+//! reports what is left for the next start's reconcile.
+//!
+//! A guest whose runner is not online `online_timeout` after the start is stopped, and the
+//! turn fails (so the slot backs off) instead of holding the slot forever.
 //!
 //! Each slot reports its transitions through a [`state::SlotSink`]; the [`state::Reporter`]
 //! behind them writes the state file `krunner status` reads and feeds the metrics.
 
 pub mod backoff;
+pub mod deleter;
+pub mod identity;
 pub mod slot;
 pub mod state;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +75,18 @@ pub enum OrchestratorError {
         /// How it ended.
         how: String,
     },
+    /// The runner did not come online in time; its guest was stopped.
+    #[error("slot {slot}: runner {runner} did not come online within {} s; stopped its guest (log: {log})", .after.as_secs())]
+    OnlineTimeout {
+        /// The slot.
+        slot: usize,
+        /// The runner's name.
+        runner: String,
+        /// The timeout.
+        after: Duration,
+        /// The run's log.
+        log: String,
+    },
     /// A slot task panicked or was lost.
     #[error("slot {slot}: its task ended abnormally: {reason}")]
     Task {
@@ -101,8 +121,17 @@ pub struct PoolConfig {
     pub repeat: u64,
     /// Runner name prefix; names are `{prefix}-{slot}-{seq}`.
     pub name_prefix: String,
-    /// Runner labels, this instance's label ([`crate::github::instance_label`]) included.
+    /// Per slot, the highest `seq` in use at start; the slot's names continue after it.
+    pub seq_floor: BTreeMap<usize, u64>,
+    /// Runner labels, this instance's label included.
     pub labels: Vec<String>,
+    /// This instance's label ([`crate::github::instance_label`]): only runners carrying it
+    /// are ever deleted.
+    pub instance_label: String,
+    /// How long a registration to delete is retried (`--delete-deadline`).
+    pub delete_deadline: Duration,
+    /// How long a started guest's runner may take to come online (`--online-timeout`).
+    pub online_timeout: Duration,
     /// The runner group (`-G`, resolved).
     pub runner_group: RunnerGroupId,
     /// JIT or registration token.
@@ -159,6 +188,8 @@ pub struct PoolReport {
     pub slots: Vec<SlotReport>,
     /// Whether it ended because shutdown was requested.
     pub shutdown_requested: bool,
+    /// Registrations that could not be deleted (the next start's reconcile removes them).
+    pub left: Vec<String>,
 }
 
 impl PoolReport {
@@ -208,6 +239,12 @@ impl Pool {
     /// Runs every slot until each has done its runs, stopped on errors, or shut down.
     pub async fn run(&self, shutdown: &Shutdown) -> PoolReport {
         let boots = Arc::new(Semaphore::new(self.cfg.max_concurrent_boots.max(1)));
+        let deleter = deleter::Deleter::new(
+            self.github.clone(),
+            self.cfg.instance_label.clone(),
+            self.cfg.delete_deadline,
+            shutdown,
+        );
         let mut tasks = Vec::with_capacity(self.cfg.slots);
         for index in 0..self.cfg.slots {
             let slot = slot::Slot {
@@ -218,6 +255,7 @@ impl Pool {
                 boots: boots.clone(),
                 shutdown: shutdown.clone(),
                 sink: self.reporter.slot(index),
+                deleter: deleter.clone(),
             };
             let delay = self
                 .cfg
@@ -245,8 +283,21 @@ impl Pool {
         PoolReport {
             slots,
             shutdown_requested: shutdown.requested(),
+            left: finish_deletions(&deleter).await,
         }
     }
+}
+
+/// Waits for the pending deletions and names each registration left behind.
+async fn finish_deletions(deleter: &deleter::Deleter) -> Vec<String> {
+    let left = deleter.finish().await;
+    for name in &left {
+        tracing::warn!(
+            runner = %name,
+            "registration left on GitHub; the next start's reconcile removes it once GitHub reports it offline"
+        );
+    }
+    left
 }
 
 #[cfg(test)]

@@ -2,29 +2,36 @@
 //!
 //! Each turn: wait for a boot permit → register (JIT config, or a registration token) →
 //! launch the guest with the registration in its secrets share → wait, while a drain watcher
-//! stands by → delete the registration if the runner left it behind (a runner that ran a job
-//! has already been removed by GitHub; deleting an unknown runner counts as done) → prune old
-//! run logs → next. Names are `{prefix}-{slot}-{seq}`, with `seq` counting this slot's
-//! registrations from 1, so no two runners of one instance share a name.
+//! and an online watcher stand by → hand the registration to the deletion queue (a runner
+//! that ran a job has already been removed by GitHub; deleting an unknown runner counts as
+//! done) → prune old run logs → next. Names are `{prefix}-{slot}-{seq}`, with `seq` counting
+//! this slot's registrations on from the highest one in use at start, so no two runners share
+//! a name, across restarts too. A failed registration asks for the same name again (its answer
+//! may have been lost); a name held by a runner that is in use or not ours is skipped.
 //!
-//! A turn fails on a GitHub error, a launch error, or a guest that did not exit 0; failures
-//! back off ([`super::backoff`]) and `max_failures` in a row stop the slot with the last error.
+//! A turn fails on a GitHub error, a launch error, a runner not online within
+//! `online_timeout`, or a guest that did not exit 0; failures back off ([`super::backoff`])
+//! and `max_failures` in a row stop the slot with the last error.
 //! On a drain request the slot starts nothing new; its watcher stops the guest at once if
 //! GitHub says the runner is not busy, otherwise after the drain timeout or a forced stop.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::backoff::{Backoff, Verdict};
+use super::deleter::{Deleter, Target};
 use super::state::SlotSink;
 use super::{OrchestratorError, PoolConfig, RegistrationMode, Shutdown};
 use crate::github::{runner_name, GitHub, GitHubError, JitRequest, RunnerId};
 use crate::guest::{Registration, RunnerJob};
 use crate::image::Cancel;
-use crate::launcher::run::{Launcher, Output, VmExit, Workload};
+use crate::launcher::run::{
+    LaunchError, Launcher, Output, RunOutcome, RunRequest, VmExit, Workload,
+};
 
 /// Why a slot stopped.
 #[derive(Debug)]
@@ -60,6 +67,8 @@ pub(crate) struct Slot {
     pub(crate) shutdown: Shutdown,
     /// Where transitions are reported (`krunner status`, metrics).
     pub(crate) sink: SlotSink,
+    /// The instance's deletion queue.
+    pub(crate) deleter: Deleter,
 }
 
 /// How a turn ended, when it did not fail.
@@ -92,7 +101,7 @@ impl Slot {
             return report;
         }
         let mut backoff = Backoff::new(self.cfg.backoff.clone());
-        let mut seq = 0u64;
+        let mut seq = self.cfg.seq_floor.get(&self.index).copied().unwrap_or(0);
         // Set after a failed registration: its answer may have been lost after GitHub made it,
         // so the next turn asks for the same name, whose "already exists" removes that
         // registration, instead of leaving it behind next to a new one.
@@ -110,7 +119,7 @@ impl Slot {
                 seq += 1;
             }
             let turn = self.turn(seq).await;
-            same_name = matches!(turn, Err(OrchestratorError::GitHub { .. }));
+            same_name = retry_same_name(&turn);
             match turn {
                 Ok(TurnEnd::Finished) => {
                     self.sink.succeeded();
@@ -159,56 +168,42 @@ impl Slot {
     async fn turn(&self, seq: u64) -> Result<TurnEnd, OrchestratorError> {
         let name = runner_name(&self.cfg.name_prefix, self.index, seq);
         self.sink.registering(&name);
-        let permit = tokio::select! {
-            p = self.boots.clone().acquire_owned() => p.map_err(|e| OrchestratorError::Task {
-                slot: self.index,
-                reason: format!("boot semaphore: {e}"),
-            })?,
-            _ = self.shutdown.drain.cancelled() => return Ok(TurnEnd::Stopped),
+        let Some(permit) = self.boot_permit().await? else {
+            return Ok(TurnEnd::Stopped);
         };
         tracing::debug!(slot = self.index, runner = %name, "registering");
         let held = self.register(&name).await?;
         if self.shutdown.requested() {
             // The request came while registering: undo it instead of booting.
-            self.deregister(&held).await;
+            self.deregister(&held);
             return Ok(TurnEnd::Stopped);
         }
         let log = self.log_path(&name);
-        let mut req = self.cfg.template.clone();
-        req.workload = Workload::Runner(RunnerJob {
-            registration: held.registration.clone(),
-            work: "_work".into(),
-            user: "runner".into(),
-        });
-        req.output = Output::File(log.clone());
-        req.hostname = name.clone();
-
+        let req = self.request(&held, &log);
         let vm_stop = Cancel::default();
-        let watcher = tokio::spawn(drain_watch(
-            self.shutdown.clone(),
-            self.github.clone(),
-            self.index,
-            held.name.clone(),
-            held.id,
-            vm_stop.clone(),
-            self.cfg.drain_timeout,
-        ));
+        let watch = Watch {
+            github: self.github.clone(),
+            slot: self.index,
+            name: held.name.clone(),
+            id: held.id,
+            label: self.cfg.instance_label.clone(),
+            vm_stop: vm_stop.clone(),
+        };
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let watchers = [
+            tokio::spawn(
+                watch
+                    .clone()
+                    .drain(self.shutdown.clone(), self.cfg.drain_timeout),
+            ),
+            tokio::spawn(watch.online(self.cfg.online_timeout, timed_out.clone())),
+        ];
         self.sink.booting();
         tracing::info!(slot = self.index, runner = %name, log = %log.display(), "starting runner");
-        let outcome = {
-            let run = self.launcher.run(&req, &vm_stop);
-            tokio::pin!(run);
-            let window = tokio::time::sleep(self.cfg.boot_window);
-            tokio::pin!(window);
-            let mut permit = Some(permit);
-            loop {
-                tokio::select! {
-                    o = &mut run => break o,
-                    _ = &mut window, if permit.is_some() => permit = None,
-                }
-            }
-        };
-        watcher.abort();
+        let outcome = self.launch(&req, &vm_stop, permit).await;
+        for w in watchers {
+            w.abort();
+        }
         self.sink.vm_ended(
             outcome
                 .as_ref()
@@ -216,9 +211,72 @@ impl Slot {
                 .and_then(|o| o.guest_result.as_ref())
                 .and_then(|r| r.runner_started),
         );
-        self.deregister(&held).await;
+        self.deregister(&held);
         prune_logs(&self.cfg.log_dir, self.cfg.keep_logs);
+        if timed_out.load(Ordering::SeqCst) {
+            return Err(OrchestratorError::OnlineTimeout {
+                slot: self.index,
+                runner: name,
+                after: self.cfg.online_timeout,
+                log: log.display().to_string(),
+            });
+        }
+        self.judge(name, &log, outcome)
+    }
 
+    /// A boot permit; `None` if a drain was requested first.
+    async fn boot_permit(&self) -> Result<Option<OwnedSemaphorePermit>, OrchestratorError> {
+        tokio::select! {
+            p = self.boots.clone().acquire_owned() => p.map(Some).map_err(|e| OrchestratorError::Task {
+                slot: self.index,
+                reason: format!("boot semaphore: {e}"),
+            }),
+            _ = self.shutdown.drain.cancelled() => Ok(None),
+        }
+    }
+
+    /// The run request for `held`'s guest, logging to `log`.
+    fn request(&self, held: &Held, log: &Path) -> RunRequest {
+        let mut req = self.cfg.template.clone();
+        req.workload = Workload::Runner(RunnerJob {
+            registration: held.registration.clone(),
+            work: "_work".into(),
+            user: "runner".into(),
+        });
+        req.output = Output::File(log.to_path_buf());
+        req.hostname = held.name.clone();
+        req
+    }
+
+    /// Runs the guest; the boot permit is released after the boot window or at its end.
+    async fn launch(
+        &self,
+        req: &RunRequest,
+        vm_stop: &Cancel,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<RunOutcome, LaunchError> {
+        let run = self.launcher.run(req, vm_stop);
+        tokio::pin!(run);
+        let window = tokio::time::sleep(self.cfg.boot_window);
+        tokio::pin!(window);
+        let mut permit = Some(permit);
+        loop {
+            tokio::select! {
+                o = &mut run => break o,
+                _ = &mut window, if permit.is_some() => permit = None,
+            }
+        }
+    }
+
+    /// How the turn ended, from the guest's outcome.
+    // The same error type as every turn's (async, so not linted there); built once per turn.
+    #[allow(clippy::result_large_err)]
+    fn judge(
+        &self,
+        name: String,
+        log: &Path,
+        outcome: Result<RunOutcome, LaunchError>,
+    ) -> Result<TurnEnd, OrchestratorError> {
         let outcome = outcome.map_err(|source| OrchestratorError::Launch {
             slot: self.index,
             runner: name.clone(),
@@ -268,6 +326,7 @@ impl Slot {
                         name: name.to_string(),
                         runner_group_id: self.cfg.runner_group,
                         labels: self.cfg.labels.clone(),
+                        instance_label: self.cfg.instance_label.clone(),
                         work_folder: "_work".into(),
                     })
                     .await
@@ -299,20 +358,13 @@ impl Slot {
         }
     }
 
-    /// Deletes the registration if the runner left it behind; failures are logged (the next
-    /// start's reconcile removes what stays).
-    async fn deregister(&self, held: &Held) {
-        let result = match held.id {
-            Some(id) => self.github.delete_runner(id).await,
-            None => match find_by_name(&self.github, &held.name).await {
-                Ok(Some(id)) => self.github.delete_runner(id).await,
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = result {
-            tracing::warn!(slot = self.index, runner = %held.name, "cannot delete the registration: {}", crate::error_chain(&e));
-        }
+    /// Hands the registration to the deletion queue (a runner that ran its job is gone
+    /// already; the queue counts that as deleted).
+    fn deregister(&self, held: &Held) {
+        self.deleter.delete(Target {
+            name: held.name.clone(),
+            id: held.id,
+        });
     }
 
     /// The log file of one run: `{log_dir}/{runner}-{unix seconds}.log`.
@@ -335,71 +387,126 @@ impl Slot {
     }
 }
 
-/// The id of the runner called `name`, if GitHub has one.
-async fn find_by_name(github: &GitHub, name: &str) -> Result<Option<RunnerId>, GitHubError> {
-    Ok(github
-        .list_runners()
-        .await?
-        .into_iter()
-        .find(|r| r.name == name)
-        .map(|r| r.id))
+/// Whether the next turn asks for the same name: after a failed registration (its answer
+/// may have been lost after GitHub made it, and the name's "already exists" then removes
+/// that registration instead of leaving it next to a new one), but not when the name is held
+/// by a runner in use or someone else's: that one is skipped.
+fn retry_same_name(turn: &Result<TurnEnd, OrchestratorError>) -> bool {
+    matches!(
+        turn,
+        Err(OrchestratorError::GitHub { source, .. })
+            if !matches!(source, GitHubError::NameConflict { .. })
+    )
 }
 
-/// Waits for a drain request, then stops the guest: at once if its runner is not busy,
-/// otherwise after `timeout` or a forced shutdown, whichever comes first.
-async fn drain_watch(
-    shutdown: Shutdown,
+/// What the watchers of one guest share.
+#[derive(Clone)]
+struct Watch {
     github: GitHub,
     slot: usize,
     name: String,
+    /// Known for JIT; token registrations are found by name and instance label.
     id: Option<RunnerId>,
+    label: String,
     vm_stop: Cancel,
-    timeout: Duration,
-) {
-    shutdown.drain.cancelled().await;
-    let lookup = async {
-        match id {
-            Some(id) => github.get_runner(id).await.map(|r| r.map(|r| r.busy)),
-            None => github
-                .list_runners()
-                .await
-                .map(|all| all.into_iter().find(|r| r.name == name).map(|r| r.busy)),
-        }
-    };
-    let busy = tokio::select! {
-        b = lookup => b,
-        _ = shutdown.force.cancelled() => Ok(Some(true)),
-    };
-    let busy = match busy {
-        Ok(b) => b.unwrap_or(false),
-        Err(e) => {
+}
+
+/// What GitHub says about a watched runner.
+enum Seen {
+    /// Online or busy.
+    Up {
+        /// Running a job.
+        busy: bool,
+    },
+    /// Registered, offline and idle.
+    Down,
+    /// Not registered.
+    Gone,
+}
+
+impl Watch {
+    /// The runner's state on GitHub.
+    async fn lookup(&self) -> Result<Seen, GitHubError> {
+        let runner = match self.id {
+            Some(id) => self.github.get_runner(id).await?,
+            None => self.github.find_runner(&self.name, &self.label).await?,
+        };
+        Ok(match runner {
+            Some(r) if r.busy || r.is_online() => Seen::Up { busy: r.busy },
+            Some(_) => Seen::Down,
+            None => Seen::Gone,
+        })
+    }
+
+    /// Waits for a drain request, then stops the guest: at once if its runner is not busy,
+    /// otherwise after `timeout` or a forced shutdown, whichever comes first.
+    async fn drain(self, shutdown: Shutdown, timeout: Duration) {
+        let (slot, name) = (self.slot, &self.name);
+        shutdown.drain.cancelled().await;
+        let busy = tokio::select! {
+            b = self.lookup() => b.map(|s| matches!(s, Seen::Up { busy: true })),
+            _ = shutdown.force.cancelled() => Ok(true),
+        };
+        let busy = busy.unwrap_or_else(|e| {
             // Unknown: treat it as busy, so a job is not killed because the API hiccupped.
             tracing::warn!(slot, runner = %name, "cannot tell whether the runner is busy: {}", crate::error_chain(&e));
             true
+        });
+        if !busy {
+            tracing::info!(slot, runner = %name, "shutdown: stopping the idle runner");
+            self.vm_stop.cancel();
+            return;
         }
-    };
-    if !busy {
-        tracing::info!(slot, runner = %name, "shutdown: stopping the idle runner");
-        vm_stop.cancel();
-        return;
+        if !shutdown.force.is_cancelled() {
+            tracing::info!(
+                slot,
+                runner = %name,
+                "shutdown: the runner is busy; letting it finish (at most {} s; signal again to force)",
+                timeout.as_secs()
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => {
+                    tracing::warn!(slot, runner = %name, "drain timeout: stopping the busy runner");
+                }
+                _ = shutdown.force.cancelled() => {}
+            }
+        }
+        tracing::info!(slot, runner = %name, "stopping the runner");
+        self.vm_stop.cancel();
     }
-    if !shutdown.force.is_cancelled() {
-        tracing::info!(
-            slot,
-            runner = %name,
-            "shutdown: the runner is busy; letting it finish (at most {} s; signal again to force)",
+
+    /// After `timeout`, asks GitHub once whether the runner came online; if it did not, sets
+    /// `timed_out` and stops the guest. One call per guest, and only for guests that live
+    /// that long. A JIT runner that is gone ran its job (GitHub removed it); a token runner
+    /// that is not found never registered. If GitHub cannot say, asks again later rather than
+    /// stopping a runner that may be working.
+    async fn online(self, timeout: Duration, timed_out: Arc<AtomicBool>) {
+        tokio::time::sleep(timeout).await;
+        loop {
+            match self.lookup().await {
+                Ok(Seen::Up { .. }) => return,
+                Ok(Seen::Gone) if self.id.is_some() => return,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(slot = self.slot, runner = %self.name, "cannot tell whether the runner came online: {}", crate::error_chain(&e));
+                    tokio::time::sleep(ONLINE_RECHECK).await;
+                }
+            }
+        }
+        tracing::warn!(
+            slot = self.slot,
+            runner = %self.name,
+            "the runner did not come online within {} s; stopping its guest",
             timeout.as_secs()
         );
-        tokio::select! {
-            _ = tokio::time::sleep(timeout) => {
-                tracing::warn!(slot, runner = %name, "drain timeout: stopping the busy runner");
-            }
-            _ = shutdown.force.cancelled() => {}
-        }
+        timed_out.store(true, Ordering::SeqCst);
+        self.vm_stop.cancel();
     }
-    tracing::info!(slot, runner = %name, "stopping the runner");
-    vm_stop.cancel();
 }
+
+/// How long to wait before asking again whether a runner came online, after GitHub failed to
+/// answer.
+const ONLINE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Keeps the `keep` newest `*.log` files in `dir`; best effort (slots prune concurrently).
 pub fn prune_logs(dir: &Path, keep: usize) {

@@ -60,7 +60,8 @@ fn jit_request(name: &str, group: RunnerGroupId, prefix: &str) -> JitRequest {
     JitRequest {
         name: name.to_string(),
         runner_group_id: group,
-        labels: vec![instance_label(prefix), "krunner".into()],
+        labels: vec![instance_label(prefix, "i1"), "krunner".into()],
+        instance_label: instance_label(prefix, "i1"),
         work_folder: "_work".into(),
     }
 }
@@ -107,12 +108,12 @@ async fn lifecycle(sim: &GitHubSim, gh: &GitHub, scope: &SimScope, group: &str, 
     assert_eq!(jit.runner.id, RunnerId(held.id));
     assert_eq!(&held.scope, scope);
     assert_eq!(held.runner_group_id, want);
-    assert!(held.has_label("krunner-host1") && held.has_label("krunner"));
+    assert!(held.has_label("krunner-host1-i1") && held.has_label("krunner"));
 
     let listed = gh.list_runners().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, jit.runner.id);
-    assert!(listed[0].labels.iter().any(|l| l == "krunner-host1"));
+    assert!(listed[0].labels.iter().any(|l| l == "krunner-host1-i1"));
 
     let got = gh.get_runner(jit.runner.id).await.unwrap().unwrap();
     assert!(!got.is_online() && !got.busy);
@@ -523,7 +524,7 @@ async fn registration_and_remove_tokens() {
 async fn reconcile_deletes_only_this_instances_offline_runners() {
     let (sim, scope) = sim_with("org", "acme");
     let elsewhere = sim.add_org("other");
-    let label = instance_label("kr-a");
+    let label = instance_label("kr-a", "i1");
     let add = |name: &str, labels: &[&str], state| sim.add_runner(&scope, name, labels, state);
     // Enough strangers to need three pages of 100.
     for i in 0..230 {
@@ -534,7 +535,11 @@ async fn reconcile_deletes_only_this_instances_offline_runners() {
     let online = add("kr-a-1-1", &[&label], RunnerState::Online);
     let busy = add("kr-a-2-1", &[&label], RunnerState::Busy);
     let keep = [
-        add("kr-b-0-1", &[&instance_label("kr-b")], RunnerState::Offline),
+        add(
+            "kr-b-0-1",
+            &[&instance_label("kr-b", "i1")],
+            RunnerState::Offline,
+        ),
         add("kr-b-0-2", &[&label], RunnerState::Offline), // another prefix, our label
         add("kr-ab-0-1", &[&label], RunnerState::Offline), // prefix "kr-a" + "b"
         add("kr-a-3-1", &["krunner"], RunnerState::Offline), // our prefix, no label
@@ -573,7 +578,7 @@ async fn already_exists_offline_is_replaced_online_is_an_error() {
     let jit_path = "/orgs/acme/actions/runners/generate-jitconfig";
 
     // A stale offline registration of the same name: removed, then JIT succeeds.
-    let stale = sim.add_runner(&scope, "kr-0-1", &["krunner-kr"], RunnerState::Offline);
+    let stale = sim.add_runner(&scope, "kr-0-1", &["krunner-kr-i1"], RunnerState::Offline);
     let jit = gh
         .generate_jit_config(&jit_request("kr-0-1", RunnerGroupId(1), "kr"))
         .await
@@ -587,12 +592,20 @@ async fn already_exists_offline_is_replaced_online_is_an_error() {
         .collect();
     assert_eq!(statuses, [409, 201], "{}", sim.log_text());
 
-    // Online or busy: never touched, an error that says why.
-    for (name, state, word) in [
-        ("kr-1-1", RunnerState::Online, "online"),
-        ("kr-2-1", RunnerState::Busy, "busy"),
+    // Online or busy, or offline but someone else's (same name, no instance label, e.g. an
+    // instance on another host with the same host name): never touched, an error that says why.
+    for (name, labels, state, word) in [
+        ("kr-1-1", "krunner-kr-i1", RunnerState::Online, "online"),
+        ("kr-2-1", "krunner-kr-i1", RunnerState::Busy, "busy"),
+        (
+            "kr-3-1",
+            "krunner-kr-other",
+            RunnerState::Offline,
+            "not ours",
+        ),
+        ("kr-4-1", "krunner", RunnerState::Offline, "not ours"),
     ] {
-        let id = sim.add_runner(&scope, name, &["krunner-kr"], state);
+        let id = sim.add_runner(&scope, name, &[labels], state);
         let e = gh
             .generate_jit_config(&jit_request(name, RunnerGroupId(1), "kr"))
             .await

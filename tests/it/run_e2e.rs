@@ -1,11 +1,16 @@
 //! `krunner run` end to end: the built binary under the namespace backend, a test image from
 //! the loopback registry, and the GitHub simulator. The image's stand-in
 //! `bin/Runner.Listener` decodes its `--jitconfig` (busybox `base64 -d`) to find the
-//! simulator's report URL and its runner secret, records its name, reports `online`, and then
-//! either runs a "job" (`job-started`, `job-finished`, exit 0) or, when `/mode/idle` exists,
-//! sits idle until SIGTERM, or, when `/mode/fail` exists, exits 3, or, when `/mode/busy`
-//! exists, reports `job-started` and works for the seconds in `/mode/busy-{name}` (else
-//! `/mode/busy`) before `job-finished`; SIGTERM mid-job reports `offline` and exits 0. The namespace backend shares the host's network, so the reports
+//! simulator's report URL and its runner secret, and records its name. With `/mode/silent` it
+//! then sleeps that many seconds without ever reporting (a runner that never comes online);
+//! otherwise it reports `online` and sends a heartbeat every second while it lives (the
+//! simulator notices a dead runner only when they stop, after its delay), and then either
+//! runs a "job" (`job-started`, `job-finished`, exit 0) or, when `/mode/idle` exists, sits
+//! idle until SIGTERM, or, when `/mode/fail` exists, exits 3, or, when `/mode/busy` exists,
+//! reports `job-started` and works for the seconds in `/mode/busy-{name}` (else
+//! `/mode/busy`) before `job-finished`. Stopped (SIGTERM) it exits at once and reports
+//! nothing, like a runner whose guest is killed: a busy one stays busy on the simulator until
+//! its heartbeats are missed. The namespace backend shares the host's network, so the reports
 //! reach the simulator on 127.0.0.1.
 
 use std::path::Path;
@@ -33,17 +38,24 @@ url=$(echo "$runner" | busybox sed 's/.*"simRunnerUrl":"\([^"]*\)".*/\1/')
 name=$(echo "$runner" | busybox sed 's/.*"agentName":"\([^"]*\)".*/\1/')
 secret=$(echo "$creds" | busybox sed 's/.*"simSecret":"\([^"]*\)".*/\1/')
 echo "$url" > "/record/$name"
+[ -f /mode/silent ] && exec busybox sleep "$(busybox cat /mode/silent)"
 busybox wget -q -O- --post-data="$secret" "$url/online" || exit 7
+# The real runner's session: GitHub sees it alive as long as this goes on.
+(while busybox sleep 1; do
+  busybox wget -q -O /dev/null --post-data="$secret" "$url/heartbeat" 2>/dev/null
+done) &
+hb=$!
+trap 'kill "$hb" 2>/dev/null' EXIT
+# Stopped: gone at once, nothing reported (the guest of a real runner is killed).
+trap 'exit 0' TERM
 [ -f /mode/fail ] && exit 3
 if [ -f /mode/idle ]; then
-  trap 'exit 0' TERM
   busybox sleep "$(busybox cat /mode/idle)" &
   wait $!
   exit 0
 fi
 busybox wget -q -O- --post-data="$secret" "$url/job-started" || exit 8
 if [ -f /mode/busy ]; then
-  trap 'busybox wget -q -O- --post-data="$secret" "$url/offline"; exit 0' TERM
   len=$(busybox cat "/mode/busy-$name" 2>/dev/null || busybox cat /mode/busy)
   busybox sleep "$len" &
   wait $!
@@ -58,7 +70,7 @@ pub(crate) fn runner_image() -> String {
     crate::util::oci::runner_image(
         Registry::shared(),
         &PUSHED,
-        "run-e2e-runner:v1",
+        "run-e2e-runner:v2",
         LISTENER,
         None,
     )

@@ -5,7 +5,8 @@
 //! (`POST /_sim/runners`, busybox `wget`), online; the stand-in `bin/Runner.Listener` records
 //! its argv and environment under its host name (krunner sets it to the runner's name) and
 //! exits 0 without a job, so the registration is still there when the guest ends and krunner
-//! must find it by name and delete it.
+//! must find it by name and delete it. With `/record/foreign`, `config.sh` registers the name
+//! without the given labels, as someone else's runner would hold it.
 
 use std::path::Path;
 
@@ -33,6 +34,8 @@ env > "/record/config-env-$name"
 server=$(echo "$url" | busybox cut -d/ -f1-3)
 principal=${url#"$server"/}
 json_labels=$(echo "$labels" | busybox sed 's/,/","/g')
+# A runner of someone else's that happens to hold this name (no instance label).
+[ -f /record/foreign ] && json_labels=someone-else
 busybox wget -q -O "/record/config-registered-$name" \
   --post-data="{\"scope\":\"repo:$principal\",\"name\":\"$name\",\"labels\":[\"$json_labels\"],\"state\":\"online\"}" \
   "$server/_sim/runners" || exit 5
@@ -51,7 +54,7 @@ fn runner_image() -> String {
     crate::util::oci::runner_image(
         Registry::shared(),
         &PUSHED,
-        "run-token-runner:v1",
+        "run-token-runner:v2",
         LISTENER,
         Some(CONFIG_SH),
     )
@@ -195,9 +198,19 @@ fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing(
             "--work",
             "_work",
             "--labels",
-            "krun,krunner-tok",
         ];
-        assert_eq!(argv, want, "{name}: config.sh argv\n{ctx}");
+        assert_eq!(
+            argv[..argv.len().min(10)],
+            want,
+            "{name}: config.sh argv\n{ctx}"
+        );
+        // The instance label: prefix and this host and cache's id.
+        let labels = argv.get(10).map_or("", String::as_str);
+        let id = labels.strip_prefix("krun,krunner-tok-").unwrap_or("");
+        assert!(
+            argv.len() == 11 && id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}: config.sh labels {labels:?}\n{ctx}"
+        );
         used.push(token);
         let registered = read(&record.join(format!("config-registered-{name}")));
         assert!(
@@ -249,4 +262,63 @@ fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing(
     );
     assert_eq!(list_names(&logs).len(), 2, "one log per run\n{ctx}");
     assert!(list_names(&td.cache().join("runs")).is_empty(), "{ctx}");
+}
+
+/// In token mode krunner finds its runner by name to delete it; a runner of that name without
+/// its instance label is someone else's and stays.
+#[test]
+fn token_mode_never_deletes_a_runner_of_that_name_without_the_instance_label() {
+    if skip(NEEDS) {
+        return;
+    }
+    let td = TestDir::new("run-token-foreign");
+    let sim = GitHubSim::start();
+    let repo = sim.add_repo("owner/repo");
+    sim.add_pat("token-pat", &[&repo]);
+    let record = td.join("record");
+    std::fs::create_dir_all(&record).unwrap();
+    std::fs::set_permissions(&record, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(record.join("foreign"), "").unwrap();
+    let out = td
+        .krunner()
+        .env("KRUNNER_TOKEN", "token-pat")
+        .args([
+            "run",
+            "--backend",
+            "namespace",
+            "--registration",
+            "token",
+            "--api-url",
+            &sim.api_url(),
+            "-p",
+            "owner/repo",
+            "-i",
+            &runner_image(),
+            "--name-prefix",
+            "tok",
+            "--log-dir",
+            td.join("logs").to_str().unwrap(),
+            "-M",
+            &format!("{}:/record", record.display()),
+            "-n",
+            "1",
+            "-r",
+            "1",
+        ])
+        .run();
+    let ctx = format!("{out}\nsim log:\n{}", sim.log_text());
+    out.success().never_shows("token-pat");
+    let left: Vec<(String, Vec<String>)> = sim
+        .runners()
+        .into_iter()
+        .map(|r| (r.name, r.labels))
+        .collect();
+    assert_eq!(left.len(), 1, "{ctx}");
+    assert_eq!(left[0].0, "tok-0-1", "{ctx}");
+    assert!(left[0].1.contains(&"someone-else".to_string()), "{ctx}");
+    assert_eq!(
+        sim.count("DELETE", "/repos/owner/repo/actions/runners/"),
+        0,
+        "{ctx}"
+    );
 }

@@ -18,7 +18,13 @@
 //! - `POST /_sim/runners/{id}/job-started`: it is busy;
 //! - `POST /_sim/runners/{id}/job-finished`: it is idle again, and an ephemeral runner is
 //!   deleted, as GitHub does;
-//! - `POST /_sim/runners/{id}/offline`: it went away without a job.
+//! - `POST /_sim/runners/{id}/offline`: it went away without a job;
+//! - `POST /_sim/runners/{id}/heartbeat`: it is still alive (the stand-in sends one a second).
+//!
+//! Like GitHub, the simulator notices a dead runner only after a while: a runner that has
+//! reported `online` and then sends no heartbeat for [`GitHubSim::set_dead_after`] (default
+//! [`DEFAULT_DEAD_AFTER`]) keeps its last state (online, or busy) until then, and is then offline
+//! and idle. `DELETE` of a busy runner answers 422, as GitHub does.
 //!
 //! For tests that start it as a process (`examples/github_sim.rs`) the state is also readable
 //! and steerable over HTTP: `GET /_sim/runners`, `GET /_sim/requests`, `POST /_sim/runners`
@@ -59,6 +65,9 @@ const SECONDARY_MESSAGE: &str = "You have exceeded a secondary rate limit. Pleas
 
 /// Largest `per_page` GitHub serves.
 const MAX_PER_PAGE: usize = 100;
+
+/// How long a runner that stopped sending heartbeats stays as it was, by default.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(8);
 
 /// Where runners live: a repository (`owner/repo`), an organization or an enterprise.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,6 +169,8 @@ pub struct SimRunner {
     /// The secret its JIT config carries (for the `/_sim/runners/{id}/…` endpoints).
     pub secret: String,
     label_ids: Vec<u64>,
+    /// The last report or heartbeat of its process; `None` until it reported once.
+    last_seen: Option<Instant>,
 }
 
 impl SimRunner {
@@ -419,6 +430,8 @@ struct State {
     latency: Duration,
     log: Vec<Logged>,
     seq: u64,
+    /// How long a runner without heartbeats keeps its state (see the module header).
+    dead_after: Duration,
 }
 
 /// The simulator; stops accepting connections when dropped.
@@ -469,6 +482,7 @@ impl GitHubSim {
             latency: Duration::ZERO,
             log: Vec::new(),
             seq: 0,
+            dead_after: DEFAULT_DEAD_AFTER,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -491,7 +505,15 @@ impl GitHubSim {
     }
 
     fn st(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap()
+        let mut st = self.state.lock().unwrap();
+        st.reap();
+        st
+    }
+
+    /// How long a runner whose process stopped sending heartbeats keeps its state (online or
+    /// busy) before it is offline and idle, like GitHub noticing a dead runner.
+    pub fn set_dead_after(&self, d: Duration) {
+        self.st().dead_after = d;
     }
 
     /// `127.0.0.1:PORT`.
@@ -772,6 +794,17 @@ impl Drop for GitHubSim {
 }
 
 impl State {
+    /// Turns runners whose process went silent for `dead_after` offline and idle.
+    fn reap(&mut self) {
+        let dead_after = self.dead_after;
+        for r in self.runners.values_mut() {
+            if r.last_seen.is_some_and(|t| t.elapsed() > dead_after) {
+                r.set_state(RunnerState::Offline);
+                r.last_seen = None;
+            }
+        }
+    }
+
     fn add_fault(&mut self, method: &str, prefix: &str, trigger: Trigger, fault: Fault) {
         let reset_epoch = match &fault {
             Fault::PrimaryLimit { reset_in } => {
@@ -824,6 +857,7 @@ impl State {
                 work_folder: work_folder.into(),
                 secret: random_token("", 40),
                 label_ids,
+                last_seen: None,
             },
         );
         id
@@ -1081,6 +1115,7 @@ fn handle(state: &Mutex<State>, req: &Request) -> Outcome {
     let wall = SystemTime::now();
     let (latency, fault, api_path, seq) = {
         let mut st = state.lock().unwrap();
+        st.reap();
         let api_path = match req.path.strip_prefix(st.base.as_str()) {
             Some(p) if !st.base.is_empty() && (p.is_empty() || p.starts_with('/')) => {
                 if p.is_empty() {
@@ -1875,10 +1910,16 @@ fn sim_endpoint(st: &mut State, req: &Request, path: &str) -> Reply {
             if given != r.secret {
                 return Reply::error(403, "wrong runner secret");
             }
+            r.last_seen = Some(Instant::now());
             match *event {
                 "online" => r.set_state(RunnerState::Online),
                 "job-started" => r.set_state(RunnerState::Busy),
-                "offline" => r.set_state(RunnerState::Offline),
+                "heartbeat" if r.status == "offline" => r.set_state(RunnerState::Online),
+                "heartbeat" => {}
+                "offline" => {
+                    r.set_state(RunnerState::Offline);
+                    r.last_seen = None;
+                }
                 "job-finished" => {
                     r.set_state(RunnerState::Online);
                     if r.ephemeral {
@@ -2930,6 +2971,50 @@ mod tests {
             .map(|e| format!("/_sim/runners/{id}/{e} 200"))
             .collect();
         assert_eq!(events, want);
+    }
+
+    #[test]
+    fn a_dead_runner_stays_busy_for_a_while_and_cannot_be_deleted_meanwhile() {
+        let sim = GitHubSim::start();
+        let repo = sim.add_repo("o/r");
+        sim.add_pat("pat", &[&repo]);
+        sim.set_dead_after(Duration::from_millis(1500));
+        let jit = "/repos/o/r/actions/runners/generate-jitconfig";
+        let r = call(&sim, "POST", jit, Some("pat"), Some(jit_body("dead-1", 1)));
+        let id = r.body["runner"]["id"].as_u64().unwrap();
+        let secret = sim.runner(id).unwrap().secret;
+        let report = |event: &str| {
+            let path = format!("/_sim/runners/{id}/{event}");
+            raw(sim.addr(), "POST", &path, &[], secret.as_bytes())
+                .unwrap()
+                .status
+        };
+        assert_eq!(report("online"), 200);
+        assert_eq!(report("job-started"), 200);
+        let started = Instant::now();
+        // Heartbeats keep it alive past the delay.
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(report("heartbeat"), 200);
+        }
+        assert_eq!(sim.runner(id).unwrap().state(), RunnerState::Busy);
+        // The process dies: no heartbeat. Busy, and not deletable, until the simulator notices.
+        let died = Instant::now();
+        let del = format!("/repos/o/r/actions/runners/{id}");
+        loop {
+            let state = sim.runner(id).unwrap().state();
+            if state == RunnerState::Offline {
+                break;
+            }
+            assert_eq!(state, RunnerState::Busy);
+            assert_eq!(call(&sim, "DELETE", &del, Some("pat"), None).status, 422);
+            assert!(died.elapsed() < Duration::from_secs(30), "never noticed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(died.elapsed() >= Duration::from_millis(1500));
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        assert_eq!(call(&sim, "DELETE", &del, Some("pat"), None).status, 204);
+        assert!(sim.runner(id).is_none());
     }
 
     #[test]
