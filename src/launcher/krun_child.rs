@@ -10,7 +10,9 @@
 //! 3. configure a libkrun context: vCPUs and RAM, the root, one virtio-fs device per share,
 //!    workdir, rlimits, the workload with an explicit environment (never envp=NULL, which would
 //!    copy krunner's whole environment into the guest), the console file;
-//! 4. `krun_start_enter`.
+//! 4. set no_new_privs and drop every capability but the file ones virtio-fs needs
+//!    ([`super::privileges`]);
+//! 5. `krun_start_enter`.
 //!
 //! Every libkrun call's negative-errno return is checked and reported as a [`spec::Event::Failed`]
 //! naming the call. stdin is /dev/null (the parent arranges it): libkrun puts a TTY stdin into
@@ -24,6 +26,7 @@ use std::path::Path;
 use krunner_sys as krun;
 use nix::sys::signal::Signal;
 
+use super::privileges;
 use super::spec::{self, Event, LaunchSpec};
 use super::sys::{prepare_private_root, LinuxSys};
 
@@ -241,6 +244,11 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
         }
     };
     spec::emit(&spec.events, &Event::Configured);
+    // Mounts are done and libkrun is configured: what is left needs only file capabilities.
+    // Still single-threaded here, so every VMM thread inherits the reduced sets.
+    if let Err(e) = privileges::restrict_to(privileges::VMM_KEEPS) {
+        return fail("drop privileges", None, crate::error_chain(&e));
+    }
     spec::emit(&spec.events, &Event::Entering);
     let e = ctx.start_enter();
     let hint = match &e {

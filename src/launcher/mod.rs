@@ -16,6 +16,7 @@
 //! - [`leftovers`]: removing run directories and the mounts left under them;
 //! - [`libkrunfw`]: finding the guest kernel library;
 //! - [`spec`]: the parent–child contract: the launch spec and the child's events;
+//! - [`privileges`]: what the VMM keeps of root;
 //! - [`untrusted`]: reading a file the guest wrote without trusting it;
 //! - [`krun_child`], [`ns_child`]: the child entry points; [`sys`]: their system calls.
 
@@ -24,6 +25,7 @@ pub mod leftovers;
 pub mod libkrunfw;
 pub mod ns_child;
 mod prepare;
+pub mod privileges;
 pub mod run;
 pub mod spec;
 pub mod supervise;

@@ -308,6 +308,28 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
     );
     let vmm = processes_with("__krun-child");
     assert!(!vmm.is_empty(), "a VMM process runs the guest");
+    // The VMM that served the guest's write above keeps only file capabilities, and can gain
+    // none through an exec.
+    let vmm_pid = vmm[0].split(':').next().unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{vmm_pid}/status")).unwrap_or_default();
+    let caps = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_MODULE: u32 = 16;
+    const CAP_SYS_PTRACE: u32 = 19;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_DAC_OVERRIDE: u32 = 1;
+    let eff = caps("CapEff:").unwrap_or(u64::MAX);
+    let bnd = caps("CapBnd:").unwrap_or(u64::MAX);
+    let vmm_status_ok = status.contains("NoNewPrivs:\t1")
+        && [CAP_NET_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_ADMIN]
+            .iter()
+            .all(|c| eff & (1 << c) == 0 && bnd & (1 << c) == 0)
+        && eff & (1 << CAP_DAC_OVERRIDE) != 0;
     signal(pid, Signal::SIGKILL);
     if let Err(e) = exit_within(running, 30) {
         panic!("krunner's output did not end after SIGKILL: something holds its pipes\n{e}\nVMMs: {:?}", processes_with("__krun-child"));
@@ -316,6 +338,10 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
         wait_for(10, || processes_with("__krun-child").is_empty()),
         "every VMM dies with krunner: {:?}",
         processes_with("__krun-child")
+    );
+    assert!(
+        vmm_status_ok,
+        "the VMM holds no more than file capabilities, with no_new_privs:\n{status}"
     );
     // The run directory is left; the next krunner removes it (and nothing is mounted).
     let out = exec(&td, &fw, &[], &["true"]).run();
