@@ -78,8 +78,8 @@ mod tests {
         }
         let got = std::thread::spawn(|| {
             restrict_to(VMM_KEEPS).map_err(|e| e.to_string())?;
-            let status = std::fs::read_to_string("/proc/thread-self/status")
-                .map_err(|e| e.to_string())?;
+            let status =
+                std::fs::read_to_string("/proc/thread-self/status").map_err(|e| e.to_string())?;
             let eff = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
             let bnd = caps::read(None, CapSet::Bounding).map_err(|e| e.to_string())?;
             Ok::<_, String>((status, eff, bnd))
@@ -96,7 +96,10 @@ mod tests {
             .collect();
         assert!(want.contains(&Capability::CAP_DAC_OVERRIDE), "{want:?}");
         assert_eq!(eff, want);
-        assert!(bnd.is_subset(&VMM_KEEPS.iter().copied().collect()), "{bnd:?}");
+        assert!(
+            bnd.is_subset(&VMM_KEEPS.iter().copied().collect()),
+            "{bnd:?}"
+        );
         assert!(!eff.contains(&Capability::CAP_SYS_ADMIN));
         assert!(status.contains("NoNewPrivs:\t1"), "{status}");
         // This (test) thread is untouched.

@@ -402,15 +402,17 @@ exit 0
 /// Token mode: `config.sh` registers the runner in the simulator (as GitHub's does), the
 /// listener records its uid and exits without a job.
 const CONFIG_SH: &str = r#"#!/bin/sh
-url=""; name=""; prev=""
+url=""; name=""; labels=""; prev=""
 for a in "$@"; do
-  case "$prev" in --url) url=$a ;; --name) name=$a ;; esac
+  case "$prev" in --url) url=$a ;; --name) name=$a ;; --labels) labels=$a ;; esac
   prev=$a
 done
 [ -n "$name" ] || exit 4
 server=$(echo "$url" | busybox cut -d/ -f1-3)
 principal=${url#"$server"/}
-body="{\"scope\":\"repo:$principal\",\"name\":\"$name\",\"labels\":[\"krun\"],\"state\":\"online\"}"
+# The labels config.sh was given, the instance label among them, as GitHub records them.
+json_labels=$(echo "$labels" | busybox sed 's/,/","/g')
+body="{\"scope\":\"repo:$principal\",\"name\":\"$name\",\"labels\":[\"$json_labels\"],\"state\":\"online\"}"
 hp=${server#http://}
 answer=$(printf 'POST /_sim/runners HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %s\r\n\r\n%s' \
   "$hp" "${#body}" "$body" | busybox nc "${hp%:*}" "${hp##*:}" | busybox head -n 1)
@@ -441,7 +443,7 @@ fn token_runner_image() -> String {
     crate::util::oci::runner_image(
         Registry::shared(),
         &PUSHED,
-        "krun-token-runner:v1",
+        "krun-token-runner:v2",
         TOKEN_LISTENER,
         Some(CONFIG_SH),
     )

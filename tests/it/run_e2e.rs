@@ -173,7 +173,21 @@ fn three_loops_twice_each_give_six_jit_runners_and_leave_no_registration() {
 }
 
 /// Processes whose command line contains `needle`.
+///
+/// Reading /proc/PID/cmdline takes the process's mm lock, which a process stuck in its exit
+/// can hold for long: the scan runs in a thread of its own and gives up after 20 s, returning
+/// a line that says so (so a caller that expects no match fails, naming the cause).
 pub(crate) fn processes_with(needle: &str) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle = needle.to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send(scan_processes(&needle));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|_| vec!["(reading /proc/*/cmdline blocked for 20 s)".to_string()])
+}
+
+fn scan_processes(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
