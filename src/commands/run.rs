@@ -105,33 +105,15 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         };
-        let report = github
-            .reconcile(&prefix, &instance)
-            .await
-            .context("cannot remove this instance's stale runners")?;
-        if !report.deleted.is_empty() || !report.kept.is_empty() {
-            tracing::info!(
-                deleted = report.deleted.len(),
-                kept = report.kept.len(),
-                "reconciled runners left by an earlier krunner with prefix {prefix}"
-            );
-        }
-        let (registration, runner_group) = match args.registration {
-            RegistrationKind::Jit => (
-                RegistrationMode::Jit,
-                github
-                    .runner_group_id(&args.group)
-                    .await
-                    .with_context(|| format!("cannot resolve runner group {:?}", args.group))?,
-            ),
-            RegistrationKind::Token => (
-                RegistrationMode::Token {
-                    web_url: web_url(&base, &scope)?,
-                    group: (!matches!(scope, Scope::Repo { .. })).then(|| args.group.clone()),
-                },
-                crate::github::RunnerGroupId(1),
-            ),
+        // A stalled or rate-limiting API must not keep a stop signal from ending the start.
+        let prepared = tokio::select! {
+            p = prepare(&github, &args, &base, &scope, &prefix, &instance) => p?,
+            _ = shutdown.drain.cancelled() => {
+                tracing::info!("stopped before the first runner was registered");
+                return Ok(ExitCode::SUCCESS);
+            }
         };
+        let (registration, runner_group) = prepared;
         let cfg = PoolConfig {
             slots: usize::from(args.runners),
             repeat: args.repeat,
@@ -178,7 +160,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             image.reference
         );
         reporter.watch(
-            github.clone(),
+            github.hurry_on(&shutdown.force),
             shutdown.clone(),
             env_ms("KRUNNER_STATUS_POLL_MS").unwrap_or(state::POLL_INTERVAL),
         );
@@ -211,6 +193,45 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The start's GitHub calls: reconcile this instance's offline leftovers, then how runners
+/// register and in which group.
+async fn prepare(
+    github: &GitHub,
+    args: &RunArgs,
+    base: &Url,
+    scope: &Scope,
+    prefix: &str,
+    instance: &str,
+) -> anyhow::Result<(RegistrationMode, crate::github::RunnerGroupId)> {
+    let report = github
+        .reconcile(prefix, instance)
+        .await
+        .context("cannot remove this instance's stale runners")?;
+    if !report.deleted.is_empty() || !report.kept.is_empty() {
+        tracing::info!(
+            deleted = report.deleted.len(),
+            kept = report.kept.len(),
+            "reconciled runners left by an earlier krunner with prefix {prefix}"
+        );
+    }
+    Ok(match args.registration {
+        RegistrationKind::Jit => (
+            RegistrationMode::Jit,
+            github
+                .runner_group_id(&args.group)
+                .await
+                .with_context(|| format!("cannot resolve runner group {:?}", args.group))?,
+        ),
+        RegistrationKind::Token => (
+            RegistrationMode::Token {
+                web_url: web_url(base, scope)?,
+                group: (!matches!(scope, Scope::Repo { .. })).then(|| args.group.clone()),
+            },
+            crate::github::RunnerGroupId(1),
+        ),
     })
 }
 

@@ -95,6 +95,14 @@ pub enum GitHubError {
         #[source]
         source: reqwest::Error,
     },
+    /// krunner is stopping and the request got no answer in its last, short attempt.
+    #[error("GitHub {method} {path}: no answer, and krunner is stopping")]
+    Abandoned {
+        /// HTTP method.
+        method: String,
+        /// Path below the API base.
+        path: String,
+    },
     /// A 2xx body that does not have the shape we expect.
     #[error("GitHub {method} {path}: unexpected response body: {reason}")]
     Decode {

@@ -213,7 +213,8 @@ impl Pool {
             let slot = slot::Slot {
                 index,
                 cfg: self.cfg.clone(),
-                github: self.github.clone(),
+                // A forced stop must not wait for GitHub: deletions get one short try.
+                github: self.github.hurry_on(&shutdown.force),
                 launcher: self.launcher.clone(),
                 boots: boots.clone(),
                 shutdown: shutdown.clone(),

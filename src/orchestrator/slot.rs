@@ -167,7 +167,16 @@ impl Slot {
             _ = self.shutdown.drain.cancelled() => return Ok(TurnEnd::Stopped),
         };
         tracing::debug!(slot = self.index, runner = %name, "registering");
-        let held = self.register(&name).await?;
+        let held = match self.register(&name).await {
+            Ok(h) => h,
+            // Gave up waiting because of the shutdown; a registration that got through
+            // unanswered is removed by the next start's reconcile.
+            Err(e) if self.shutdown.requested() => {
+                tracing::info!(slot = self.index, runner = %name, "shutdown: registration abandoned: {}", crate::error_chain(&e));
+                return Ok(TurnEnd::Stopped);
+            }
+            Err(e) => return Err(e),
+        };
         if self.shutdown.requested() {
             // The request came while registering: undo it instead of booting.
             self.deregister(&held).await;
@@ -254,16 +263,16 @@ impl Slot {
         }
     }
 
-    /// Registers runner `name`.
+    /// Registers runner `name`; gives up waiting for GitHub once a drain is requested.
     async fn register(&self, name: &str) -> Result<Held, OrchestratorError> {
         let gh = |op: String| {
             let slot = self.index;
             move |source| OrchestratorError::GitHub { slot, op, source }
         };
+        let github = self.github.hurry_on(&self.shutdown.drain);
         match &self.cfg.registration {
             RegistrationMode::Jit => {
-                let jit = self
-                    .github
+                let jit = github
                     .generate_jit_config(&JitRequest {
                         name: name.to_string(),
                         runner_group_id: self.cfg.runner_group,
@@ -279,8 +288,7 @@ impl Slot {
                 })
             }
             RegistrationMode::Token { web_url, group } => {
-                let token = self
-                    .github
+                let token = github
                     .registration_token()
                     .await
                     .map_err(gh(format!("getting a registration token for {name}")))?;

@@ -28,6 +28,7 @@ fn fast_retry() -> RetryPolicy {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(200),
         secondary_min_wait: Duration::from_millis(200),
+        max_wait: Duration::from_secs(15 * 60),
         request_timeout: Duration::from_secs(5),
     }
 }

@@ -240,6 +240,95 @@ fn a_second_sigint_forces_busy_runners_down_and_deletes_them() {
     assert!(left.is_empty(), "guest processes left: {left:?}\n{ctx}");
 }
 
+/// Arms faults on every later call about the runners of the repo: the busy lookup gets a
+/// primary rate limit that resets in an hour, deletions of `limited` a `retry-after: 3600`,
+/// deletions of `stalled` no answer for an hour, registrations a secondary limit.
+fn rate_limit_and_stall(f: &Fixture, limited: u64, stalled: u64) {
+    let runners = "/repos/owner/repo/actions/runners";
+    let hour = Duration::from_secs(3600);
+    f.sim.fail_next(
+        "DELETE",
+        &format!("{runners}/{limited}"),
+        1000,
+        Fault::TooManyRequests { retry_after: 3600 },
+    );
+    f.sim.fail_next(
+        "DELETE",
+        &format!("{runners}/{stalled}"),
+        1000,
+        Fault::Slow(hour),
+    );
+    f.sim
+        .fail_next("GET", runners, 1000, Fault::PrimaryLimit { reset_in: hour });
+    f.sim.fail_next(
+        "POST",
+        runners,
+        1000,
+        Fault::SecondaryLimit {
+            retry_after: Some(3600),
+        },
+    );
+}
+
+#[test]
+fn a_forced_stop_ends_krunner_while_github_rate_limits_and_stalls() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("run-force-limited");
+    let long = marker(5);
+    std::fs::write(f.mode.join("busy"), &long).unwrap();
+    let running = krunner_run(&f, &["-n", "2", "--drain-timeout", "600"])
+        .env("KRUNNER_STATUS_POLL_MS", "200")
+        .spawn();
+    let pid = running.pid();
+    let running = await_runners(&f, running, 2, RunnerState::Busy);
+    let ids: Vec<u64> = f.sim.runners().iter().map(|r| r.id).collect();
+    rate_limit_and_stall(&f, ids[0], ids[1]);
+
+    signal(pid, Signal::SIGINT);
+    // The drain's busy lookup is now waiting out the rate limit.
+    let limited = wait_for(30, || {
+        f.sim
+            .requests()
+            .iter()
+            .any(|l| l.method == "GET" && l.status == 403)
+    });
+    let second = Instant::now();
+    signal(pid, Signal::SIGINT);
+    let out = exit_within(running, 30);
+    let took = second.elapsed();
+    let ctx = format!(
+        "{}\nsim log:\n{}",
+        out.as_ref().map_or_else(Clone::clone, |o| o.to_string()),
+        f.sim.log_text()
+    );
+    assert!(limited, "the busy lookup never met the rate limit\n{ctx}");
+    let out = out.unwrap_or_else(|e| panic!("{e}"));
+    out.success().never_shows("e2e-token");
+    assert!(
+        took < Duration::from_secs(30),
+        "the forced stop took {took:?}\n{ctx}"
+    );
+    for id in &ids {
+        let path = format!("/repos/owner/repo/actions/runners/{id}");
+        let tries = f
+            .sim
+            .requests()
+            .iter()
+            .filter(|l| l.method == "DELETE" && l.path == path)
+            .count();
+        assert_eq!(tries, 1, "one last try to delete runner {id}\n{ctx}");
+    }
+    assert!(
+        out.stderr.contains("cannot delete the registration"),
+        "the runners left behind are reported\n{ctx}"
+    );
+    assert!(names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
+    let left = guests_left(&f, &long);
+    assert!(left.is_empty(), "guest processes left: {left:?}\n{ctx}");
+}
+
 #[test]
 fn sigkill_then_restart_sweeps_run_dirs_and_reconciles_only_its_own_runners() {
     if skip(NEEDS) {
