@@ -177,6 +177,7 @@ impl Slot {
             }
             Err(e) => return Err(e),
         };
+        self.sink.registered(held.id);
         if self.shutdown.requested() {
             // The request came while registering: undo it instead of booting.
             self.deregister(&held).await;
