@@ -428,9 +428,21 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_PULL", value_enum, default_value_t = PullPolicy::Missing)]
     pub pull: PullPolicy,
 
-    /// A host directory shared read-write with every guest at /cache (tool caches).
-    #[arg(long = "cache", env = "KRUNNER_CACHE", value_name = "HOST_DIR")]
-    pub shared_cache: Option<PathBuf>,
+    /// A host directory shared read-write with every job's guest at /cache (tool caches,
+    /// such as ~/.cargo or npm's). Never the image cache (--cache-dir): krunner refuses a
+    /// directory that is, contains or lies inside it.
+    #[arg(long = "job-cache", env = "KRUNNER_JOB_CACHE", value_name = "HOST_DIR")]
+    pub job_cache: Option<PathBuf>,
+
+    /// The old name of --job-cache: still accepted, with a warning.
+    #[arg(
+        long = "cache",
+        env = "KRUNNER_CACHE",
+        value_name = "HOST_DIR",
+        hide = true,
+        conflicts_with = "job_cache"
+    )]
+    pub old_job_cache: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464). Off by
     /// default; there is no authentication, so prefer a loopback address.
@@ -604,7 +616,7 @@ mod tests {
             "token",
             "--pull",
             "never",
-            "--cache",
+            "--job-cache",
             "/c",
             "--backend",
             "namespace",
@@ -628,7 +640,22 @@ mod tests {
         assert_eq!(r.labels, ["a", "b"]);
         assert_eq!(r.registration, RegistrationKind::Token);
         assert_eq!(r.pull, PullPolicy::Never);
-        assert_eq!(r.shared_cache, Some(PathBuf::from("/c")));
+        assert_eq!(r.job_cache, Some(PathBuf::from("/c")));
+        let old = Cli::try_parse_from(["krunner", "run", "-p", "o/r", "--cache", "/j"]).unwrap();
+        let Command::Run(old) = old.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            (old.job_cache, old.old_job_cache),
+            (None, Some(PathBuf::from("/j")))
+        );
+        let help = Cli::try_parse_from(["krunner", "run", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            help.contains("--job-cache") && !help.contains("--cache <"),
+            "{help}"
+        );
         assert_eq!(r.group, "Default");
         assert!(
             Cli::try_parse_from([

@@ -19,7 +19,7 @@ use crate::github::{
 };
 use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
-use crate::launcher::spec::Share;
+use crate::launcher::spec::{check_outside_cache, Share};
 use crate::metrics::Metrics;
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
 use crate::orchestrator::{BackoffPolicy, Pool, PoolConfig, RegistrationMode, Shutdown, SlotStop};
@@ -60,13 +60,14 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| cache_dir.join("logs"));
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
-    let mut shares = super::exec::user_shares(&args.guest);
-    if let Some(dir) = &args.shared_cache {
+    let mut shares = super::exec::user_shares(&args.guest, cache.root())?;
+    if let Some(dir) = job_cache(&args) {
+        check_outside_cache("--job-cache", dir, cache.root())?;
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the shared cache {}", dir.display()))?;
+            .with_context(|| format!("cannot create the job cache {}", dir.display()))?;
         shares.push(Share {
             tag: "krunner-cache".into(),
-            host: dir.clone(),
+            host: dir.to_path_buf(),
             guest: "/cache".into(),
             read_only: false,
         });
@@ -265,6 +266,18 @@ fn retry_policy() -> RetryPolicy {
         max_delay: env_ms("KRUNNER_GITHUB_RETRY_MAX_MS").unwrap_or(d.max_delay),
         ..d
     }
+}
+
+/// `--job-cache`, or its old name `--cache` (with a warning: next to `--cache-dir` it reads
+/// as the image cache, which must never be shared with jobs).
+fn job_cache(args: &RunArgs) -> Option<&Path> {
+    if let Some(old) = &args.old_job_cache {
+        tracing::warn!(
+            "--cache (KRUNNER_CACHE) is now --job-cache (KRUNNER_JOB_CACHE); the old name will go"
+        );
+        return Some(old);
+    }
+    args.job_cache.as_deref()
 }
 
 /// The credentials, read into [`Secret`]s at once.

@@ -344,3 +344,44 @@ fn run_on_a_kvm_that_cannot_boot_guests_explains_the_failure() {
     assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
     assert!(names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
 }
+
+#[test]
+fn shares_of_the_image_cache_are_refused_and_the_old_cache_flag_warns() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("run-job-cache");
+    let cache = f.td.cache();
+    let inside = cache.join("jobs");
+    let out = krunner_run(&f, &["--job-cache", inside.to_str().unwrap()]).run();
+    out.failure(1);
+    let err = out.error_text();
+    assert!(
+        err.contains("--job-cache")
+            && err.contains("lies inside the image cache")
+            && err.contains(inside.to_str().unwrap())
+            && err.contains(&format!("the image cache {}", cache.display())),
+        "{out}"
+    );
+    assert!(!inside.exists(), "nothing is created in the cache\n{out}");
+    let out = krunner_run(&f, &["-M", &format!("{}:/all", f.td.path().display())]).run();
+    out.failure(1);
+    assert!(
+        out.error_text().contains("contains the image cache"),
+        "{out}"
+    );
+    assert_eq!(f.sim.count("*", "/"), 0, "refused before any GitHub call");
+
+    let jobs = f.td.join("jobs");
+    let out = krunner_run(&f, &["-r", "1", "--cache", jobs.to_str().unwrap()]).run();
+    out.success();
+    assert!(
+        out.stderr
+            .contains("--cache (KRUNNER_CACHE) is now --job-cache (KRUNNER_JOB_CACHE)"),
+        "{out}"
+    );
+    assert!(
+        jobs.is_dir(),
+        "the old name still shares the directory\n{out}"
+    );
+}
