@@ -399,7 +399,8 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_REGISTRATION", value_enum, default_value_t = RegistrationKind::Jit)]
     pub registration: RegistrationKind,
 
-    /// Runner name prefix; names are PREFIX-LOOP-SEQ [default: this host's name].
+    /// Runner name prefix; names are PREFIX-LOOP-SEQ, at most 64 characters: letters, digits,
+    /// '-', '_' and '.', at most 51 characters (fewer from -n 11) [default: this host's name].
     #[arg(long, env = "KRUNNER_NAME_PREFIX")]
     pub name_prefix: Option<String>,
 
@@ -420,7 +421,8 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_MAX_CONCURRENT_BOOTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_boots: u16,
 
-    /// Directory for one log file per run (the last 50 are kept) [default: CACHE_DIR/logs].
+    /// Directory for one log file per run (the last 50 of this instance are kept; other
+    /// instances' logs are left alone) [default: CACHE_DIR/logs].
     #[arg(long, env = "KRUNNER_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 

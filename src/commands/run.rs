@@ -15,7 +15,8 @@ use url::Url;
 
 use crate::cli::{GlobalArgs, PullPolicy, RegistrationKind, RunArgs};
 use crate::github::{
-    api_base, default_name_prefix, instance_label, Auth, ClientConfig, GitHub, RetryPolicy, Scope,
+    api_base, default_name_prefix, instance_label, validate_name_prefix, Auth, ClientConfig,
+    GitHub, RetryPolicy, Scope,
 };
 use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
@@ -47,6 +48,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     })
     .context("cannot set up the GitHub client")?;
     let prefix = args.name_prefix.clone().unwrap_or_else(default_name_prefix);
+    validate_name_prefix(&prefix, usize::from(args.runners))?;
     let instance = instance_label(&prefix);
     let labels = labels(&args.labels, &args.image, &instance);
 

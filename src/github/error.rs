@@ -150,6 +150,14 @@ pub enum GitHubError {
         /// Its state, such as "online" or "busy".
         state: String,
     },
+    /// A `--name-prefix` GitHub would not take in runner names.
+    #[error("--name-prefix {prefix:?} cannot be used: {reason}")]
+    NamePrefix {
+        /// The prefix given.
+        prefix: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Invalid settings: scope, API base, runner group for the repo scope.
     #[error("{0}")]
     Config(String),

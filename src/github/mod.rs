@@ -39,7 +39,10 @@ pub use models::{
     JitConfig, JitRequest, RateLimit, ReconcileReport, RegistrationToken, Runner, RunnerGroupId,
     RunnerId,
 };
-pub use scope::{api_base, default_name_prefix, instance_label, runner_name, Scope};
+pub use scope::{
+    api_base, default_name_prefix, instance_label, max_name_prefix, runner_name,
+    validate_name_prefix, Scope, MAX_RUNNER_NAME,
+};
 
 use auth::Credentials;
 use http::{Cred, Response, Sleeper};

@@ -385,3 +385,31 @@ fn shares_of_the_image_cache_are_refused_and_the_old_cache_flag_warns() {
         "the old name still shares the directory\n{out}"
     );
 }
+
+#[test]
+fn a_name_prefix_github_would_refuse_is_an_error_before_any_call() {
+    let td = TestDir::new("run-bad-prefix");
+    let sim = GitHubSim::start();
+    let repo = sim.add_repo("owner/repo");
+    sim.add_pat("e2e-token", &[&repo]);
+    let long = "p".repeat(52);
+    for (prefix, why) in [
+        ("bad name", "' ' is not allowed"),
+        ("a/b", "'/' is not allowed"),
+        (long.as_str(), "52 characters, at most 51 with -n 1"),
+    ] {
+        let out = td
+            .krunner()
+            .env("KRUNNER_TOKEN", "e2e-token")
+            .args(["run", "--api-url", &sim.api_url(), "-p", "owner/repo"])
+            .args(["--name-prefix", prefix])
+            .run();
+        out.failure(1);
+        let err = out.error_text();
+        assert!(
+            err.contains(&format!("--name-prefix {prefix:?}")) && err.contains(why),
+            "{out}"
+        );
+    }
+    assert_eq!(sim.count("*", "/"), 0, "{}", sim.log_text());
+}
