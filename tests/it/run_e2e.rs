@@ -236,8 +236,8 @@ fn sigint_while_idle_stops_at_once_and_leaves_nothing() {
     out.success().never_shows("e2e-token");
     let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
     assert!(
-        took < Duration::from_secs(8),
-        "idle runners must stop at once; took {took:?}\n{ctx}"
+        took < Duration::from_secs(20),
+        "idle runners must stop at once, not after the 600 s drain; took {took:?}\n{ctx}"
     );
     assert!(
         f.sim.runners().is_empty(),
