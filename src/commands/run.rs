@@ -246,8 +246,8 @@ async fn prepare(
 ///   of the GitHub client's backoff on 5xx and transport errors ([`RetryPolicy`]);
 /// - `KRUNNER_BACKOFF_BASE_MS`: the first step of a loop's backoff after a failed turn
 ///   ([`BackoffPolicy`]);
-/// - `KRUNNER_STATUS_POLL_MS`: how often the runner listing behind `krunner status`'s idle and
-///   busy states is fetched ([`state::POLL_INTERVAL`]).
+/// - `KRUNNER_STATUS_POLL_MS`: the least time between the status polls behind
+///   `krunner status`'s idle and busy states ([`state::POLL_INTERVAL`]).
 fn env_ms(name: &str) -> Option<Duration> {
     let v = std::env::var(name).ok()?;
     match v.trim().parse::<u64>() {
