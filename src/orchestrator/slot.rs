@@ -412,7 +412,7 @@ async fn drain_watch(
 
 /// Keeps the `keep` newest run logs of the instance with `prefix` in `dir`; best effort
 /// (slots prune concurrently). Other instances may share the directory: only names of the
-/// form [`Slot::log_path`] writes for this prefix, `{prefix}-{slot}-{seq}-{secs}.log`, count.
+/// form the slots write for this prefix, `{prefix}-{slot}-{seq}-{secs}.log`, count.
 pub fn prune_logs(dir: &Path, prefix: &str, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
