@@ -399,8 +399,9 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_REGISTRATION", value_enum, default_value_t = RegistrationKind::Jit)]
     pub registration: RegistrationKind,
 
-    /// Runner name prefix; names are PREFIX-LOOP-SEQ, at most 64 characters: letters, digits,
-    /// '-', '_' and '.', at most 51 characters (fewer from -n 11) [default: this host's name].
+    /// Runner name prefix; names are PREFIX-LOOP-SEQ, within GitHub's 64 characters. Letters,
+    /// digits, '-', '_' and '.'; at most 51 characters (50 from -n 11, 48 from -n 101)
+    /// [default: this host's name].
     #[arg(long, env = "KRUNNER_NAME_PREFIX")]
     pub name_prefix: Option<String>,
 
