@@ -211,7 +211,7 @@ pub const MAX_RUNNER_NAME: usize = 64;
 const SEQ_DIGITS: usize = 10;
 
 /// The longest `--name-prefix` for `slots` loops: `{prefix}-{slot}-{seq}` stays within
-/// [`MAX_RUNNER_NAME`] with [`SEQ_DIGITS`] digits for `seq`.
+/// [`MAX_RUNNER_NAME`] with 10 digits for `seq` (10^10 runs).
 pub fn max_name_prefix(slots: usize) -> usize {
     let slot_digits = slots.saturating_sub(1).to_string().len();
     MAX_RUNNER_NAME.saturating_sub(2 + slot_digits + SEQ_DIGITS)
