@@ -138,9 +138,8 @@ impl GitHub {
 
     /// A clone whose calls stop waiting once `signal` fires: a retry wait (`retry-after`, a
     /// rate-limit reset, a backoff) ends at once and the call gives up with its last answer,
-    /// the mutation lock is not waited for, and a request gets one attempt of at most
-    /// 5 s. What a stopping krunner uses, so a stalled or rate-limiting
-    /// API cannot hold a shutdown.
+    /// the mutation lock is not waited for, and a request gets one attempt of at most 5 s.
+    /// What a stopping krunner uses, so a stalled or rate-limiting API cannot hold a shutdown.
     pub fn hurry_on(&self, signal: &Cancel) -> GitHub {
         GitHub {
             inner: self.inner.clone(),
