@@ -399,7 +399,9 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_REGISTRATION", value_enum, default_value_t = RegistrationKind::Jit)]
     pub registration: RegistrationKind,
 
-    /// Runner name prefix; names are PREFIX-LOOP-SEQ [default: this host's name].
+    /// Runner name prefix; names are PREFIX-LOOP-SEQ, within GitHub's 64 characters. Letters,
+    /// digits, '-', '_' and '.'; at most 51 characters (50 from -n 11, 48 from -n 101)
+    /// [default: this host's name].
     #[arg(long, env = "KRUNNER_NAME_PREFIX")]
     pub name_prefix: Option<String>,
 
@@ -442,7 +444,8 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_MAX_CONCURRENT_BOOTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_boots: u16,
 
-    /// Directory for one log file per run (the last 50 are kept) [default: CACHE_DIR/logs].
+    /// Directory for one log file per run (the last 50 of this instance are kept; other
+    /// instances' logs are left alone) [default: CACHE_DIR/logs].
     #[arg(long, env = "KRUNNER_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 
@@ -450,9 +453,21 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_PULL", value_enum, default_value_t = PullPolicy::Missing)]
     pub pull: PullPolicy,
 
-    /// A host directory shared read-write with every guest at /cache (tool caches).
-    #[arg(long = "cache", env = "KRUNNER_CACHE", value_name = "HOST_DIR")]
-    pub shared_cache: Option<PathBuf>,
+    /// A host directory shared read-write with every job's guest at /cache (tool caches,
+    /// such as ~/.cargo or npm's). Never the image cache (--cache-dir): krunner refuses a
+    /// directory that is, contains or lies inside it.
+    #[arg(long = "job-cache", env = "KRUNNER_JOB_CACHE", value_name = "HOST_DIR")]
+    pub job_cache: Option<PathBuf>,
+
+    /// The old name of --job-cache: still accepted, with a warning.
+    #[arg(
+        long = "cache",
+        env = "KRUNNER_CACHE",
+        value_name = "HOST_DIR",
+        hide = true,
+        conflicts_with = "job_cache"
+    )]
+    pub old_job_cache: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464). Off by
     /// default; there is no authentication, so prefer a loopback address.
@@ -626,7 +641,7 @@ mod tests {
             "token",
             "--pull",
             "never",
-            "--cache",
+            "--job-cache",
             "/c",
             "--backend",
             "namespace",
@@ -651,7 +666,22 @@ mod tests {
         assert_eq!(r.labels, ["a", "b"]);
         assert_eq!(r.registration, RegistrationKind::Token);
         assert_eq!(r.pull, PullPolicy::Never);
-        assert_eq!(r.shared_cache, Some(PathBuf::from("/c")));
+        assert_eq!(r.job_cache, Some(PathBuf::from("/c")));
+        let old = Cli::try_parse_from(["krunner", "run", "-p", "o/r", "--cache", "/j"]).unwrap();
+        let Command::Run(old) = old.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            (old.job_cache, old.old_job_cache),
+            (None, Some(PathBuf::from("/j")))
+        );
+        let help = Cli::try_parse_from(["krunner", "run", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            help.contains("--job-cache") && !help.contains("--cache <"),
+            "{help}"
+        );
         assert_eq!(r.group, "Default");
         assert!(
             Cli::try_parse_from([

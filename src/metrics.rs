@@ -79,8 +79,12 @@ pub struct Metrics {
 pub struct ApiStats {
     /// HTTP requests sent so far.
     pub calls: u64,
+    /// HTTP requests sent in the last hour (GitHub's rate-limit window).
+    pub calls_last_hour: u64,
     /// `x-ratelimit-remaining` of the last response, if any said.
     pub rate_limit_remaining: Option<u64>,
+    /// `x-ratelimit-limit` of the last response, if any said.
+    pub rate_limit_limit: Option<u64>,
 }
 
 impl ApiStats {
@@ -88,7 +92,9 @@ impl ApiStats {
     pub fn of(github: &GitHub) -> ApiStats {
         ApiStats {
             calls: github.api_calls(),
+            calls_last_hour: github.api_calls_last_hour(),
             rate_limit_remaining: github.rate_limit().remaining,
+            rate_limit_limit: github.rate_limit().limit,
         }
     }
 }
@@ -129,6 +135,12 @@ impl Metrics {
             api.calls.to_string(),
         );
         metric(
+            "krunner_github_api_calls_last_hour",
+            "gauge",
+            "GitHub API requests sent in the last hour, against the hourly rate limit.",
+            api.calls_last_hour.to_string(),
+        );
+        metric(
             "krunner_active_vms",
             "gauge",
             "Guests running now.",
@@ -141,6 +153,14 @@ impl Metrics {
                 "gauge",
                 "GitHub API requests left in the current rate-limit window.",
                 r.to_string(),
+            );
+        }
+        if let Some(l) = api.rate_limit_limit {
+            metric(
+                "krunner_github_rate_limit",
+                "gauge",
+                "GitHub API requests allowed per rate-limit window (an hour).",
+                l.to_string(),
             );
         }
         for (name, help, s) in [
@@ -268,7 +288,9 @@ mod tests {
         m.vm_lifetime.observe(Duration::from_secs(60));
         let text = m.render(ApiStats {
             calls: 42,
+            calls_last_hour: 40,
             rate_limit_remaining: Some(4900),
+            rate_limit_limit: Some(5000),
         });
         for line in [
             "# TYPE krunner_runs_started_total counter\nkrunner_runs_started_total 3\n",
@@ -277,6 +299,8 @@ mod tests {
             "krunner_github_api_calls_total 42\n",
             "# TYPE krunner_active_vms gauge\nkrunner_active_vms 1\n",
             "krunner_github_rate_limit_remaining 4900\n",
+            "# TYPE krunner_github_api_calls_last_hour gauge\nkrunner_github_api_calls_last_hour 40\n",
+            "# TYPE krunner_github_rate_limit gauge\nkrunner_github_rate_limit 5000\n",
             "# TYPE krunner_time_to_runner_online_seconds summary\n",
             "krunner_time_to_runner_online_seconds_sum 2\n",
             "krunner_time_to_runner_online_seconds_count 2\n",
@@ -294,7 +318,7 @@ mod tests {
     #[test]
     fn rate_limit_is_absent_until_known() {
         let text = Metrics::default().render(ApiStats::default());
-        assert!(!text.contains("rate_limit_remaining"));
+        assert!(!text.contains("rate_limit"));
         assert!(text.contains("krunner_github_api_calls_total 0\n"));
     }
 

@@ -1,5 +1,6 @@
 //! `krunner exec IMAGE -- CMD`: one throwaway guest, its output streamed, its status returned.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,20 +9,28 @@ use anyhow::Context;
 use crate::cli::{ExecArgs, GlobalArgs, GuestArgs};
 use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
-use crate::launcher::spec::Share;
+use crate::launcher::spec::{check_outside_cache, Share, ShareError};
 use crate::launcher::Backend;
 
-/// Shares from `-M` options: tags `krunner-m0`, `krunner-m1`, …
-pub fn user_shares(guest: &GuestArgs) -> Vec<Share> {
+/// Shares from `-M` options: tags `krunner-m0`, `krunner-m1`, …; none may touch the image
+/// cache at `cache`.
+pub fn user_shares(guest: &GuestArgs, cache: &Path) -> Result<Vec<Share>, ShareError> {
     guest
         .mounts
         .iter()
         .enumerate()
-        .map(|(i, m)| Share {
-            tag: format!("krunner-m{i}"),
-            host: m.host.clone(),
-            guest: m.guest.clone(),
-            read_only: m.read_only,
+        .map(|(i, m)| {
+            check_outside_cache(
+                &format!("-M {}:{}", m.host.display(), m.guest.display()),
+                &m.host,
+                cache,
+            )?;
+            Ok(Share {
+                tag: format!("krunner-m{i}"),
+                host: m.host.clone(),
+                guest: m.guest.clone(),
+                read_only: m.read_only,
+            })
         })
         .collect()
 }
@@ -38,6 +47,7 @@ pub fn warn_backend(backend: Backend) {
 /// Runs the command.
 pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let cache = super::open_cache(global)?;
+    let shares = user_shares(&args.guest, cache.root())?;
     let store = ImageStore::new(cache.clone());
     let opts = super::pull::pull_options(global, &args.registry, args.offline);
     warn_backend(args.guest.backend);
@@ -57,7 +67,7 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
             manifest: Some(image.manifest.clone()),
             cpus: args.guest.cpus,
             memory_mib: args.guest.memory,
-            shares: user_shares(&args.guest),
+            shares,
             workload: Workload::Command(args.command.clone()),
             env: Vec::new(),
             workdir: "/".into(),

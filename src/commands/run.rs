@@ -16,11 +16,12 @@ use url::Url;
 
 use crate::cli::{GlobalArgs, PullPolicy, RegistrationKind, RunArgs};
 use crate::github::{
-    api_base, default_name_prefix, instance_label, Auth, ClientConfig, GitHub, RetryPolicy, Scope,
+    api_base, default_name_prefix, instance_label, validate_name_prefix, Auth, ClientConfig,
+    GitHub, RetryPolicy, Scope,
 };
 use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
-use crate::launcher::spec::Share;
+use crate::launcher::spec::{check_outside_cache, Share};
 use crate::metrics::Metrics;
 use crate::orchestrator::identity;
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
@@ -49,6 +50,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     })
     .context("cannot set up the GitHub client")?;
     let prefix = args.name_prefix.clone().unwrap_or_else(default_name_prefix);
+    validate_name_prefix(&prefix, usize::from(args.runners))?;
     let cache_dir = super::cache_dir(global)?;
     let cache = super::open_cache(global)?;
     let instance = instance_label(&prefix, &identity::instance_id(cache.root())?);
@@ -65,13 +67,14 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         .mode(0o700)
         .create(&log_dir)
         .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
-    let mut shares = super::exec::user_shares(&args.guest);
-    if let Some(dir) = &args.shared_cache {
+    let mut shares = super::exec::user_shares(&args.guest, cache.root())?;
+    if let Some(dir) = job_cache(&args) {
+        check_outside_cache("--job-cache", dir, cache.root())?;
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the shared cache {}", dir.display()))?;
+            .with_context(|| format!("cannot create the job cache {}", dir.display()))?;
         shares.push(Share {
             tag: "krunner-cache".into(),
-            host: dir.clone(),
+            host: dir.to_path_buf(),
             guest: "/cache".into(),
             read_only: false,
         });
@@ -110,38 +113,24 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         };
-        let report = github
-            .reconcile(&prefix, &instance)
-            .await
-            .context("cannot remove this instance's stale runners")?;
-        if !report.deleted.is_empty() || !report.kept.is_empty() {
-            tracing::info!(
-                deleted = report.deleted.len(),
-                kept = report.kept.len(),
-                "reconciled runners left by an earlier krunner with prefix {prefix}"
-            );
-        }
-        let (registration, runner_group) = match args.registration {
-            RegistrationKind::Jit => (
-                RegistrationMode::Jit,
-                github
-                    .runner_group_id(&args.group)
-                    .await
-                    .with_context(|| format!("cannot resolve runner group {:?}", args.group))?,
-            ),
-            RegistrationKind::Token => (
-                RegistrationMode::Token {
-                    web_url: web_url(&base, &scope)?,
-                    group: (!matches!(scope, Scope::Repo { .. })).then(|| args.group.clone()),
-                },
-                crate::github::RunnerGroupId(1),
-            ),
+        // A stalled or rate-limiting API must not keep a stop signal from ending the start.
+        let prepared = tokio::select! {
+            p = prepare(&github, &args, &base, &scope, &prefix, &instance) => p?,
+            _ = shutdown.drain.cancelled() => {
+                tracing::info!("stopped before the first runner was registered");
+                return Ok(ExitCode::SUCCESS);
+            }
         };
+        let Prepared {
+            registration,
+            runner_group,
+            last_seq,
+        } = prepared;
         let cfg = PoolConfig {
             slots: usize::from(args.runners),
             repeat: args.repeat,
             name_prefix: prefix.clone(),
-            seq_floor: report.last_seq,
+            seq_floor: last_seq,
             labels,
             instance_label: instance.clone(),
             delete_deadline: Duration::from_secs(args.delete_deadline),
@@ -187,7 +176,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             image.reference
         );
         reporter.watch(
-            github.clone(),
+            github.hurry_on(&shutdown.force),
             shutdown.clone(),
             env_ms("KRUNNER_STATUS_POLL_MS").unwrap_or(state::POLL_INTERVAL),
         );
@@ -227,6 +216,60 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The start's GitHub calls: reconcile this instance's offline leftovers, then how runners
+/// register and in which group.
+async fn prepare(
+    github: &GitHub,
+    args: &RunArgs,
+    base: &Url,
+    scope: &Scope,
+    prefix: &str,
+    instance: &str,
+) -> anyhow::Result<Prepared> {
+    let report = github
+        .reconcile(prefix, instance)
+        .await
+        .context("cannot remove this instance's stale runners")?;
+    if !report.deleted.is_empty() || !report.kept.is_empty() {
+        tracing::info!(
+            deleted = report.deleted.len(),
+            kept = report.kept.len(),
+            "reconciled runners left by an earlier krunner with prefix {prefix}"
+        );
+    }
+    let (registration, runner_group) = match args.registration {
+        RegistrationKind::Jit => (
+            RegistrationMode::Jit,
+            github
+                .runner_group_id(&args.group)
+                .await
+                .with_context(|| format!("cannot resolve runner group {:?}", args.group))?,
+        ),
+        RegistrationKind::Token => (
+            RegistrationMode::Token {
+                web_url: web_url(base, scope)?,
+                group: (!matches!(scope, Scope::Repo { .. })).then(|| args.group.clone()),
+            },
+            crate::github::RunnerGroupId(1),
+        ),
+    };
+    Ok(Prepared {
+        registration,
+        runner_group,
+        last_seq: report.last_seq,
+    })
+}
+
+/// What the start learnt from GitHub before the first runner.
+struct Prepared {
+    /// How runners register.
+    registration: RegistrationMode,
+    /// The runner group JIT runners join.
+    runner_group: crate::github::RunnerGroupId,
+    /// Per slot, the highest sequence number in use (names continue after it).
+    last_seq: std::collections::BTreeMap<usize, u64>,
+}
+
 /// Hidden test and tuning knobs, environment only (no flags, not in `--help`): a duration in
 /// milliseconds from `name`, if set and a number. The e2e tests use them to keep fault runs
 /// short; an operator may use them to tune retries for a GitHub Enterprise Server.
@@ -235,8 +278,8 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
 ///   of the GitHub client's backoff on 5xx and transport errors ([`RetryPolicy`]);
 /// - `KRUNNER_BACKOFF_BASE_MS`: the first step of a loop's backoff after a failed turn
 ///   ([`BackoffPolicy`]);
-/// - `KRUNNER_STATUS_POLL_MS`: how often the runner listing behind `krunner status`'s idle and
-///   busy states is fetched ([`state::POLL_INTERVAL`]).
+/// - `KRUNNER_STATUS_POLL_MS`: the least time between the status polls behind
+///   `krunner status`'s idle and busy states ([`state::POLL_INTERVAL`]).
 fn env_ms(name: &str) -> Option<Duration> {
     let v = std::env::var(name).ok()?;
     match v.trim().parse::<u64>() {
@@ -257,6 +300,18 @@ fn retry_policy() -> RetryPolicy {
         max_delay: env_ms("KRUNNER_GITHUB_RETRY_MAX_MS").unwrap_or(d.max_delay),
         ..d
     }
+}
+
+/// `--job-cache`, or its old name `--cache` (with a warning: next to `--cache-dir` it reads
+/// as the image cache, which must never be shared with jobs).
+fn job_cache(args: &RunArgs) -> Option<&Path> {
+    if let Some(old) = &args.old_job_cache {
+        tracing::warn!(
+            "--cache (KRUNNER_CACHE) is now --job-cache (KRUNNER_JOB_CACHE); the old name will go"
+        );
+        return Some(old);
+    }
+    args.job_cache.as_deref()
 }
 
 /// The credentials, read into [`Secret`]s at once.

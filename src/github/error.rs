@@ -95,6 +95,14 @@ pub enum GitHubError {
         #[source]
         source: reqwest::Error,
     },
+    /// krunner is stopping and the request got no answer in its last, short attempt.
+    #[error("GitHub {method} {path}: no answer, and krunner is stopping")]
+    Abandoned {
+        /// HTTP method.
+        method: String,
+        /// Path below the API base.
+        path: String,
+    },
     /// A 2xx body that does not have the shape we expect.
     #[error("GitHub {method} {path}: unexpected response body: {reason}")]
     Decode {
@@ -142,6 +150,14 @@ pub enum GitHubError {
         name: String,
         /// Its state, such as "online", "busy" or "not ours (…)".
         state: String,
+    },
+    /// A `--name-prefix` GitHub would not take in runner names.
+    #[error("--name-prefix {prefix:?} cannot be used: {reason}")]
+    NamePrefix {
+        /// The prefix given.
+        prefix: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Invalid settings: scope, API base, runner group for the repo scope.
     #[error("{0}")]

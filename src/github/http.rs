@@ -1,8 +1,8 @@
 //! The one `send()` every call goes through, and the retry policy it applies.
 //!
-//! Steps, in order, for each request: take the mutation lock (POST/PUT/PATCH/DELETE on the
-//! scope, so bursts of registrations don't trip GitHub's secondary limits); pick the bearer
-//! (PAT, cached installation token, or a fresh App JWT); send with GitHub's headers and the
+//! Steps, in order, for each request: pick the bearer (PAT, cached installation token, or a
+//! fresh App JWT); take the mutation lock (POST/PUT/PATCH/DELETE on the scope, so bursts of
+//! registrations don't trip GitHub's secondary limits); send with GitHub's headers and the
 //! request timeout; record the `x-ratelimit-*` headers; then on failure consult [`decide`] and
 //! either sleep and resend, or map the response to a [`GitHubError`].
 //!
@@ -17,10 +17,13 @@
 //! | any other 4xx                                                  | give up at once                          |
 //! | any of the above after `max_retries` retries                   | give up                                  |
 //!
+//! No wait is longer than `max_wait` (15 min). The mutation lock is held for one request,
+//! never across a wait. A clone told to hurry ([`GitHub::hurry_on`], a stopping krunner)
+//! waits for nothing: it makes one short attempt and gives up.
+//!
 //! A 401 on an installation token is answered once by renewing the token, outside this count.
 //! Sleeps go through an injectable sleeper so tests run without waiting.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,18 +49,22 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Least wait after a secondary rate limit without `retry-after` (GitHub: one minute).
     pub secondary_min_wait: Duration,
+    /// Cap of any one wait, whatever `retry-after` or `x-ratelimit-reset` ask for: a wrong
+    /// clock or header cannot park a call for hours.
+    pub max_wait: Duration,
     /// Timeout of one request, connect to last body byte.
     pub request_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
-    /// 5 retries, 1 s base, 60 s cap, 60 s secondary wait, 30 s timeout.
+    /// 5 retries, 1 s base, 60 s cap, 60 s secondary wait, 15 min longest wait, 30 s timeout.
     fn default() -> Self {
         RetryPolicy {
             max_retries: 5,
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(60),
             secondary_min_wait: Duration::from_secs(60),
+            max_wait: Duration::from_secs(15 * 60),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -141,9 +148,23 @@ pub(crate) enum Failure<'a> {
     },
 }
 
-/// The retry decision table (see the module header). `attempt` counts retries already made
-/// (0 after the first failure), `now` is UTC epoch seconds and `jitter` a number in [0, 1].
+/// The retry decision table (see the module header), every wait capped at `max_wait`.
+/// `attempt` counts retries already made (0 after the first failure), `now` is UTC epoch
+/// seconds and `jitter` a number in [0, 1].
 pub(crate) fn decide(
+    policy: &RetryPolicy,
+    failure: &Failure<'_>,
+    attempt: u32,
+    now: u64,
+    jitter: f64,
+) -> Decision {
+    match decide_uncapped(policy, failure, attempt, now, jitter) {
+        Decision::Retry(wait) => Decision::Retry(wait.min(policy.max_wait)),
+        Decision::GiveUp => Decision::GiveUp,
+    }
+}
+
+fn decide_uncapped(
     policy: &RetryPolicy,
     failure: &Failure<'_>,
     attempt: u32,
@@ -245,8 +266,26 @@ pub(crate) fn tokio_sleeper() -> Sleeper {
     Arc::new(|d| Box::pin(tokio::time::sleep(d)))
 }
 
+/// The `Authorization` value for `token`, marked sensitive so reqwest's and hyper's Debug
+/// output never shows it.
+fn auth_header(token: &Secret) -> Result<HeaderValue, GitHubError> {
+    // Built inside a Secret so the temporary string is zeroed too.
+    let bearer = Secret::new(format!("Bearer {}", token.expose().trim()));
+    let mut auth = HeaderValue::from_str(bearer.expose()).map_err(|_| {
+        GitHubError::Config(
+            "the GitHub token contains characters not allowed in an HTTP header".into(),
+        )
+    })?;
+    auth.set_sensitive(true);
+    Ok(auth)
+}
+
 /// GitHub's REST API version header value this client is written against.
 const API_VERSION: &str = "2022-11-28";
+
+/// Timeout of a request sent, or still in flight, once the client is told to hurry: a
+/// stopping krunner makes one last short attempt instead of waiting for a stalled API.
+pub(crate) const HURRY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What one attempt got.
 enum Attempt {
@@ -256,10 +295,25 @@ enum Attempt {
         headers: HeaderMap,
         body: Response,
     },
+    /// Still no answer [`HURRY_TIMEOUT`] after the client was told to hurry.
+    Abandoned,
+}
+
+/// One call: what [`GitHub::attempt`] needs besides the bearer.
+struct Call<'a> {
+    method: &'a Method,
+    url: &'a url::Url,
+    path: &'a str,
+    body: Option<&'a [u8]>,
+    cred: Cred,
 }
 
 impl GitHub {
     /// Sends one API call with retries; `path` is below the API base and may carry a query.
+    ///
+    /// Once the client's hurry signal ([`GitHub::hurry_on`]) fires, a retry wait ends at once
+    /// and the call gives up with the last answer; a request makes one attempt of at most
+    /// [`HURRY_TIMEOUT`].
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -267,19 +321,15 @@ impl GitHub {
         body: Option<Vec<u8>>,
         cred: Cred,
     ) -> Result<Response, GitHubError> {
-        let inner = &*self.inner;
-        let url = url::Url::parse(&format!("{}{path}", inner.base_str)).map_err(|e| {
+        let url = url::Url::parse(&format!("{}{path}", self.inner.base_str)).map_err(|e| {
             GitHubError::Config(format!("cannot build the URL for {method} {path}: {e}"))
         })?;
-        let mutating = cred == Cred::Token
-            && matches!(
-                method,
-                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-            );
-        let _serial = if mutating {
-            Some(inner.mutate.lock().await)
-        } else {
-            None
+        let call = Call {
+            method: &method,
+            url: &url,
+            path,
+            body: body.as_deref(),
+            cred,
         };
         let mut attempt = 0u32;
         let mut renewed = false;
@@ -288,124 +338,168 @@ impl GitHub {
                 Cred::Token => self.bearer().await?,
                 Cred::AppJwt => self.app_jwt()?,
             };
-            // Built inside a Secret so the temporary string is zeroed too; `set_sensitive`
-            // keeps the header out of reqwest's and hyper's Debug output.
-            let bearer = Secret::new(format!("Bearer {}", token.expose().trim()));
-            let mut auth = HeaderValue::from_str(bearer.expose()).map_err(|_| {
-                GitHubError::Config(
-                    "the GitHub token contains characters not allowed in an HTTP header".into(),
-                )
-            })?;
-            auth.set_sensitive(true);
-            let mut rb = inner
-                .http
-                .request(method.clone(), url.clone())
-                .header(ACCEPT, "application/vnd.github+json")
-                .header("X-GitHub-Api-Version", API_VERSION)
-                .header(AUTHORIZATION, auth);
-            if let Some(b) = &body {
-                rb = rb.header(CONTENT_TYPE, "application/json").body(b.clone());
-            }
-            inner.calls.fetch_add(1, Ordering::Relaxed);
-            let outcome = match rb.send().await {
-                Err(e) => Attempt::Transport(e),
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let headers = resp.headers().clone();
-                    self.record_rate_limit(&headers, &method, path, status);
-                    match resp.bytes().await {
-                        Err(e) => Attempt::Transport(e),
-                        Ok(bytes) => Attempt::Answer {
-                            status,
-                            headers,
-                            body: Response {
-                                body: Vec::from(bytes),
-                            },
-                        },
-                    }
-                }
-            };
+            let outcome = self.attempt(&call, &token).await?;
             let outcome = match outcome {
                 Attempt::Answer { status, body, .. } if (200..300).contains(&status) => {
                     return Ok(body)
                 }
-                other => other,
-            };
-            let decision = match &outcome {
-                Attempt::Transport(e) => {
-                    let d = decide(
-                        &inner.retry,
-                        &Failure::Transport,
-                        attempt,
-                        now_epoch(),
-                        rand::random(),
-                    );
-                    if d != Decision::GiveUp {
-                        tracing::warn!(%method, path, error = %e, attempt = attempt + 1, "GitHub request failed; retrying");
-                    }
-                    d
-                }
                 Attempt::Answer { status: 401, .. }
                     if cred == Cred::Token
                         && !renewed
-                        && matches!(inner.creds, Credentials::App(_)) =>
+                        && matches!(self.inner.creds, Credentials::App(_)) =>
                 {
                     // The installation token was revoked or expired early: renew it once.
                     renewed = true;
                     self.invalidate_token(&token).await;
                     continue;
                 }
-                Attempt::Answer {
+                other => other,
+            };
+            match self.decision(&call, &outcome, attempt) {
+                Decision::Retry(wait) if self.wait(wait).await => attempt += 1,
+                _ => return Err(self.final_error(&call, outcome, attempt + 1)),
+            }
+        }
+    }
+
+    /// Sends once: the mutation lock (unless hurried) for just this request, the headers,
+    /// the rate-limit record. `Err` only for a header that cannot be built.
+    async fn attempt(&self, call: &Call<'_>, token: &Secret) -> Result<Attempt, GitHubError> {
+        let inner = &*self.inner;
+        let mutating = call.cred == Cred::Token
+            && matches!(
+                *call.method,
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            );
+        // Per request, not per call: a call sleeping out a retry-after must not stall every
+        // other slot's registration or deletion behind it.
+        let _serial = if mutating {
+            tokio::select! {
+                g = inner.mutate.lock() => Some(g),
+                // A stopping krunner deletes its runners side by side.
+                _ = self.hurried() => None,
+            }
+        } else {
+            None
+        };
+        let mut rb = inner
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .header(ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", API_VERSION)
+            .header(AUTHORIZATION, auth_header(token)?);
+        if let Some(b) = call.body {
+            rb = rb.header(CONTENT_TYPE, "application/json").body(b.to_vec());
+        }
+        if self.is_hurried() {
+            rb = rb.timeout(inner.retry.request_timeout.min(HURRY_TIMEOUT));
+        }
+        inner.calls.record();
+        let exchange = async {
+            let resp = match rb.send().await {
+                Err(e) => return Attempt::Transport(e),
+                Ok(resp) => resp,
+            };
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            self.record_rate_limit(&headers, call.method, call.path, status);
+            match resp.bytes().await {
+                Err(e) => Attempt::Transport(e),
+                Ok(bytes) => Attempt::Answer {
                     status,
                     headers,
-                    body,
-                } => {
-                    let (message, _) = error_body(&body.body);
-                    let d = decide(
-                        &inner.retry,
-                        &Failure::Status {
-                            status: *status,
-                            headers,
-                            message: &message,
-                        },
-                        attempt,
-                        now_epoch(),
-                        rand::random(),
-                    );
-                    if let Decision::Retry(wait) = d {
-                        tracing::warn!(%method, path, status, wait_ms = wait.as_millis() as u64, attempt = attempt + 1, %message, "GitHub answered with an error; retrying");
-                    }
-                    d
-                }
-            };
-            match decision {
-                Decision::Retry(wait) => {
-                    (inner.sleeper)(wait).await;
-                    attempt += 1;
-                }
-                Decision::GiveUp => {
-                    return Err(match outcome {
-                        Attempt::Transport(source) => GitHubError::Transport {
-                            method: method.to_string(),
-                            path: path.to_string(),
-                            source,
-                        },
-                        Attempt::Answer {
-                            status,
-                            headers,
-                            body,
-                        } => self.status_error(
-                            &method,
-                            path,
-                            cred,
-                            status,
-                            &headers,
-                            &body.body,
-                            attempt + 1,
-                        ),
-                    });
-                }
+                    body: Response {
+                        body: Vec::from(bytes),
+                    },
+                },
             }
+        };
+        Ok(tokio::select! {
+            a = exchange => a,
+            _ = async {
+                self.hurried().await;
+                tokio::time::sleep(HURRY_TIMEOUT).await;
+            } => Attempt::Abandoned,
+        })
+    }
+
+    /// What to do after a failed attempt (the module header's table), logged when retrying.
+    fn decision(&self, call: &Call<'_>, outcome: &Attempt, attempt: u32) -> Decision {
+        let policy = &self.inner.retry;
+        let (method, path) = (call.method, call.path);
+        match outcome {
+            Attempt::Abandoned => Decision::GiveUp,
+            Attempt::Transport(e) => {
+                let d = decide(
+                    policy,
+                    &Failure::Transport,
+                    attempt,
+                    now_epoch(),
+                    rand::random(),
+                );
+                if d != Decision::GiveUp {
+                    tracing::warn!(%method, path, error = %e, attempt = attempt + 1, "GitHub request failed; retrying");
+                }
+                d
+            }
+            Attempt::Answer {
+                status,
+                headers,
+                body,
+            } => {
+                let (message, _) = error_body(&body.body);
+                let failure = Failure::Status {
+                    status: *status,
+                    headers,
+                    message: &message,
+                };
+                let d = decide(policy, &failure, attempt, now_epoch(), rand::random());
+                if let Decision::Retry(wait) = d {
+                    tracing::warn!(%method, path, status, wait_ms = wait.as_millis() as u64, attempt = attempt + 1, %message, "GitHub answered with an error; retrying");
+                }
+                d
+            }
+        }
+    }
+
+    /// Sleeps `wait` before a retry; false (at once, or when it fires) if the client is
+    /// told to hurry.
+    async fn wait(&self, wait: Duration) -> bool {
+        if self.is_hurried() {
+            return false;
+        }
+        tokio::select! {
+            _ = (self.inner.sleeper)(wait) => true,
+            _ = self.hurried() => {
+                tracing::info!("stopping: not waiting {:.0} s to retry the GitHub request", wait.as_secs_f64());
+                false
+            }
+        }
+    }
+
+    /// The error a call ends with after `attempts` requests.
+    fn final_error(&self, call: &Call<'_>, outcome: Attempt, attempts: u32) -> GitHubError {
+        let (method, path) = (call.method.to_string(), call.path.to_string());
+        match outcome {
+            Attempt::Transport(source) => GitHubError::Transport {
+                method,
+                path,
+                source,
+            },
+            Attempt::Abandoned => GitHubError::Abandoned { method, path },
+            Attempt::Answer {
+                status,
+                headers,
+                body,
+            } => self.status_error(
+                call.method,
+                call.path,
+                call.cred,
+                status,
+                &headers,
+                &body.body,
+                attempts,
+            ),
         }
     }
 
@@ -607,6 +701,15 @@ mod tests {
         for code in [400, 401, 404, 409, 422] {
             assert_eq!(status(&p, code, &ra, "", 0), Decision::GiveUp, "{code}");
         }
+        // No wait beyond max_wait (15 min), whatever the headers say.
+        let hour = headers(&[("retry-after", "3600")]);
+        assert_eq!(status(&p, 429, &hour, "", 0), S(900));
+        assert_eq!(status(&p, 503, &hour, "", 0), S(900));
+        let far = headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "999999"),
+        ]);
+        assert_eq!(status(&p, 403, &far, "", 0), S(900));
         // Exhausted.
         assert_eq!(status(&p, 500, &none, "", 5), Decision::GiveUp);
         assert_eq!(status(&p, 429, &ra, "", 5), Decision::GiveUp);

@@ -21,14 +21,16 @@ mod error;
 mod http;
 mod models;
 mod scope;
+mod usage;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::Method;
 use url::Url;
+
+use crate::image::Cancel;
 
 pub use auth::Auth;
 pub use error::GitHubError;
@@ -38,7 +40,8 @@ pub use models::{
     RunnerId,
 };
 pub use scope::{
-    api_base, default_name_prefix, instance_label, parse_runner_name, runner_name, Scope,
+    api_base, default_name_prefix, instance_label, max_name_prefix, parse_runner_name, runner_name,
+    validate_name_prefix, Scope, MAX_RUNNER_NAME,
 };
 
 use auth::Credentials;
@@ -63,6 +66,8 @@ pub struct ClientConfig {
 #[derive(Clone)]
 pub struct GitHub {
     inner: Arc<Inner>,
+    /// When it fires, calls stop waiting (see [`GitHub::hurry_on`]).
+    hurry: Option<Cancel>,
 }
 
 pub(crate) struct Inner {
@@ -73,7 +78,7 @@ pub(crate) struct Inner {
     creds: Credentials,
     retry: RetryPolicy,
     rate: Mutex<RateLimit>,
-    calls: AtomicU64,
+    calls: usage::CallLog,
     /// Held for the whole retry loop of a mutating call (GitHub: serialize content creation).
     mutate: tokio::sync::Mutex<()>,
     sleeper: Sleeper,
@@ -123,11 +128,36 @@ impl GitHub {
                 creds,
                 retry: cfg.retry,
                 rate: Mutex::new(RateLimit::default()),
-                calls: AtomicU64::new(0),
+                calls: usage::CallLog::default(),
                 mutate: tokio::sync::Mutex::new(()),
                 sleeper,
             }),
+            hurry: None,
         })
+    }
+
+    /// A clone whose calls stop waiting once `signal` fires: a retry wait (`retry-after`, a
+    /// rate-limit reset, a backoff) ends at once and the call gives up with its last answer,
+    /// the mutation lock is not waited for, and a request gets one attempt of at most 5 s.
+    /// What a stopping krunner uses, so a stalled or rate-limiting API cannot hold a shutdown.
+    pub fn hurry_on(&self, signal: &Cancel) -> GitHub {
+        GitHub {
+            inner: self.inner.clone(),
+            hurry: Some(signal.clone()),
+        }
+    }
+
+    /// Whether this clone was told to hurry.
+    fn is_hurried(&self) -> bool {
+        self.hurry.as_ref().is_some_and(Cancel::is_cancelled)
+    }
+
+    /// Resolves when this clone is told to hurry; never without a hurry signal.
+    async fn hurried(&self) {
+        match &self.hurry {
+            Some(c) => c.cancelled().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// The scope this client registers runners in.
@@ -381,7 +411,12 @@ impl GitHub {
 
     /// HTTP requests sent so far, retries and token requests included.
     pub fn api_calls(&self) -> u64 {
-        self.inner.calls.load(Ordering::Relaxed)
+        self.inner.calls.total()
+    }
+
+    /// HTTP requests sent in the last hour (GitHub's rate-limit window), per minute.
+    pub fn api_calls_last_hour(&self) -> u64 {
+        self.inner.calls.last_hour()
     }
 
     fn runners_path(&self) -> String {

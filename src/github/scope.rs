@@ -219,6 +219,51 @@ pub fn instance_label(prefix: &str, id: &str) -> String {
 /// 64-character runner names.
 const MAX_PREFIX: usize = 40;
 
+/// The longest runner name GitHub accepts.
+pub const MAX_RUNNER_NAME: usize = 64;
+
+/// Digits kept free for a loop's registration counter in a runner name (10^10 runs).
+const SEQ_DIGITS: usize = 10;
+
+/// The longest `--name-prefix` for `slots` loops: `{prefix}-{slot}-{seq}` stays within
+/// [`MAX_RUNNER_NAME`] with 10 digits for `seq` (10^10 runs).
+pub fn max_name_prefix(slots: usize) -> usize {
+    let slot_digits = slots.saturating_sub(1).to_string().len();
+    MAX_RUNNER_NAME.saturating_sub(2 + slot_digits + SEQ_DIGITS)
+}
+
+/// Checks a `--name-prefix` for `slots` loops: not empty; only ASCII letters, digits, `-`,
+/// `_` and `.` (what GitHub takes in a runner name, and safe in file names); not starting
+/// with `.` or `-`; at most [`max_name_prefix`] characters.
+pub fn validate_name_prefix(prefix: &str, slots: usize) -> Result<(), GitHubError> {
+    let bad = |reason: String| GitHubError::NamePrefix {
+        prefix: prefix.to_string(),
+        reason,
+    };
+    if prefix.is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(bad(format!(
+            "{c:?} is not allowed; use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    if prefix.starts_with(['.', '-']) {
+        return Err(bad("it must start with a letter, a digit or '_'".into()));
+    }
+    let max = max_name_prefix(slots);
+    let len = prefix.len();
+    if len > max {
+        return Err(bad(format!(
+            "{len} characters, at most {max} with -n {slots}: runner names PREFIX-LOOP-SEQ must stay within GitHub's {MAX_RUNNER_NAME}"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn sanitize_prefix(raw: &str) -> String {
     let mut out = String::new();
     for c in raw.chars() {
@@ -245,6 +290,35 @@ pub(crate) fn sanitize_prefix(raw: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn name_prefixes_github_takes() {
+        for ok in ["build1", "b_1.x-y", "_x", "A9"] {
+            validate_name_prefix(ok, 8).unwrap();
+        }
+        assert_eq!(max_name_prefix(1), 51);
+        assert_eq!(max_name_prefix(10), 51);
+        assert_eq!(max_name_prefix(11), 50);
+        assert_eq!(max_name_prefix(1024), 48);
+        validate_name_prefix(&"a".repeat(51), 1).unwrap();
+        let reason = |p: &str, n| match validate_name_prefix(p, n) {
+            Err(GitHubError::NamePrefix { reason, .. }) => reason,
+            other => panic!("{p:?}: {other:?}"),
+        };
+        assert!(reason(&"a".repeat(52), 1).contains("at most 51 with -n 1"));
+        assert!(reason(&"a".repeat(49), 1024).contains("at most 48"));
+        assert!(reason("", 1).contains("empty"));
+        assert!(reason("a b", 1).contains("' '"));
+        assert!(reason("a/b", 1).contains("'/'"));
+        assert!(reason("hôte", 1).contains("'ô'"));
+        assert!(reason(".x", 1).contains("start"));
+        assert!(reason("-x", 1).contains("start"));
+        // The longest prefix with the largest slot and a 10-digit counter is 64 characters.
+        let name = runner_name(&"a".repeat(48), 1023, 9_999_999_999);
+        assert_eq!(name.len(), MAX_RUNNER_NAME);
+        let e = validate_name_prefix("a b", 1).unwrap_err().to_string();
+        assert!(e.contains("--name-prefix \"a b\""), "{e}");
+    }
+
     use super::*;
 
     #[test]
@@ -369,6 +443,7 @@ mod tests {
         assert_eq!(long.len(), 40);
         // Truncation never leaves a trailing '-'.
         let cut = sanitize_prefix(&format!("{}.b", "a".repeat(39)));
+        validate_name_prefix(&cut, 1024).unwrap();
         assert_eq!(cut, "a".repeat(39));
         let d = default_name_prefix();
         assert!(!d.is_empty() && d.len() <= 40);

@@ -763,3 +763,101 @@ fn config_is_checked_before_any_request() {
     empty.auth = Auth::Pat(Secret::new(" "));
     assert!(matches!(GitHub::new(empty), Err(GitHubError::Config(_))));
 }
+
+/// A client that really sleeps (tokio's timer), for the tests of waits that must end.
+fn sleeping_client(base: &str) -> GitHub {
+    let cfg = ClientConfig {
+        api_base: Url::parse(base).unwrap(),
+        scope: repo(),
+        auth: Auth::Pat(Secret::new(PAT)),
+        // Longer than HURRY_TIMEOUT, so a stalled request ends by the hurry, not by this.
+        retry: RetryPolicy {
+            request_timeout: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        },
+    };
+    GitHub::build(cfg, http::tokio_sleeper()).unwrap()
+}
+
+#[tokio::test]
+async fn the_mutation_lock_is_not_held_while_a_call_waits_to_retry() {
+    let srv = serve(|s, _| {
+        if s.path.ends_with("/registration-token") {
+            reply(429, json!({"message": "slow down"})).header("retry-after", "3600")
+        } else {
+            reply(
+                201,
+                json!({"token": "AREMOVE", "expires_at": "2030-01-01T00:00:00Z"}),
+            )
+        }
+    })
+    .await;
+    let gh = sleeping_client(&srv.base);
+    let waiting = tokio::spawn({
+        let gh = gh.clone();
+        async move { gh.registration_token().await }
+    });
+    // Until the first call is in its (15 min, capped) wait.
+    while srv.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let other = tokio::time::timeout(Duration::from_secs(20), gh.remove_token()).await;
+    assert!(
+        matches!(other, Ok(Ok(_))),
+        "a mutating call waited behind one sleeping out a retry-after: {other:?}"
+    );
+    waiting.abort();
+}
+
+#[tokio::test]
+async fn hurry_ends_rate_limit_waits_and_stalled_requests() {
+    let srv = serve(|s, _| {
+        if s.path.ends_with("/runners/1") {
+            reply(403, json!({"message": "API rate limit exceeded"}))
+                .header("x-ratelimit-remaining", "0")
+                .header("x-ratelimit-reset", (auth::now_epoch() + 3000).to_string())
+        } else {
+            Reply {
+                hang: true,
+                ..reply(200, json!({}))
+            }
+        }
+    })
+    .await;
+    let stop = Cancel::default();
+    let gh = sleeping_client(&srv.base).hurry_on(&stop);
+    let limited = tokio::spawn({
+        let gh = gh.clone();
+        async move { gh.delete_runner(RunnerId(1)).await }
+    });
+    let stalled = tokio::spawn({
+        let gh = gh.clone();
+        async move { gh.delete_runner(RunnerId(2)).await }
+    });
+    while srv.seen().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hurried = std::time::Instant::now();
+    stop.cancel();
+    let limited = tokio::time::timeout(Duration::from_secs(20), limited).await;
+    assert!(
+        matches!(
+            limited,
+            Ok(Ok(Err(GitHubError::RateLimited { attempts: 1, .. })))
+        ),
+        "{limited:?}"
+    );
+    let stalled = tokio::time::timeout(Duration::from_secs(20), stalled).await;
+    assert!(
+        matches!(stalled, Ok(Ok(Err(GitHubError::Abandoned { .. })))),
+        "{stalled:?}"
+    );
+    // The stalled request had HURRY_TIMEOUT more, not its 60 s timeout times the retries.
+    assert!(hurried.elapsed() < Duration::from_secs(15));
+    // Once hurried, a call makes one attempt and never waits.
+    let again = tokio::time::timeout(Duration::from_secs(20), gh.delete_runner(RunnerId(1))).await;
+    assert!(
+        matches!(again, Ok(Err(GitHubError::RateLimited { attempts: 1, .. }))),
+        "{again:?}"
+    );
+}

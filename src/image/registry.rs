@@ -216,7 +216,10 @@ impl Registry {
             path: path.to_path_buf(),
             source,
         };
-        let file = tokio::fs::File::create(path).await.map_err(write_err)?;
+        // Created in this poll, not on the blocking pool: a create still queued there when a
+        // cancelled pull drops this future would run after the caller removed the partial
+        // file, and leave it behind (seen under load).
+        let file = tokio::fs::File::from_std(std::fs::File::create(path).map_err(write_err)?);
         let expected = u64::try_from(desc.size).unwrap_or(0);
         let mut writer = CountingWriter {
             inner: tokio::io::BufWriter::with_capacity(1 << 20, file),

@@ -240,7 +240,8 @@ impl Pool {
     pub async fn run(&self, shutdown: &Shutdown) -> PoolReport {
         let boots = Arc::new(Semaphore::new(self.cfg.max_concurrent_boots.max(1)));
         let deleter = deleter::Deleter::new(
-            self.github.clone(),
+            // After a forced stop each deletion gets short tries, within the force window.
+            self.github.hurry_on(&shutdown.force),
             self.cfg.instance_label.clone(),
             self.cfg.delete_deadline,
             shutdown,
@@ -250,7 +251,8 @@ impl Pool {
             let slot = slot::Slot {
                 index,
                 cfg: self.cfg.clone(),
-                github: self.github.clone(),
+                // A forced stop must not wait for GitHub: deletions get one short try.
+                github: self.github.hurry_on(&shutdown.force),
                 launcher: self.launcher.clone(),
                 boots: boots.clone(),
                 shutdown: shutdown.clone(),

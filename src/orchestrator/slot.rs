@@ -172,7 +172,17 @@ impl Slot {
             return Ok(TurnEnd::Stopped);
         };
         tracing::debug!(slot = self.index, runner = %name, "registering");
-        let held = self.register(&name).await?;
+        let held = match self.register(&name).await {
+            Ok(h) => h,
+            // Gave up waiting because of the shutdown; a registration that got through
+            // unanswered is removed by the next start's reconcile.
+            Err(e) if self.shutdown.requested() => {
+                tracing::info!(slot = self.index, runner = %name, "shutdown: registration abandoned: {}", crate::error_chain(&e));
+                return Ok(TurnEnd::Stopped);
+            }
+            Err(e) => return Err(e),
+        };
+        self.sink.registered(held.id);
         if self.shutdown.requested() {
             // The request came while registering: undo it instead of booting.
             self.deregister(&held);
@@ -212,7 +222,7 @@ impl Slot {
                 .and_then(|r| r.runner_started),
         );
         self.deregister(&held);
-        prune_logs(&self.cfg.log_dir, self.cfg.keep_logs);
+        prune_logs(&self.cfg.log_dir, &self.cfg.name_prefix, self.cfg.keep_logs);
         if timed_out.load(Ordering::SeqCst) {
             return Err(OrchestratorError::OnlineTimeout {
                 slot: self.index,
@@ -312,16 +322,16 @@ impl Slot {
         }
     }
 
-    /// Registers runner `name`.
+    /// Registers runner `name`; gives up waiting for GitHub once a drain is requested.
     async fn register(&self, name: &str) -> Result<Held, OrchestratorError> {
         let gh = |op: String| {
             let slot = self.index;
             move |source| OrchestratorError::GitHub { slot, op, source }
         };
+        let github = self.github.hurry_on(&self.shutdown.drain);
         match &self.cfg.registration {
             RegistrationMode::Jit => {
-                let jit = self
-                    .github
+                let jit = github
                     .generate_jit_config(&JitRequest {
                         name: name.to_string(),
                         runner_group_id: self.cfg.runner_group,
@@ -338,8 +348,7 @@ impl Slot {
                 })
             }
             RegistrationMode::Token { web_url, group } => {
-                let token = self
-                    .github
+                let token = github
                     .registration_token()
                     .await
                     .map_err(gh(format!("getting a registration token for {name}")))?;
@@ -508,14 +517,16 @@ impl Watch {
 /// answer.
 const ONLINE_RECHECK: Duration = Duration::from_secs(30);
 
-/// Keeps the `keep` newest `*.log` files in `dir`; best effort (slots prune concurrently).
-pub fn prune_logs(dir: &Path, keep: usize) {
+/// Keeps the `keep` newest run logs of the instance with `prefix` in `dir`; best effort
+/// (slots prune concurrently). Other instances may share the directory: only names of the
+/// form the slots write for this prefix, `{prefix}-{slot}-{seq}-{secs}.log`, count.
+pub fn prune_logs(dir: &Path, prefix: &str, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     let mut logs: Vec<(SystemTime, PathBuf)> = entries
         .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter(|e| is_log_of(&e.file_name().to_string_lossy(), prefix))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     if logs.len() <= keep {
@@ -528,31 +539,67 @@ pub fn prune_logs(dir: &Path, keep: usize) {
     }
 }
 
+/// Whether `file` is `{prefix}-{slot}-{seq}-{secs}.log`: exactly three numbers after the
+/// prefix, so prefix `a` does not claim the logs of prefix `a-1` (`a-1-0-1-…`).
+fn is_log_of(file: &str, prefix: &str) -> bool {
+    let Some(rest) = file
+        .strip_suffix(".log")
+        .and_then(|s| s.strip_prefix(prefix))
+        .and_then(|s| s.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn prune_keeps_the_newest_logs() {
+    fn prune_keeps_the_newest_logs_of_this_instance_only() {
         let dir = tempfile::tempdir().unwrap();
-        for i in 0..5 {
-            let p = dir.path().join(format!("r-{i}.log"));
+        let write = |name: &str, age: u64| {
+            let p = dir.path().join(name);
             std::fs::write(&p, "x").unwrap();
-            let t = UNIX_EPOCH + Duration::from_secs(1_000_000 + i);
+            let t = UNIX_EPOCH + Duration::from_secs(1_000_000 + age);
             std::fs::File::options()
                 .write(true)
                 .open(&p)
                 .unwrap()
                 .set_modified(t)
                 .unwrap();
+        };
+        for i in 0..5 {
+            write(&format!("r-0-{i}-{}.log", 1_000 + i), i);
         }
+        // Older logs of other instances sharing the directory, and other files.
+        write("r-1-0-1-900.log", 0);
+        write("other-0-1-900.log", 0);
+        write("r-x-0-1-900.log", 0);
+        write("r-0-1.log", 0);
         std::fs::write(dir.path().join("other.txt"), "y").unwrap();
-        prune_logs(dir.path(), 2);
+        prune_logs(dir.path(), "r", 2);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, vec!["other.txt", "r-3.log", "r-4.log"]);
+        assert_eq!(
+            left,
+            vec![
+                "other-0-1-900.log",
+                "other.txt",
+                "r-0-1.log",
+                "r-0-3-1003.log",
+                "r-0-4-1004.log",
+                "r-1-0-1-900.log",
+                "r-x-0-1-900.log",
+            ]
+        );
     }
 }

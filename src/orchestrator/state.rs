@@ -9,8 +9,9 @@
 //! [`SlotSink`] at each transition; each change is written to `$CACHE/state/<prefix>.json`
 //! atomically (temporary file, then rename), so a reader never sees half a document. The same
 //! calls feed [`Metrics`]. Idle versus busy is not something a slot sees from the guest, so
-//! [`Reporter::watch`] asks GitHub: one runner listing per interval for the whole pool (not
-//! one call per slot, which at `-n 16` would eat a PAT's hourly budget).
+//! [`Reporter::watch`] asks GitHub, about this instance's runners only (a listing of the
+//! whole scope is many pages in a large organisation) and within a share of the hourly
+//! budget.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -22,11 +23,47 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::Shutdown;
-use crate::github::GitHub;
+use crate::github::{GitHub, RateLimit, Runner, RunnerId};
 use crate::metrics::Metrics;
 
-/// How often [`Reporter::watch`] lists the runners.
+/// How often [`Reporter::watch`] asks about the runners, at least.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The share of the hourly API budget the status poller may use; registrations and
+/// deletions need the rest.
+pub const POLL_BUDGET_SHARE: f64 = 0.1;
+
+/// Below this share of the hourly budget left, the poller pauses until the reset.
+pub const LOW_BUDGET_SHARE: f64 = 0.1;
+
+/// GitHub's hourly budget for a PAT or an App installation on github.com, assumed until an
+/// answer says otherwise.
+const DEFAULT_HOURLY_LIMIT: u64 = 5_000;
+
+/// The wait before the next poll after one that asked about `asked` runners: `base`, or
+/// longer so that polling like this for an hour stays within [`POLL_BUDGET_SHARE`] of
+/// `limit` requests.
+pub fn poll_interval(base: Duration, asked: usize, limit: Option<u64>) -> Duration {
+    let limit = limit.unwrap_or(DEFAULT_HOURLY_LIMIT).max(1) as f64;
+    let per_hour = limit * POLL_BUDGET_SHARE;
+    let spread = Duration::from_secs_f64(asked as f64 * 3600.0 / per_hour);
+    base.max(spread)
+}
+
+/// How long to pause polling when less than [`LOW_BUDGET_SHARE`] of the budget is left:
+/// until the reset (at least a second), or `None` to poll.
+pub fn low_budget_wait(rate: &RateLimit, now: u64) -> Option<Duration> {
+    let (Some(limit), Some(remaining)) = (rate.limit, rate.remaining) else {
+        return None;
+    };
+    if (remaining as f64) >= limit as f64 * LOW_BUDGET_SHARE {
+        return None;
+    }
+    let reset = rate.reset_epoch.unwrap_or(now + 60);
+    Some(Duration::from_secs(
+        reset.saturating_sub(now).clamp(1, 3600),
+    ))
+}
 
 /// Longest `last_error` kept, in characters.
 const MAX_ERROR: usize = 300;
@@ -267,6 +304,8 @@ struct Live {
     vm_started: Option<(Instant, u64)>,
     /// Whether the current guest's runner has been seen online.
     online_seen: bool,
+    /// The current runner's id, when registered just in time.
+    runner_id: Option<RunnerId>,
     /// Whether the current turn started a guest (a failure then counts as a failed run).
     vm_this_turn: bool,
 }
@@ -393,17 +432,23 @@ impl Reporter {
         }
     }
 
-    /// Polls GitHub every `interval` and sets idle/busy for slots whose guest runs; on a
-    /// drain request, marks those slots draining. Ends when the runtime does.
+    /// Polls GitHub and sets idle/busy for slots whose guest runs; on a drain request,
+    /// marks those slots draining. Ends when the reporter is closed or the runtime ends.
+    ///
+    /// Each poll asks only about this instance's runners that can still change state
+    /// (booting or idle; a busy ephemeral runner stays busy until its guest ends): one
+    /// `GET …/runners/{id}` each, or one listing for runners registered by token, whose id
+    /// is unknown. Polls are `interval` apart, stretched by [`poll_interval`] to keep within
+    /// [`POLL_BUDGET_SHARE`] of the hourly budget, and paused until the reset while less
+    /// than [`LOW_BUDGET_SHARE`] of it is left.
     pub fn watch(&self, github: GitHub, shutdown: Shutdown, interval: Duration) {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut drained = false;
+            let mut next = interval;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep(next) => {}
                     _ = shutdown.drain.cancelled(), if !drained => {
                         drained = true;
                         me.mark_draining();
@@ -413,27 +458,62 @@ impl Reporter {
                 if me.lock().closed {
                     return;
                 }
-                if !me.any_vm_running() {
-                    continue;
-                }
-                match github.list_runners().await {
-                    Ok(runners) => {
-                        let seen: Vec<(String, bool, bool)> = runners
-                            .into_iter()
-                            .map(|r| (r.name, r.status == "online", r.busy))
-                            .collect();
-                        me.apply_listing(&seen);
+                let rate = github.rate_limit();
+                next = match low_budget_wait(&rate, now_secs()) {
+                    Some(wait) => {
+                        tracing::info!(
+                            "GitHub API budget low ({} left); status polls pause for {} s",
+                            rate.remaining.unwrap_or(0),
+                            wait.as_secs()
+                        );
+                        wait
                     }
-                    Err(e) => {
-                        tracing::debug!("status poll: {}", crate::error_chain(&e));
+                    None => {
+                        let asked = me.poll(&github).await;
+                        poll_interval(interval, asked, rate.limit)
                     }
-                }
+                };
             }
         });
     }
 
-    fn any_vm_running(&self) -> bool {
-        self.lock().live.iter().any(|l| l.vm_started.is_some())
+    /// One poll; returns how many runners it asked about.
+    async fn poll(&self, github: &GitHub) -> usize {
+        let (by_id, by_name) = self.pollable();
+        let mut seen = Vec::new();
+        for id in &by_id {
+            match github.get_runner(*id).await {
+                Ok(Some(r)) => seen.push(observed(r)),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("status poll: {}", crate::error_chain(&e)),
+            }
+        }
+        if by_name > 0 {
+            match github.list_runners().await {
+                Ok(all) => seen.extend(all.into_iter().map(observed)),
+                Err(e) => tracing::debug!("status poll: {}", crate::error_chain(&e)),
+            }
+        }
+        self.apply_listing(&seen);
+        by_id.len() + by_name
+    }
+
+    /// The runners a poll asks about: ids of JIT runners, and how many registered by token.
+    fn pollable(&self) -> (Vec<RunnerId>, usize) {
+        let s = self.lock();
+        let mut ids = Vec::new();
+        let mut by_name = 0;
+        for (slot, live) in s.doc.slots.iter().zip(&s.live) {
+            let changing = matches!(slot.state, SlotState::Booting | SlotState::Idle);
+            if live.vm_started.is_none() || !changing {
+                continue;
+            }
+            match live.runner_id {
+                Some(id) => ids.push(id),
+                None => by_name += 1,
+            }
+        }
+        (ids, by_name)
     }
 
     fn mark_draining(&self) {
@@ -486,6 +566,12 @@ impl Reporter {
     }
 }
 
+/// (name, online, busy) of a runner, as [`Reporter::apply_listing`] takes them.
+fn observed(r: Runner) -> (String, bool, bool) {
+    let online = r.is_online();
+    (r.name, online, r.busy)
+}
+
 /// Closes its [`Reporter`] when dropped, so every way out of `krunner run` short of a crash
 /// removes the state file.
 #[derive(Debug)]
@@ -527,6 +613,11 @@ impl SlotSink {
             s.state = SlotState::Registering;
             l.vm_this_turn = false;
         });
+    }
+
+    /// The turn's runner is registered; `id` is known for JIT runners.
+    pub fn registered(&self, id: Option<RunnerId>) {
+        self.set(|_, l, _| l.runner_id = id);
     }
 
     /// The guest is being started.
@@ -787,6 +878,68 @@ mod tests {
         assert!(!path.exists());
         s1.stopped();
         assert!(!path.exists(), "nothing is written after close");
+    }
+
+    #[test]
+    fn polls_stay_within_their_share_of_the_budget() {
+        let base = Duration::from_secs(10);
+        assert_eq!(poll_interval(base, 0, None), base);
+        assert_eq!(poll_interval(base, 1, Some(5000)), base);
+        assert_eq!(
+            poll_interval(base, 2, Some(5000)),
+            Duration::from_secs_f64(14.4)
+        );
+        // 8 runners against 5,000/h: 500/h for polls, so one poll per 57.6 s.
+        assert_eq!(
+            poll_interval(base, 8, Some(5000)),
+            Duration::from_secs_f64(57.6)
+        );
+        assert_eq!(
+            poll_interval(base, 8, None),
+            poll_interval(base, 8, Some(5000))
+        );
+        // GitHub Enterprise Cloud's 15,000/h: 19.2 s.
+        assert_eq!(
+            poll_interval(base, 8, Some(15_000)),
+            Duration::from_secs_f64(19.2)
+        );
+        let rate = |remaining, reset| RateLimit {
+            limit: Some(5000),
+            remaining: Some(remaining),
+            reset_epoch: reset,
+        };
+        assert_eq!(low_budget_wait(&rate(500, Some(1100)), 1000), None);
+        assert_eq!(
+            low_budget_wait(&rate(499, Some(1100)), 1000),
+            Some(Duration::from_secs(100))
+        );
+        assert_eq!(
+            low_budget_wait(&rate(0, Some(900)), 1000),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(low_budget_wait(&RateLimit::default(), 1000), None);
+    }
+
+    #[test]
+    fn only_booting_and_idle_runners_are_polled() {
+        let r = Reporter::in_memory(4);
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            r.slot(i).registering(name);
+        }
+        r.slot(0).registered(Some(RunnerId(10)));
+        r.slot(0).booting();
+        r.slot(1).registered(Some(RunnerId(11)));
+        r.slot(1).booting();
+        r.slot(2).registered(None);
+        r.slot(2).booting();
+        // Slot 3 registered but has no guest yet.
+        r.slot(3).registered(Some(RunnerId(13)));
+        assert_eq!(r.pollable(), (vec![RunnerId(10), RunnerId(11)], 1));
+        r.apply_listing(&[("a".into(), true, false), ("b".into(), true, true)]);
+        // b is busy: it stays so until its guest ends.
+        assert_eq!(r.pollable(), (vec![RunnerId(10)], 1));
+        r.mark_draining();
+        assert_eq!(r.pollable(), (vec![], 0));
     }
 
     #[test]

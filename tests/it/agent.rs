@@ -28,6 +28,10 @@ const LISTENER: &str = r#"#!/bin/sh
 # Stand-in for the actions runner: records how it was started, then behaves as its
 # registration says (exit3: exit 3; sleep: wait for SIGTERM).
 rec=/record
+# First of all, so a stop that comes early (a loaded machine) still finds the trap.
+case "${ACTIONS_RUNNER_INPUT_JITCONFIG:-}" in
+  *sleep*) trap 'echo got-term > $rec/signal; exit 143' TERM ;;
+esac
 echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)" > $rec/id
 for a in "$@"; do echo "$a"; done > $rec/argv
 env > $rec/env
@@ -277,7 +281,8 @@ fn sigterm_reaches_the_runner() {
     let o = run(
         &f,
         Registration::Jit(Secret::new("JIT-sleep")),
-        Some(Duration::from_secs(3)),
+        // Room for the guest to start on a busy machine; the stand-in then waits 60 s.
+        Some(Duration::from_secs(10)),
     );
     let ctx = show(&o);
     assert_eq!(o.exit, VmExit::LifetimeExceeded, "{ctx}");

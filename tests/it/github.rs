@@ -28,6 +28,7 @@ fn fast_retry() -> RetryPolicy {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(200),
         secondary_min_wait: Duration::from_millis(200),
+        max_wait: Duration::from_secs(15 * 60),
         request_timeout: Duration::from_secs(5),
     }
 }
@@ -680,7 +681,7 @@ async fn too_many_requests_waits_for_retry_after() {
     gh.list_runners().await.unwrap();
     let gap = retry_gap(&sim, "GET", LIST);
     assert!(
-        gap >= Duration::from_millis(1000) && gap < Duration::from_millis(2500),
+        gap >= Duration::from_millis(1000) && gap < Duration::from_secs(10),
         "waited {gap:?}"
     );
 }
@@ -700,7 +701,7 @@ async fn secondary_limit_with_retry_after() {
     gh.list_runners().await.unwrap();
     let gap = retry_gap(&sim, "GET", LIST);
     assert!(
-        gap >= Duration::from_millis(1000) && gap < Duration::from_millis(2500),
+        gap >= Duration::from_millis(1000) && gap < Duration::from_secs(10),
         "waited {gap:?}"
     );
 }
@@ -714,7 +715,7 @@ async fn secondary_limit_without_retry_after_waits_the_minimum() {
     let gap = retry_gap(&sim, "GET", LIST);
     // secondary_min_wait is 200 ms here (GitHub's minute in production).
     assert!(
-        gap >= Duration::from_millis(200) && gap < Duration::from_millis(1500),
+        gap >= Duration::from_millis(200) && gap < Duration::from_secs(10),
         "waited {gap:?}"
     );
 }
@@ -742,7 +743,7 @@ async fn primary_limit_waits_for_the_reset() {
     let retried = h[1].wall.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     assert!(retried >= reset, "retried at {retried}, reset at {reset}");
     assert!(
-        retried < reset + 2.5,
+        retried < reset + 10.0,
         "retried at {retried}, reset at {reset}"
     );
 }
@@ -761,13 +762,14 @@ async fn slow_answer_times_out_and_is_retried() {
         retry,
     );
     sim.add_runner(&scope, "r", &["x"], RunnerState::Online);
-    sim.fail_next("GET", LIST, 1, Fault::Slow(Duration::from_millis(1500)));
+    // Far slower than the timeout, so a loaded machine cannot blur the two.
+    sim.fail_next("GET", LIST, 1, Fault::Slow(Duration::from_secs(30)));
     let t = Instant::now();
     let runners = gh.list_runners().await.unwrap();
     assert_eq!(runners.len(), 1);
     assert_eq!(sim.count("GET", LIST), 2, "{}", sim.log_text());
     assert!(
-        t.elapsed() < Duration::from_millis(1400),
+        t.elapsed() < Duration::from_secs(15),
         "did not give up on the slow answer: {:?}",
         t.elapsed()
     );

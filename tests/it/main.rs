@@ -39,17 +39,20 @@ mod github;
 mod agent;
 
 /// `krunner run` with the GitHub simulator and a stand-in runner image: `-n 3 -r 2` gives six
-/// JIT runners with unique names and no registration left; SIGINT while idle stops at once.
+/// JIT runners with unique names and no registration left; SIGINT while idle stops at once;
+/// a job cache or `-M` share touching the image cache and a bad `--name-prefix` are refused.
 mod run_e2e;
 
 /// `krunner status`, the `--metrics` endpoint and the per-instance lock while `krunner run
 /// -n 2` keeps two idle stand-in runners: the state file's slots, names and states, the
-/// counters, a second instance refused with the first's pid, no state file after SIGINT.
+/// counters, a second instance refused with the first's pid, no state file after SIGINT; the
+/// status polls ask about idle runners by id, never list the scope, and leave busy ones alone.
 mod run_status;
 
 /// `krunner run` under stress: SIGINT while runners are busy (drain to the end of a job and
-/// to the drain timeout; a second SIGINT forces), SIGKILL and a restart that sweeps and
-/// reconciles, API faults on 30 % of requests, and no credential in files or other processes.
+/// to the drain timeout; a second SIGINT forces, also while GitHub rate-limits and stalls),
+/// SIGKILL and a restart that sweeps and reconciles, API faults on 30 % of requests, and no
+/// credential in files or other processes.
 mod run_faults;
 
 /// The runner images, which cannot be built here: the docker CLI wrapper against a stand-in

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::run_e2e::{fixture, krunner_run, NEEDS};
-use crate::util::github_sim::RunnerState;
+use crate::util::github_sim::{RunnerState, SimScope};
 use crate::util::*;
 
 fn kill(pid: u32, sig: nix::sys::signal::Signal) {
@@ -116,6 +116,8 @@ fn status_metrics_and_the_instance_lock_while_two_loops_run() {
             "\nkrunner_runs_failed_total 0\n",
             "\nkrunner_active_vms 2\n",
             "\nkrunner_github_api_calls_total ",
+            "\nkrunner_github_api_calls_last_hour ",
+            "\nkrunner_github_rate_limit 5000\n",
             "\nkrunner_time_to_runner_online_seconds_count 2\n",
             "\nkrunner_vm_lifetime_seconds_count 0\n",
         ] {
@@ -164,4 +166,123 @@ fn status_metrics_and_the_instance_lock_while_two_loops_run() {
     let after = f.td.krunner().args(["status", "--json"]).run();
     after.failure(1);
     assert_eq!(after.stdout.trim(), "[]", "{after}");
+}
+
+const RUNNERS: &str = "/repos/owner/repo/actions/runners";
+
+/// The slot states in the state file of instance `e2e`, in slot order.
+fn slot_states(f: &crate::run_e2e::Fixture) -> Vec<String> {
+    let path = f.td.cache().join("state/e2e.json");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["slots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["state"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// GET requests about runners of the repo since `t`: (listings, `GET …/runners/{id}` paths).
+fn runner_gets_since(f: &crate::run_e2e::Fixture, t: Instant) -> (usize, Vec<String>) {
+    let log = f.sim.requests();
+    let gets = log.iter().filter(|l| l.at > t && l.method == "GET");
+    let (lists, by_id): (Vec<_>, Vec<_>) = gets
+        .filter(|l| l.path.starts_with(RUNNERS))
+        .partition(|l| l.path == RUNNERS);
+    (
+        lists.len(),
+        by_id.into_iter().map(|l| l.path.clone()).collect(),
+    )
+}
+
+/// Runs `krunner run -n 2` in `mode` among 250 runners of someone else (three pages of
+/// listing) until both slots show `state`, then watches the status polls for a while.
+fn polls_while(mode: &str, state: &str) -> (crate::run_e2e::Fixture, usize, Vec<String>, Vec<u64>) {
+    let f = fixture(&format!("run-poll-{mode}"));
+    let repo = SimScope::parse("repo", "owner/repo").unwrap();
+    for i in 0..250 {
+        f.sim
+            .add_runner(&repo, &format!("other-{i}"), &["x"], RunnerState::Online);
+    }
+    // A budget so large that the poller keeps to its 200 ms.
+    f.sim.set_rate_limit(10_000_000);
+    let marker = format!("{}", 850_000 + std::process::id() % 100_000);
+    std::fs::write(f.mode.join(mode), &marker).unwrap();
+    let running = krunner_run(&f, &["-n", "2"])
+        .env("KRUNNER_STATUS_POLL_MS", "200")
+        .spawn();
+    let pid = running.pid();
+    let reached = crate::run_faults::wait_for(90, || slot_states(&f) == [state, state]);
+    let ours: Vec<u64> = f
+        .sim
+        .runners()
+        .iter()
+        .filter(|r| r.name.starts_with("e2e-"))
+        .map(|r| r.id)
+        .collect();
+    let t = Instant::now();
+    // Long enough for ten polls at 200 ms, however loaded the machine.
+    std::thread::sleep(Duration::from_secs(2));
+    let polled = crate::run_faults::wait_for(30, || {
+        state == "busy" || runner_gets_since(&f, t).1.len() >= 2 * 4
+    });
+    let (lists, by_id) = runner_gets_since(&f, t);
+    kill(pid, nix::sys::signal::Signal::SIGINT);
+    // Two signals in a row may arrive as one: force once the drain shows.
+    let drained = crate::run_faults::wait_for(30, || {
+        let s = slot_states(&f);
+        s.is_empty() || s.iter().all(|s| s == "draining" || s == "stopped")
+    });
+    kill(pid, nix::sys::signal::Signal::SIGINT);
+    let out = crate::run_faults::exit_within(running, 60);
+    let exited = out.as_ref().is_ok_and(|o| o.code == Some(0));
+    let out = match out {
+        Ok(o) => o.to_string(),
+        Err(e) => e,
+    };
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert!(reached, "the slots never showed {state}\n{ctx}");
+    assert!(drained && exited, "krunner did not stop cleanly\n{ctx}");
+    assert!(polled, "too few polls\n{ctx}");
+    (f, lists, by_id, ours)
+}
+
+#[test]
+fn status_polls_ask_about_idle_runners_by_id_and_never_list_the_scope() {
+    if skip(NEEDS) {
+        return;
+    }
+    let (f, lists, by_id, ours) = polls_while("idle", "idle");
+    let ctx = format!("sim log:\n{}", f.sim.log_text());
+    assert_eq!(lists, 0, "the poller listed the whole scope\n{ctx}");
+    let ours: Vec<String> = ours.iter().map(|id| format!("{RUNNERS}/{id}")).collect();
+    assert_eq!(ours.len(), 2, "{ctx}");
+    for path in &by_id {
+        assert!(ours.contains(path), "asked about {path}, not ours\n{ctx}");
+    }
+    for path in &ours {
+        assert!(
+            by_id.iter().filter(|p| *p == path).count() >= 4,
+            "{path} polled too seldom\n{ctx}"
+        );
+    }
+}
+
+#[test]
+fn status_polls_leave_busy_runners_alone() {
+    if skip(NEEDS) {
+        return;
+    }
+    let (f, lists, by_id, _) = polls_while("busy", "busy");
+    let ctx = format!("sim log:\n{}", f.sim.log_text());
+    assert_eq!(
+        (lists, by_id.len()),
+        (0, 0),
+        "a busy ephemeral runner stays busy until its guest ends\n{ctx}"
+    );
 }
