@@ -21,8 +21,8 @@
 //! - `POST /_sim/runners/{id}/offline`: it went away without a job;
 //! - `POST /_sim/runners/{id}/heartbeat`: it is still alive (the stand-in sends one a second).
 //!
-//! Like GitHub, the simulator notices a dead runner only after a while: a runner whose process
-//! has sent heartbeats and then sends none for [`GitHubSim::set_dead_after`] (default
+//! Like GitHub, the simulator notices a dead runner only after a while: a runner that has
+//! reported `online` and then sends no heartbeat for [`GitHubSim::set_dead_after`] (default
 //! [`DEFAULT_DEAD_AFTER`]) keeps its last state (online, or busy) until then, and is then offline
 //! and idle. `DELETE` of a busy runner answers 422, as GitHub does.
 //!
@@ -169,7 +169,7 @@ pub struct SimRunner {
     /// The secret its JIT config carries (for the `/_sim/runners/{id}/…` endpoints).
     pub secret: String,
     label_ids: Vec<u64>,
-    /// The last report or heartbeat of its process; `None` until its first heartbeat.
+    /// The last report or heartbeat of its process; `None` until it reported once.
     last_seen: Option<Instant>,
 }
 
@@ -1910,11 +1910,7 @@ fn sim_endpoint(st: &mut State, req: &Request, path: &str) -> Reply {
             if given != r.secret {
                 return Reply::error(403, "wrong runner secret");
             }
-            // Only a process that sends heartbeats can be noticed dead: the stand-ins that
-            // report but never beat (the krun guests' busybox one) are not tracked.
-            if *event == "heartbeat" || r.last_seen.is_some() {
-                r.last_seen = Some(Instant::now());
-            }
+            r.last_seen = Some(Instant::now());
             match *event {
                 "online" => r.set_state(RunnerState::Online),
                 "job-started" => r.set_state(RunnerState::Busy),
