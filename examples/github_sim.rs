@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --example github_sim -- --port 0 --scope org --principal acme --token PAT \
 //!     [--app-id 42 --app-public-key app.pub.pem] [--base-path /api/v3] [--latency-ms 20]
+//!     [--dead-after SECS]  (a runner silent that long is offline; default a day)
 //! ```
 //!
 //! It prints `listening on 127.0.0.1:PORT` (then, with an app, `installation ID`) and serves
@@ -25,7 +26,7 @@ use github_sim::{GitHubSim, SimScope};
 
 const USAGE: &str =
     "usage: github_sim [--port N] [--base-path /api/v3] --scope repo|org|enterprise \
---principal NAME [--token PAT]... [--app-id N --app-public-key PEM_FILE] [--latency-ms N]";
+--principal NAME [--token PAT]... [--app-id N --app-public-key PEM_FILE] [--latency-ms N] [--dead-after SECS]";
 
 fn main() -> ExitCode {
     match run() {
@@ -44,6 +45,9 @@ fn run() -> Result<(), String> {
     let mut tokens = Vec::new();
     let (mut app_id, mut app_key) = (None, None);
     let mut latency_ms = 0u64;
+    // The benches' stand-in runners send no heartbeats: by default a runner is never taken
+    // for dead (the library's default is 8 s without one).
+    let mut dead_after_s = 86_400u64;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -61,6 +65,7 @@ fn run() -> Result<(), String> {
             "--app-id" => app_id = Some(value.parse::<u64>().map_err(bad)?),
             "--app-public-key" => app_key = Some(value),
             "--latency-ms" => latency_ms = value.parse().map_err(bad)?,
+            "--dead-after" => dead_after_s = value.parse().map_err(bad)?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -76,6 +81,7 @@ fn run() -> Result<(), String> {
         sim.add_pat(t, &[&scope]);
     }
     sim.set_latency(Duration::from_millis(latency_ms));
+    sim.set_dead_after(Duration::from_secs(dead_after_s));
     let installation = match (app_id, app_key) {
         (Some(id), Some(path)) => {
             let pem = std::fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;

@@ -461,6 +461,9 @@ fn fixture(name: &str) -> Fixture {
     let fw = in_l1();
     let td = TestDir::new(name);
     let sim = GitHubSim::start();
+    // This stand-in sends no heartbeats (each would be a busybox nc in an emulated guest):
+    // never take its runners for dead.
+    sim.set_dead_after(Duration::from_secs(86_400));
     let repo = sim.add_repo("owner/repo");
     sim.add_pat("krun-pat-secret", &[&repo]);
     let record = td.join("record");
