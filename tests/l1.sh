@@ -10,7 +10,9 @@
 # run options: --mem MIB (default 6144), --cpus N (default 2), --timeout SECONDS (default 1800),
 #              --env NAME (repeatable: pass NAME=$NAME from this environment into L1),
 #              --keep DIR (repeatable: a directory below /tmp, /run or /root that CMD needs;
-#              the working directory is kept always)
+#              the working directory is kept always),
+#              --preload FILE (repeatable: copy FILE into L1's memory and bind it over its path,
+#              so that running it never pages through 9p)
 #
 # What L1 sees: the host's whole root file system read-only at the same paths (9p, so the built
 # krunner, test binaries, python3, docker-registry, libkrunfw are all there), with fresh tmpfs on
@@ -159,6 +161,16 @@ while read -r p; do
 		case $p in $d/*) mkdir -p "$h$p" && mount --bind "/saved$p" "$h$p" ;; esac
 	done
 done </job/keep
+# Preloaded files (the test binaries, libkrunfw) are copied into L1's memory and bound over
+# their paths: their pages never again go through 9p, which is slow under emulation.
+mkdir -p /preload
+mount -t tmpfs preload /preload
+n=0
+while read -r p; do
+	[ -f "$h$p" ] || { echo "l1: preload: no file $p"; continue; }
+	n=$((n + 1))
+	cp "$h$p" /preload/$n && mount --bind /preload/$n "$h$p" || echo "l1: preload of $p failed"
+done </job/preload
 mount -t tmpfs cgroup $h/sys/fs/cgroup 2>/dev/null || true
 jobdir=$(cat /job/path)
 mkdir -p $h$jobdir
@@ -204,7 +216,7 @@ prepare() {
 }
 
 run() {
-  local mem=6144 cpus=2 timeout=1800 envs=() keep=("$PWD")
+  local mem=6144 cpus=2 timeout=1800 envs=() keep=("$PWD") preload=()
   while [[ $# -gt 0 ]]; do
     case $1 in
     --mem) mem=$2; shift 2 ;;
@@ -212,6 +224,7 @@ run() {
     --timeout) timeout=$2; shift 2 ;;
     --env) envs+=("$2"); shift 2 ;;
     --keep) keep+=("$(realpath "$2")"); shift 2 ;;
+    --preload) preload+=("$(realpath "$2")"); shift 2 ;;
     --) shift; break ;;
     *) die "unknown run option $1" ;;
     esac
@@ -224,6 +237,7 @@ run() {
   trap "rm -rf '$job'" EXIT
   echo "$job" >"$job/path"
   printf '%s\n' "${keep[@]}" >"$job/keep"
+  printf '%s\n' "${preload[@]}" | grep . >"$job/preload" || true
   {
     echo "#!/bin/sh"
     echo "# written by tests/l1.sh"
