@@ -47,27 +47,8 @@ cleanup() {
 # the simulator as /record/mode says: "idle" (online, no job), "busy" (a job that does not
 # end), or a number (a job of that many seconds, then the next runner).
 build_runner_image() {
-	local layout=$1 b=$WORK/bundle r
-	umoci init --layout "$layout"
-	umoci new --image "$layout:$TAG"
-	umoci unpack --image "$layout:$TAG" "$b" >/dev/null
-	r=$b/rootfs
-	mkdir -p "$r/bin" "$r/etc" "$r/home/runner" "$r/opt/actions-runner/bin" "$r/tmp" "$r/record"
-	chmod 1777 "$r/tmp"
-	cp "$(command -v busybox)" "$r/bin/busybox"
-	for a in $(busybox --list); do [[ -e $r/bin/$a ]] || ln -s busybox "$r/bin/$a"; done
-	printf 'root:x:0:0:root:/root:/bin/sh\nrunner:x:1001:1001:runner:/home/runner:/bin/sh\n' >"$r/etc/passwd"
-	printf 'root:x:0:\nrunner:x:1001:\n' >"$r/etc/group"
-	chown 1001:1001 "$r/home/runner" "$r/opt/actions-runner"
-	cat >"$r/opt/actions-runner/bin/Runner.Listener" <<-'STANDIN'
-		#!/bin/sh
-		cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
-		files=$(echo "$cfg" | base64 -d)
-		runner=$(echo "$files" | sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | base64 -d)
-		creds=$(echo "$files" | sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | base64 -d)
-		url=$(echo "$runner" | sed 's/.*"simRunnerUrl":"\([^"]*\)".*/\1/')
-		name=$(echo "$runner" | sed 's/.*"agentName":"\([^"]*\)".*/\1/')
-		secret=$(echo "$creds" | sed 's/.*"simSecret":"\([^"]*\)".*/\1/')
+	local body=$WORK/standin.sh
+	cat >"$body" <<-'STANDIN'
 		wget -q -O- --post-data="$secret" "$url/online" >/dev/null || exit 7
 		touch "/record/$name.online"
 		mode=$(cat /record/mode)
@@ -79,10 +60,7 @@ build_runner_image() {
 		wget -q -O- --post-data="$secret" "$url/job-finished" >/dev/null || exit 9
 		touch "/record/$name.finished"
 	STANDIN
-	chmod 755 "$r/opt/actions-runner/bin/Runner.Listener"
-	chown 1001:1001 "$r/opt/actions-runner/bin/Runner.Listener"
-	umoci repack --image "$layout:$TAG" "$b"
-	rm -rf "$b"
+	standin_image "$1" "$WORK/bundle" "$body"
 }
 
 # calls ADDR: krunner_github_api_calls_total from the metrics endpoint.

@@ -58,41 +58,19 @@ cleanup() {
 
 # The stand-in runner: HTTP through busybox nc (busybox wget has crashed in emulated guests).
 build_runner_image() {
-	local layout=$1 b=$WORK/bundle r
-	umoci init --layout "$layout"
-	umoci new --image "$layout:$TAG"
-	umoci unpack --image "$layout:$TAG" "$b" >/dev/null
-	r=$b/rootfs
-	mkdir -p "$r/bin" "$r/etc" "$r/home/runner" "$r/opt/actions-runner/bin" "$r/tmp" "$r/proc" "$r/sys" "$r/dev"
-	chmod 1777 "$r/tmp"
-	cp "$(command -v busybox)" "$r/bin/busybox"
-	for a in $(busybox --list); do [[ -e $r/bin/$a ]] || ln -s busybox "$r/bin/$a"; done
-	printf 'root:x:0:0:root:/root:/bin/sh\nrunner:x:1001:1001:runner:/home/runner:/bin/sh\n' >"$r/etc/passwd"
-	printf 'root:x:0:\nrunner:x:1001:\ndocker:x:121:runner\n' >"$r/etc/group"
-	chown 1001:1001 "$r/home/runner" "$r/opt/actions-runner"
-	cat >"$r/opt/actions-runner/bin/Runner.Listener" <<-'STANDIN'
-		#!/bin/sh
+	local body=$WORK/standin.sh
+	cat >"$body" <<-'STANDIN'
 		post() {
 		  hp=${1#http://}; path=/${hp#*/}; hp=${hp%%/*}
 		  printf 'POST %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %s\r\n\r\n%s' \
 		    "$path" "$hp" "${#2}" "$2" | nc "${hp%:*}" "${hp##*:}" | head -n 1 | grep -q ' 2[0-9][0-9] '
 		}
-		# The runner takes its JIT config from ACTIONS_RUNNER_INPUT_JITCONFIG (krunner keeps it off argv).
-		cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
-		files=$(echo "$cfg" | base64 -d)
-		runner=$(echo "$files" | sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | base64 -d)
-		creds=$(echo "$files" | sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | base64 -d)
-		url=$(echo "$runner" | sed 's/.*"simRunnerUrl":"\([^"]*\)".*/\1/')
-		secret=$(echo "$creds" | sed 's/.*"simSecret":"\([^"]*\)".*/\1/')
 		post "$url/online" "$secret" || exit 7
 		post "$url/job-started" "$secret" || exit 8
 		sleep "$(cat /record/job-secs)"
 		post "$url/job-finished" "$secret" || exit 9
 	STANDIN
-	chmod 755 "$r/opt/actions-runner/bin/Runner.Listener"
-	chown 1001:1001 "$r/opt/actions-runner/bin/Runner.Listener"
-	umoci repack --image "$layout:$TAG" "$b"
-	rm -rf "$b"
+	standin_image "$1" "$WORK/bundle" "$body"
 }
 
 # vmm_memory PID: "rss_kb pss_kb guest_rss_kb guest_pss_kb" of a VM child; the guest's RAM is

@@ -166,3 +166,44 @@ secs() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1e6 }'; }
 msecs() { awk -v u="$1" 'BEGIN { printf "%.1f", u / 1e3 }'; }
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
 
+
+# ---------------------------------------------------------------- stand-in runner images
+# The benches' runner images: busybox, root and runner (uid 1001, group docker 121) and a
+# stand-in Runner.Listener that talks to the GitHub simulator. Each bench writes only what
+# its stand-in does after decoding its JIT config.
+
+# standin_image LAYOUT BUNDLE BODY_FILE: a new OCI layout at LAYOUT (tag $TAG) whose one layer
+# is that tree with the stand-in made of the JIT preamble and the script in BODY_FILE.
+standin_image() {
+	local layout=$1 b=$2 body=$3 r l=opt/actions-runner/bin/Runner.Listener
+	umoci init --layout "$layout"
+	umoci new --image "$layout:$TAG"
+	umoci unpack --image "$layout:$TAG" "$b" >/dev/null
+	r=$b/rootfs
+	mkdir -p "$r/bin" "$r/etc" "$r/home/runner" "$r/opt/actions-runner/bin" "$r/tmp" "$r/record" \
+		"$r/proc" "$r/sys" "$r/dev"
+	chmod 1777 "$r/tmp"
+	cp "$(command -v busybox)" "$r/bin/busybox"
+	for a in $(busybox --list); do [[ -e $r/bin/$a ]] || ln -s busybox "$r/bin/$a"; done
+	printf 'root:x:0:0:root:/root:/bin/sh\nrunner:x:1001:1001:runner:/home/runner:/bin/sh\n' >"$r/etc/passwd"
+	printf 'root:x:0:\nrunner:x:1001:\ndocker:x:121:runner\n' >"$r/etc/group"
+	chown 1001:1001 "$r/home/runner" "$r/opt/actions-runner"
+	{
+		cat <<-'PREAMBLE'
+			#!/bin/sh
+			# The runner takes its JIT config from ACTIONS_RUNNER_INPUT_JITCONFIG (krunner keeps it off argv).
+			cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
+			files=$(echo "$cfg" | base64 -d)
+			runner=$(echo "$files" | sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | base64 -d)
+			creds=$(echo "$files" | sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | base64 -d)
+			url=$(echo "$runner" | sed 's/.*"simRunnerUrl":"\([^"]*\)".*/\1/')
+			name=$(echo "$runner" | sed 's/.*"agentName":"\([^"]*\)".*/\1/')
+			secret=$(echo "$creds" | sed 's/.*"simSecret":"\([^"]*\)".*/\1/')
+		PREAMBLE
+		cat "$body"
+	} >"$r/$l"
+	chmod 755 "$r/$l"
+	chown 1001:1001 "$r/$l"
+	umoci repack --image "$layout:$TAG" "$b"
+	rm -rf "$b"
+}
