@@ -198,6 +198,30 @@ fn sigint_while_busy_drains_one_job_to_its_end_and_one_to_the_timeout() {
     );
 }
 
+/// Sends the second SIGINT (the drain is on) and waits for krunner: it must end cleanly
+/// within 30 s whatever GitHub does. Returns its outcome and a context for assertions.
+fn force_stop(f: &Fixture, running: Running) -> (Outcome, String) {
+    let second = Instant::now();
+    signal(running.pid(), Signal::SIGINT);
+    let out =
+        exit_within(running, 60).unwrap_or_else(|e| panic!("{e}\nsim log:\n{}", f.sim.log_text()));
+    let took = second.elapsed();
+    out.success().never_shows("e2e-token");
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert!(
+        took < Duration::from_secs(30),
+        "a second SIGINT ends krunner within 30 s; took {took:?}\n{ctx}"
+    );
+    (out, ctx)
+}
+
+/// No run directory and no guest process (marked by `marker`) is left.
+fn assert_no_run_left(f: &Fixture, marker: &str, ctx: &str) {
+    assert!(names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
+    let left = guests_left(f, marker);
+    assert!(left.is_empty(), "guest processes left: {left:?}\n{ctx}");
+}
+
 /// A forced stop kills busy runners without a word to GitHub, which keeps counting them busy
 /// (and refuses to delete them, 422) until it notices they are gone: krunner's deletion queue
 /// retries until they are deleted, within the force window.
@@ -220,20 +244,11 @@ fn a_second_sigint_forces_busy_runners_down_and_deletes_them() {
     signal(pid, Signal::SIGINT);
     let drained = drain_shows(&f);
     let busy_then = in_state(&f, RunnerState::Busy);
-    let second = Instant::now();
-    signal(pid, Signal::SIGINT);
-    let out = exit_within(running, 60).unwrap();
-    let took = second.elapsed();
-    out.success().never_shows("e2e-token");
-    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    let (out, ctx) = force_stop(&f, running);
     assert!(drained, "the drain never showed\n{ctx}");
     assert_eq!(
         busy_then, 2,
         "the first SIGINT lets busy runners work\n{ctx}"
-    );
-    assert!(
-        took < Duration::from_secs(30),
-        "a second SIGINT ends krunner within 30 s; took {took:?}\n{ctx}"
     );
     assert_eq!(
         requests_since(&f, "POST", JIT, first),
@@ -260,9 +275,7 @@ fn a_second_sigint_forces_busy_runners_down_and_deletes_them() {
         f.sim.runners()
     );
     assert!(!out.stderr.contains("registration left"), "{ctx}");
-    assert!(names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
-    let left = guests_left(&f, &long);
-    assert!(left.is_empty(), "guest processes left: {left:?}\n{ctx}");
+    assert_no_run_left(&f, &long, &ctx);
 }
 
 /// When GitHub keeps a force-stopped runner busy for longer than krunner may wait, krunner
@@ -282,17 +295,8 @@ fn a_forced_stop_names_the_registrations_github_keeps_busy() {
     signal(pid, Signal::SIGINT);
     // Two signals close together may arrive as one: the second goes once the drain shows.
     let drained = drain_shows(&f);
-    let second = Instant::now();
-    signal(pid, Signal::SIGINT);
-    let out = exit_within(running, 60).unwrap();
-    let took = second.elapsed();
-    out.success().never_shows("e2e-token");
-    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    let (out, ctx) = force_stop(&f, running);
     assert!(drained, "the drain never showed\n{ctx}");
-    assert!(
-        took < Duration::from_secs(30),
-        "a second SIGINT ends krunner within 30 s; took {took:?}\n{ctx}"
-    );
     assert!(
         out.stderr.contains("e2e-0-1")
             && out.stderr.contains("registration left on GitHub")
@@ -356,22 +360,8 @@ fn a_forced_stop_ends_krunner_while_github_rate_limits_and_stalls() {
             .iter()
             .any(|l| l.method == "GET" && l.status == 403)
     });
-    let second = Instant::now();
-    signal(pid, Signal::SIGINT);
-    let out = exit_within(running, 30);
-    let took = second.elapsed();
-    let ctx = format!(
-        "{}\nsim log:\n{}",
-        out.as_ref().map_or_else(Clone::clone, |o| o.to_string()),
-        f.sim.log_text()
-    );
+    let (out, ctx) = force_stop(&f, running);
     assert!(limited, "the busy lookup never met the rate limit\n{ctx}");
-    let out = out.unwrap_or_else(|e| panic!("{e}"));
-    out.success().never_shows("e2e-token");
-    assert!(
-        took < Duration::from_secs(30),
-        "the forced stop took {took:?}\n{ctx}"
-    );
     for id in &ids {
         let path = format!("/repos/owner/repo/actions/runners/{id}");
         let tries = f
@@ -390,9 +380,7 @@ fn a_forced_stop_ends_krunner_while_github_rate_limits_and_stalls() {
         out.stderr.contains("registration left on GitHub"),
         "the runners left behind are reported\n{ctx}"
     );
-    assert!(names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
-    let left = guests_left(&f, &long);
-    assert!(left.is_empty(), "guest processes left: {left:?}\n{ctx}");
+    assert_no_run_left(&f, &long, &ctx);
 }
 
 #[test]

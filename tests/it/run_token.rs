@@ -8,7 +8,7 @@
 //! must find it by name and delete it. With `/record/foreign`, `config.sh` registers the name
 //! without the given labels, as someone else's runner would hold it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::util::github_sim::GitHubSim;
 use crate::util::registry::Registry;
@@ -89,12 +89,16 @@ fn files_with(dir: &Path, needle: &[u8]) -> Vec<String> {
     found
 }
 
-#[test]
-fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing() {
-    if skip(NEEDS) {
-        return;
-    }
-    let td = TestDir::new("run-token");
+/// A token-mode run's world: its test dir, a simulator with one repo and PAT, and the record
+/// share the stand-in writes to.
+struct TokenRun {
+    td: TestDir,
+    sim: GitHubSim,
+    record: PathBuf,
+}
+
+fn token_fixture(name: &str) -> TokenRun {
+    let td = TestDir::new(name);
     let sim = GitHubSim::start();
     let repo = sim.add_repo("owner/repo");
     sim.add_pat("token-pat", &[&repo]);
@@ -102,39 +106,37 @@ fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing(
     std::fs::create_dir_all(&record).unwrap();
     // config.sh and the listener run as the runner user (1001).
     std::fs::set_permissions(&record, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let logs = td.join("logs");
+    TokenRun { td, sim, record }
+}
 
-    let out = td
-        .krunner()
+/// `krunner run --registration token` with one loop of `repeat` runs, to its end.
+fn run_token(t: &TokenRun, repeat: u32) -> Outcome {
+    t.td.krunner()
         .env("KRUNNER_TOKEN", "token-pat")
-        .args([
-            "run",
-            "--backend",
-            "namespace",
-            "--registration",
-            "token",
-            "--api-url",
-            &sim.api_url(),
-            "-p",
-            "owner/repo",
-            "-i",
-            &runner_image(),
-            "--name-prefix",
-            "tok",
-            "--log-dir",
-            logs.to_str().unwrap(),
-            "-M",
-            &format!("{}:/record", record.display()),
-            "-n",
-            "1",
-            "-r",
-            "2",
-        ])
-        .run();
+        .args(["run", "--backend", "namespace", "--registration", "token"])
+        .args(["--api-url", &t.sim.api_url(), "-p", "owner/repo"])
+        .args(["-i", &runner_image(), "--name-prefix", "tok"])
+        .arg("--log-dir")
+        .arg(t.td.join("logs"))
+        .arg("-M")
+        .arg(format!("{}:/record", t.record.display()))
+        .args(["-n", "1", "-r", &repeat.to_string()])
+        .run()
+}
+
+#[test]
+fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing() {
+    if skip(NEEDS) {
+        return;
+    }
+    let t = token_fixture("run-token");
+    let (td, sim, record) = (&t.td, &t.sim, &t.record);
+    let logs = td.join("logs");
+    let out = run_token(&t, 2);
     let ctx = format!(
         "{out}\nsim log:\n{}\nrecord: {:?}",
         sim.log_text(),
-        list_names(&record)
+        list_names(record)
     );
     out.success().never_shows("token-pat");
 
@@ -229,7 +231,7 @@ fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing(
 
     for token in &tokens {
         out.never_shows(token);
-        for rec in list_names(&record) {
+        for rec in list_names(record) {
             // config.sh's environment holds it (checked above); no argv and no runner does.
             if rec.starts_with("config-argv-") || rec.starts_with("listener-") {
                 assert!(
@@ -247,7 +249,7 @@ fn token_registration_configures_each_run_with_its_own_token_and_leaves_nothing(
         }
     }
     assert_eq!(
-        list_names(&record)
+        list_names(record)
             .iter()
             .filter(|n| n.ends_with("-env-tok-0-1") || n.ends_with("-env-tok-0-2"))
             .count(),
@@ -271,41 +273,10 @@ fn token_mode_never_deletes_a_runner_of_that_name_without_the_instance_label() {
     if skip(NEEDS) {
         return;
     }
-    let td = TestDir::new("run-token-foreign");
-    let sim = GitHubSim::start();
-    let repo = sim.add_repo("owner/repo");
-    sim.add_pat("token-pat", &[&repo]);
-    let record = td.join("record");
-    std::fs::create_dir_all(&record).unwrap();
-    std::fs::set_permissions(&record, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    std::fs::write(record.join("foreign"), "").unwrap();
-    let out = td
-        .krunner()
-        .env("KRUNNER_TOKEN", "token-pat")
-        .args([
-            "run",
-            "--backend",
-            "namespace",
-            "--registration",
-            "token",
-            "--api-url",
-            &sim.api_url(),
-            "-p",
-            "owner/repo",
-            "-i",
-            &runner_image(),
-            "--name-prefix",
-            "tok",
-            "--log-dir",
-            td.join("logs").to_str().unwrap(),
-            "-M",
-            &format!("{}:/record", record.display()),
-            "-n",
-            "1",
-            "-r",
-            "1",
-        ])
-        .run();
+    let t = token_fixture("run-token-foreign");
+    let sim = &t.sim;
+    std::fs::write(t.record.join("foreign"), "").unwrap();
+    let out = run_token(&t, 1);
     let ctx = format!("{out}\nsim log:\n{}", sim.log_text());
     out.success().never_shows("token-pat");
     let left: Vec<(String, Vec<String>)> = sim

@@ -150,7 +150,11 @@ fn group(filter: &str, tests: usize) {
     let fw = libkrunfw_dir();
     let preload = [
         it.clone(),
-        target.join("krunner"),
+        // target/debug/deps/it-HASH → target/debug/krunner
+        it.ancestors()
+            .nth(2)
+            .unwrap_or(Path::new("/"))
+            .join("krunner"),
         fw.join("libkrunfw.so.5"),
     ];
     let (mut out, mut ctx) = boot_and_run(&it, &target, &preload, filter);
