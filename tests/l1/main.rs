@@ -127,6 +127,24 @@ fn boot_and_run(
     (out, ctx)
 }
 
+/// Makes a stalled attempt visible even when the retry passes: written to the real stderr
+/// (the test harness captures only `eprintln!`) and kept in `$KRUNNER_L1_DIR/stalls/`.
+fn report_stall(filter: &str, ctx: &str) {
+    use std::io::Write;
+    let text = format!("L1 STALLED in group {filter}; retrying the group once\n{ctx}\n");
+    let _ = std::io::stderr().write_all(text.as_bytes());
+    let dir = PathBuf::from(
+        std::env::var_os("KRUNNER_L1_DIR").unwrap_or_else(|| "/var/tmp/krunner-test/l1".into()),
+    )
+    .join("stalls");
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join(format!("{secs}.log")), &text);
+    }
+}
+
 /// Boots L1 and runs the ignored `it` tests matching `filter` there.
 fn group(filter: &str, tests: usize) {
     if let Some(why) = missing() {
@@ -162,7 +180,7 @@ fn group(filter: &str, tests: usize) {
     // emulated machine can stall for reasons of its own; one retry, said loudly. A test that
     // fails, or a stall that comes back, still fails the group.
     if out.status.code() == Some(3) {
-        eprintln!("L1 STALLED in group {filter} (the dump is above); retrying the group once");
+        report_stall(filter, &ctx);
         (out, ctx) = boot_and_run(&it, &target, &preload, filter);
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
