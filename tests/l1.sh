@@ -182,6 +182,8 @@ echo "l1: ready, /dev/kvm: $(ls /dev/kvm 2>&1)"
 # those take the target's mm lock, which a task stuck in its exit can hold for ever.
 (
 	while sleep 2; do
+		# The host's sign that L1 as a whole still runs (see run's freeze check).
+		: >/job/alive
 		[ -e /job/dump ] || continue
 		{
 			echo "== tasks (pid tid state wchan comm) and kernel stacks of the blocked ones"
@@ -269,6 +271,13 @@ run() {
   local tailer=$!
   local waited=0
   while kill -0 "$qemu" 2>/dev/null; do
+    # A frozen L1 (its own init loop stops touching $job/alive; seen now and then under TCG,
+    # with nothing on its console) is given up after 120 s instead of at the timeout.
+    if [[ -e $job/alive ]] && (($(date +%s) - $(stat -c %Y "$job/alive") > 120)); then
+      echo "tests/l1.sh: L1 froze: no sign of life for 120 s (QEMU: $(ps -o pcpu=,stat= -p "$qemu") %CPU/state); stopping it" >&2
+      kill -KILL "$qemu" 2>/dev/null || true
+      break
+    fi
     if ((waited >= timeout)); then
       echo "tests/l1.sh: L1 did not finish within ${timeout}s; what its tasks wait on:" >&2
       : >"$job/dump"
