@@ -379,10 +379,11 @@ for a in "$@"; do echo "$a"; done > "/record/$name.argv"
 busybox id -u > "/record/$name.uid"
 if busybox grep -q krunner-secrets /proc/mounts; then echo mounted; elif [ -e /.krunner/secrets ]; then echo present; else echo gone; fi > "/record/$name.secrets"
 echo "stand-in runner $name starting"
+# Set before reporting online: a stop may come as soon as the simulator shows it online.
+[ -f /mode/idle ] && trap 'echo term > "/record/$name.term"; exit 0' TERM
 post "$url/online" "$secret" || exit 7
 [ -f /mode/fail ] && exit 3
 if [ -f /mode/idle ]; then
-  trap 'echo term > "/record/$name.term"; exit 0' TERM
   busybox sleep 600 &
   wait $!
   exit 0
@@ -432,7 +433,7 @@ fn runner_image() -> String {
     crate::util::oci::runner_image(
         Registry::shared(),
         &PUSHED,
-        "krun-runner:v1",
+        "krun-runner:v2",
         LISTENER,
         Some(CONFIG_SH),
     )
