@@ -40,6 +40,7 @@ pub mod doctor;
 pub mod github;
 pub mod guest;
 pub mod image;
+pub mod jail;
 pub mod launcher;
 pub mod metrics;
 pub mod orchestrator;

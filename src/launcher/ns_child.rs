@@ -62,7 +62,7 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::{emit, Event, GuestExec, LaunchSpec, RootSpec, Share, SpecError};
 use super::sys::{guest_relative, prepare_private_root, LinuxSys, SetupError, Sys};
-use super::NS_INIT;
+use super::{privileges, NS_INIT};
 
 /// What PID 1 needs, handed from the ns-child to `__ns-init` as a 0600 JSON file that PID 1
 /// reads once and deletes (it holds the workload's environment, which may carry secrets).
@@ -89,6 +89,13 @@ pub enum NsError {
     /// A namespace or mount step.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// Dropping the workload's network capabilities.
+    #[error("dropping the workload's capabilities")]
+    Privileges {
+        /// Why.
+        #[source]
+        source: super::privileges::PrivilegeError,
+    },
     /// prctl(PR_SET_PDEATHSIG).
     #[error("arming the parent-death signal (PR_SET_PDEATHSIG)")]
     DeathSignal {
@@ -190,6 +197,7 @@ impl NsError {
             NsError::Wait { .. } => "wait",
             NsError::Rlimit { .. } => "setrlimit",
             NsError::SpawnWorkload { .. } => "spawn_workload",
+            NsError::Privileges { .. } => "drop_caps",
         }
     }
 
@@ -197,7 +205,10 @@ impl NsError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             NsError::Spec(SpecError::Io { source, .. }) => source.raw_os_error(),
-            NsError::Spec(_) | NsError::ParentGone { .. } | NsError::ParseInitSpec { .. } => None,
+            NsError::Spec(_)
+            | NsError::ParentGone { .. }
+            | NsError::ParseInitSpec { .. }
+            | NsError::Privileges { .. } => None,
             NsError::Setup(e) => e.errno(),
             NsError::DeathSignal { source }
             | NsError::Signals { source }
@@ -741,6 +752,10 @@ fn run_ns_init(init: &InitSpec) -> Result<i32, NsError> {
             source,
         }
     })?;
+    // Root in the guest, but never able to reconfigure the network (and so flush the egress
+    // rules of its namespace, or touch the host's under --egress-policy open).
+    privileges::drop_from_all(privileges::NS_WORKLOAD_DROPS)
+        .map_err(|source| NsError::Privileges { source })?;
     let e = &init.exec;
     let child = reset_signals_in_child(&mut Command::new(&e.path))
         .args(&e.args)
@@ -795,6 +810,7 @@ mod tests {
                 workdir: "/".into(),
             },
             hostname: "guest1".into(),
+            netns: None,
             nofile: 1024,
             console_log: None,
             events: "/r/events".into(),

@@ -25,6 +25,11 @@ mod unpack_hostile;
 /// The unpacked tree compared with what `umoci unpack` makes of the same image.
 mod umoci_compare;
 
+/// The network jail as a hostile job tries it: the host's loopback and addresses, private,
+/// metadata and public addresses, `--egress-allow`, two guests on one port, `--egress-policy
+/// open`, bad values.
+mod jail;
+
 /// `krunner exec` and `krunner doctor`: the namespace backend end to end, libkrun up to the
 /// vCPU, crash recovery.
 mod launcher;
