@@ -16,6 +16,8 @@ packages=(
   # the emulated KVM host that runs real libkrun guests (tests/l1.sh): QEMU in software, its
   # initramfs (busybox-static above, cpio), module dependencies of its kernel (kmod)
   qemu-system-x86 cpio kmod
+  # the guests' network jail: pasta (passt), nft (nftables), ip and ss (iproute2)
+  passt nftables iproute2
   # lint of the repo's shell scripts
   shellcheck
   ca-certificates

@@ -1,5 +1,6 @@
 //! `krunner doctor`: print each host check with its fix; exit 0 only if microVMs can run.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,6 +32,11 @@ pub fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         checks.push(skipped("an earlier check failed"));
     }
     checks.push(doctor::namespace_check());
+    let cache = super::open_cache(global)?;
+    checks.push(super::runtime()?.block_on(doctor::jail_check(
+        &cache.root().join("tmp"),
+        Path::new("/proc/self/exe"),
+    )));
     let mut ok = true;
     for c in &checks {
         let tag = match c.status {

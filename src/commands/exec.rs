@@ -91,9 +91,10 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::debug!(
         run = %outcome.run_id,
-        "timings: clone_ms={} prepare_ms={} spawn_ms={} setup_ms={} host_before_guest_ms={} total_ms={}",
+        "timings: clone_ms={} prepare_ms={} jail_ms={} spawn_ms={} setup_ms={} host_before_guest_ms={} total_ms={}",
         ms(Some(t.clone)),
         ms(Some(t.prepare)),
+        ms(Some(t.jail)),
         ms(t.spawn),
         ms(t.setup),
         ms(t.to_entering),
