@@ -18,6 +18,10 @@ packages=(
   qemu-system-x86 cpio kmod
   # lint of the repo's shell scripts
   shellcheck
+  # the package tests (tests/it/package.rs): a Debian 12 root for the .deb (tests/package.sh),
+  # dpkg-shlibdeps and strip for cargo-deb, rpm to read the .rpm, systemd-analyze for the
+  # unit, man-db to render the man pages, PyYAML to read the release workflow
+  debootstrap dpkg-dev binutils rpm systemd man-db python3-yaml
   ca-certificates
 )
 
@@ -64,10 +68,33 @@ if ! ls "$libkrunfw_dir"/libkrunfw.so.5 >/dev/null 2>&1; then
   fi
 fi
 
+# The package test's Debian 12 root (debootstrapped once, cached in /var/tmp/krunner-test),
+# made in the background while cargo compiles the packaging tools below.
+bash "$(dirname "$0")/package.sh" prepare &
+debian_root=$!
+
+# cargo-deb and cargo-generate-rpm make krunner's .deb and .rpm (packaging/build.sh), from
+# crates.io, pinned to the versions the release workflow uses. Compiled once when missing
+# (about 2 and 4 minutes on 2 cores); the package tests say so if cargo is not there.
+if command -v cargo >/dev/null 2>&1; then
+  for tool in cargo-deb@3.8.0 cargo-generate-rpm@0.21.1; do
+    if ! command -v "${tool%@*}" >/dev/null 2>&1; then
+      cargo install --locked --quiet "$tool" ||
+        echo "tests/setup.sh: could not install $tool; the package tests will say so" >&2
+    fi
+  done
+else
+  echo "tests/setup.sh: no cargo on PATH: cargo-deb and cargo-generate-rpm not installed" >&2
+fi
+
 # The emulated KVM host's kernel (Debian's, downloaded with apt, unpacked, never installed) and
 # initramfs, cached in /var/tmp/krunner-test/l1.
 if ! bash "$(dirname "$0")/l1.sh" prepare; then
   echo "tests/setup.sh: could not prepare the emulated KVM host; the real-guest tests will say why" >&2
+fi
+
+if ! wait "$debian_root"; then
+  echo "tests/setup.sh: could not prepare the Debian 12 root; the package test will say why" >&2
 fi
 
 echo "tests/setup.sh: build and test dependencies installed"

@@ -505,3 +505,81 @@ fn rpm_has_the_files_scripts_and_requirements() {
         );
     }
 }
+
+/// The release workflow, read with PyYAML (Debian 12 has no actionlint): triggered by a tag,
+/// both architectures built natively in Debian 12 with packaging/build.sh and the same tool
+/// versions as tests/setup.sh, the image owner computed as the images workflow computes it,
+/// SHA256SUMS, and a publish job that alone may write.
+#[test]
+fn release_workflow_is_well_formed() {
+    if skip(&[Need::Tool("python3")]) {
+        return;
+    }
+    let path = repo().join(".github/workflows/release.yml");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No module named 'yaml'") && skip_because("needs python3-yaml") {
+        return;
+    }
+    assert!(out.status.success(), "release.yml is not YAML: {err}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // YAML 1.1 reads the key `on` as the boolean true.
+    let on = doc.get("on").or_else(|| doc.get("true")).expect("on:");
+    assert_eq!(on["push"]["tags"], serde_json::json!(["v*"]), "{on}");
+    assert_eq!(
+        doc["permissions"]["contents"], "read",
+        "read-only by default"
+    );
+    let build = &doc["jobs"]["build"];
+    assert_eq!(build["container"], "debian:12", "bookworm's glibc");
+    let arches: Vec<&str> = build["strategy"]["matrix"]["include"]
+        .as_array()
+        .expect("matrix.include")
+        .iter()
+        .filter_map(|m| m["arch"].as_str())
+        .collect();
+    assert_eq!(arches, ["x86_64", "aarch64"]);
+    let publish = &doc["jobs"]["publish"];
+    assert_eq!(publish["permissions"]["contents"], "write");
+    assert_eq!(publish["needs"], "build");
+    let mut scripts = String::new();
+    for (name, job) in doc["jobs"].as_object().expect("jobs") {
+        for (i, step) in job["steps"].as_array().expect("steps").iter().enumerate() {
+            let run = step.get("run").and_then(|r| r.as_str());
+            assert!(
+                run.is_some() != step.get("uses").is_some(),
+                "jobs.{name}.steps[{i}]: exactly one of run/uses"
+            );
+            if let Some(run) = run {
+                // An expression inside a script is a script-injection hazard: env instead.
+                assert!(!run.contains("${{"), "jobs.{name}.steps[{i}]: ${{{{ in run");
+                scripts.push_str(run);
+            }
+        }
+    }
+    for want in [
+        "bash packaging/build.sh --profile release",
+        "cargo build --release --locked",
+        "export KRUNNER_DEFAULT_IMAGE_REPO=\"ghcr.io/$owner\"",
+        "sha256sum krunner* >SHA256SUMS",
+        "gh release create",
+    ] {
+        assert!(scripts.contains(want), "release.yml runs {want:?}");
+    }
+    // The same owner as the images workflow, the same packaging tools as tests/setup.sh.
+    let owner = "owner=$(printf '%s' \"$GITHUB_REPOSITORY_OWNER\" | tr '[:upper:]' '[:lower:]')";
+    let images = std::fs::read_to_string(repo().join(".github/workflows/images.yml")).unwrap();
+    assert!(scripts.contains(owner) && images.contains(owner));
+    assert!(images.contains("--repo \"ghcr.io/$owner\""));
+    let setup = std::fs::read_to_string(repo().join("tests/setup.sh")).unwrap();
+    for tool in ["cargo-deb@3.8.0", "cargo-generate-rpm@0.21.1"] {
+        assert!(scripts.contains(tool) && setup.contains(tool), "{tool}");
+    }
+}
