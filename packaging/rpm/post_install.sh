@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # krunner's %post ($1: 1 on install, 2 on upgrade): the image cache, private to root, and
 # systemd told about the unit. Neither enabled nor started: it needs a principal and a token.
 if [ ! -e /var/lib/krunner ]; then
