@@ -15,16 +15,30 @@ use std::path::PathBuf;
 
 /// The exact version the `libkrun` dependency is pinned to (`version = "=X.Y.Z"`) in this
 /// crate's Cargo.toml. The pin is exact, so it is the version cargo resolved and built; the
-/// libkrun crate declares no `links` key that could tell us otherwise.
+/// libkrun crate declares no `links` key that could tell us otherwise. Both spellings are read:
+/// the inline table of the source tree, and the `[dependencies.libkrun]` table cargo writes
+/// into a published crate's normalized manifest.
 fn pinned_libkrun_version() -> Option<String> {
     let dir = env::var_os("CARGO_MANIFEST_DIR")?;
     let manifest = std::fs::read_to_string(PathBuf::from(dir).join("Cargo.toml")).ok()?;
-    let line = manifest.lines().find(|l| {
-        l.trim_start().starts_with("libkrun ") || l.trim_start().starts_with("libkrun=")
-    })?;
-    let rest = line.split("version").nth(1)?;
-    let quoted = rest.split('"').nth(1)?;
-    quoted.strip_prefix('=').map(|v| v.trim().to_string())
+    let exact = |version_part: &str| -> Option<String> {
+        let quoted = version_part.split('"').nth(1)?;
+        quoted.strip_prefix('=').map(|v| v.trim().to_string())
+    };
+    let mut in_table = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_table = line == "[dependencies.libkrun]";
+            continue;
+        }
+        if in_table && line.starts_with("version") {
+            return exact(line);
+        }
+        if line.starts_with("libkrun ") || line.starts_with("libkrun=") {
+            return exact(line.split("version").nth(1)?);
+        }
+    }
+    None
 }
 
 fn main() {
