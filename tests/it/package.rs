@@ -479,6 +479,9 @@ fn rpm_has_the_files_scripts_and_requirements() {
     ] {
         assert!(files.contains(&format!("{want}\n")), "{want:?} in\n{files}");
     }
+    // The payload matches the digests in the header (what rpm checks before installing).
+    let digests = rpm(&["-K", "--nosignature"], &pkgs.rpm);
+    assert!(digests.contains("digests OK"), "{digests}");
     let list = rpm(&["-qlp"], &pkgs.rpm);
     assert!(
         list.lines()
