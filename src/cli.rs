@@ -21,7 +21,8 @@ use crate::secret::Secret;
 #[derive(Debug, Parser)]
 #[command(
     name = "krunner",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KRUNNER_GIT_REV"), ")"),
+    version = crate::version::SHORT,
+    long_version = crate::version::LONG,
     propagate_version = true,
     max_term_width = 100
 )]
@@ -110,6 +111,16 @@ pub enum Command {
     ///
     /// Exits 0 when at least one instance was found, 1 otherwise.
     Status(StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, …) on stdout.
+    ///
+    /// The packages install them; from a source build, e.g.
+    /// `krunner completions bash > /etc/bash_completion.d/krunner`.
+    Completions(CompletionsArgs),
+    /// Write krunner's man pages (krunner.1 and one page per command) into a directory.
+    ///
+    /// Packaging uses it; the pages are generated from the same definitions as `--help`.
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 /// Where images come from: shared by every command that pulls.
@@ -572,6 +583,22 @@ pub struct PruneArgs {
     /// Remove every image not in use by a run.
     #[arg(long, env = "KRUNNER_ALL", value_parser = FalseyValueParser::new())]
     pub all: bool,
+}
+
+/// `krunner completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `krunner man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    #[arg(value_name = "DIR")]
+    pub out_dir: PathBuf,
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! One function per subcommand: turn parsed arguments into library calls and print results.
 //! Errors get context here (anyhow) and are printed once by `main`.
 
+mod completions;
 mod doctor;
 mod exec;
 mod images;
@@ -56,6 +57,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(args) => prune::run(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, *args),
         Command::Status(args) => status::run(&cli.global, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 

@@ -73,3 +73,9 @@ mod run_token;
 /// The krun backend in real libkrun guests: `doctor`, `exec` and `run` end to end. Ignored
 /// here; `cargo test --test l1` runs them inside the emulated KVM host (tests/l1.sh).
 mod krun_guest;
+
+/// krunner's .deb and .rpm (packaging/), built from the binary under test: the .deb installed
+/// into a fresh Debian 12 root and run there (version, doctor, a namespace guest, the unit,
+/// completions, man pages, reinstall, remove, purge); the .rpm's files, scripts and
+/// requirements; the unit and env file against the CLI.
+mod package;
