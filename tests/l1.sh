@@ -18,7 +18,7 @@
 # krunner, test binaries, python3, docker-registry, libkrunfw are all there), with fresh tmpfs on
 # /tmp, /run and /root (the working directory and --keep directories below them stay visible),
 # its own /proc, /sys, /dev (with /dev/kvm),
-# loopback up and no other network. CMD runs as root through `sh -c` in the same working
+# loopback up and a dummy default route (no other network). CMD runs as root through `sh -c` in the same working
 # directory, with TMPDIR=/tmp and KRUNNER_IT_IN_L1=1. Its stdout and stderr are copied to ours
 # as it runs; the L1 console (kernel messages) of the last run is kept in $L1_DIR/console.log.
 #
@@ -28,9 +28,9 @@
 set -euo pipefail
 
 L1_DIR=${KRUNNER_L1_DIR:-/var/tmp/krunner-test/l1}
-# tun (pasta), nf_tables with reject (the guests' egress rules), veth (the jail
-# tests' own networks).
-modules=(virtio_pci 9pnet_virtio 9p overlay kvm_amd vsock tun nf_tables nft_reject_inet veth)
+# tun (pasta), nf_tables with reject (the guests' egress rules), veth (the jail tests' own
+# networks), dummy (L1's stand-in for an outside interface, below).
+modules=(virtio_pci 9pnet_virtio 9p overlay kvm_amd vsock tun nf_tables nft_reject_inet veth dummy)
 
 die() {
   echo "tests/l1.sh: $*" >&2
@@ -178,6 +178,11 @@ jobdir=$(cat /job/path)
 mkdir -p $h$jobdir
 mount --bind /job $h$jobdir
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+# A default route, as every real host has: pasta (the guests' network jail) copies its
+# addresses from the interface that holds it. A dummy device drops whatever is sent there, so
+# L1 still reaches nothing outside (192.0.2.0/24 is TEST-NET-1).
+ip link set dummy0 up && ip addr add 192.0.2.2/24 dev dummy0 && ip route add default via 192.0.2.1 ||
+	echo "l1: no dummy0 for a default route: jailed guests cannot start"
 echo "l1: ready, /dev/kvm: $(ls /dev/kvm 2>&1)"
 # When the host asks (it creates /job/dump on a timeout), write what every task is waiting on,
 # so that a stalled job leaves evidence. Nothing here reads /proc/PID/cmdline or ps's args:

@@ -285,11 +285,15 @@ fn startup_errors(dir: &Path) -> String {
             .map(str::to_string),
     );
     lines.dedup();
-    if lines.is_empty() {
+    let mut message = if lines.is_empty() {
         "no message".into()
     } else {
         lines.join("; ")
+    };
+    if message.contains("No external routable interface") {
+        message.push_str(" (pasta copies the guest's addresses and routes from the host's interface with a default route, and this host has none: give it one, or run with --egress-policy open)");
     }
+    message
 }
 
 /// Why the keeper could not exec pasta.
