@@ -146,3 +146,29 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()
         .context("cannot start the async runtime")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exceptions(url: &str) -> Vec<String> {
+        server_exceptions(&url::Url::parse(url).unwrap())
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_github_server_in_a_blocked_range_gets_its_port_opened() {
+        assert_eq!(exceptions("http://127.0.0.1:8080/"), ["127.0.0.1:8080"]);
+        // Any loopback address is reached through pasta at 127.0.0.1.
+        assert_eq!(exceptions("http://127.0.0.2:8080/"), ["127.0.0.1:8080"]);
+        assert_eq!(exceptions("https://10.0.0.5/api/v3"), ["10.0.0.5:443"]);
+        assert_eq!(
+            exceptions("https://[fd00::5]:8443/api/v3"),
+            ["[fd00::5]:8443"]
+        );
+        // A public server needs no exception.
+        assert!(exceptions("https://140.82.112.6/").is_empty());
+    }
+}
