@@ -31,6 +31,7 @@ pub fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         checks.push(skipped("an earlier check failed"));
     }
     checks.push(doctor::namespace_check());
+    checks.push(doctor::cgroup_check());
     let mut ok = true;
     for c in &checks {
         let tag = match c.status {
