@@ -433,7 +433,7 @@ fn exec_cgroup_holds_the_run_with_its_limits_and_goes_with_it() {
     // The workload says where it is and waits until the test has looked.
     let running = exec_ns(
         &td,
-        &["-c", "2", "-m", "100", "-M", &m],
+        &["-c", "2", "-m", "128", "-M", &m],
         "cat /proc/self/cgroup > /share/cgroup; while [ ! -e /share/go ]; do sleep 0.1; done",
     )
     .spawn();
@@ -464,8 +464,8 @@ fn exec_cgroup_holds_the_run_with_its_limits_and_goes_with_it() {
     assert_eq!(
         limits,
         Some(CgroupLimits {
-            // -m 100 under namespaces: the RAM and 32 MiB for krunner's two processes.
-            memory_max: ((100 + 32) << 20).to_string(),
+            // -m 128 under namespaces: the RAM and 32 MiB for krunner's two processes.
+            memory_max: ((128 + 32) << 20).to_string(),
             cpu_max: "200000 100000".into(),
             pids_max: "8192".into(),
         })
@@ -485,15 +485,16 @@ fn exec_cgroup_out_of_memory_kills_only_its_own_run() {
     let td = TestDir::new("cg-oom");
     // Pulled first, so that both runs start together.
     krunner(&td).args(["pull", &image()]).run().success();
-    // 300 MB into a shell variable (anonymous memory of sh) against -m 64, i.e. a memory.max
-    // of 96 MiB; the neighbour, with the same limit, needs little and outlives the hog's end.
+    // 300 MB into a shell variable (anonymous memory of sh) against -m 128 (the least krunner
+    // takes), i.e. a memory.max of 160 MiB; the neighbour, with the same limit, needs little
+    // and outlives the hog's end.
     let hog = exec_ns(
         &td,
-        &["-m", "64"],
+        &["-m", "128"],
         "x=$(head -c 300000000 /dev/zero | tr '\\000' a); echo survived ${#x}",
     )
     .spawn();
-    let neighbour = exec_ns(&td, &["-m", "64"], "sleep 4; echo neighbour-ok").spawn();
+    let neighbour = exec_ns(&td, &["-m", "128"], "sleep 4; echo neighbour-ok").spawn();
     let hog = hog.wait();
     let neighbour = neighbour.wait();
     assert!(
