@@ -8,6 +8,7 @@ use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::image::reference::{Platform, DEFAULT_IMAGE_REPO};
+use crate::jail::egress::{Allow, EgressPolicy};
 use crate::launcher::Backend;
 use crate::secret::Secret;
 
@@ -20,7 +21,8 @@ use crate::secret::Secret;
 #[derive(Debug, Parser)]
 #[command(
     name = "krunner",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KRUNNER_GIT_REV"), ")"),
+    version = crate::version::SHORT,
+    long_version = crate::version::LONG,
     propagate_version = true,
     max_term_width = 100
 )]
@@ -109,6 +111,16 @@ pub enum Command {
     ///
     /// Exits 0 when at least one instance was found, 1 otherwise.
     Status(StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, …) on stdout.
+    ///
+    /// The packages install them; from a source build, e.g.
+    /// `krunner completions bash > /etc/bash_completion.d/krunner`.
+    Completions(CompletionsArgs),
+    /// Write krunner's man pages (krunner.1 and one page per command) into a directory.
+    ///
+    /// Packaging uses it; the pages are generated from the same definitions as `--help`.
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 /// Where images come from: shared by every command that pulls.
@@ -226,9 +238,30 @@ pub struct GuestArgs {
     pub mounts: Vec<MountArg>,
 
     /// DNS server written to the guest's /etc/resolv.conf (queried over TCP: libkrun's
-    /// networking carries no UDP to the host).
+    /// networking carries no UDP to the host). The egress policy always lets port 53 of it
+    /// through.
     #[arg(short = 'd', long, env = "KRUNNER_DNS", default_value = "1.1.1.1")]
     pub dns: String,
+
+    /// What a guest's network reaches. `public`: a network namespace of its own (its own
+    /// loopback; its listeners published nowhere) that reaches public addresses only, not
+    /// the host's addresses, loopback, private, CGNAT, link-local/metadata or multicast
+    /// ranges, except what --egress-allow opens (needs root, pasta and nft). `open`: the
+    /// host's network, loopback included, as before the jail (unsafe: a job reaches every
+    /// service of the host and its networks).
+    #[arg(long, env = "KRUNNER_EGRESS_POLICY", value_enum, default_value_t = EgressKind::Public)]
+    pub egress_policy: EgressKind,
+
+    /// Let guests reach a blocked network, address or one port of it (repeatable):
+    /// `10.1.2.3:5000`, `10.0.0.0/8`, `[fd00::1]:443`. `127.0.0.1:PORT` opens one port of a
+    /// service on the host's own loopback, which the guest reaches at that same address.
+    #[arg(
+        long = "egress-allow",
+        env = "KRUNNER_EGRESS_ALLOW",
+        value_name = "CIDR[:PORT]",
+        value_delimiter = ','
+    )]
+    pub egress_allow: Vec<Allow>,
 
     /// Hard limit on a guest's life, in seconds (0: none).
     #[arg(
@@ -247,6 +280,27 @@ pub struct GuestArgs {
     /// libkrun's own log level on stderr (0 off, 1 error … 5 trace).
     #[arg(long, env = "KRUNNER_KRUN_LOG_LEVEL", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=5))]
     pub krun_log_level: u32,
+}
+
+/// `--egress-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EgressKind {
+    /// A network namespace per guest; public addresses and --egress-allow only.
+    Public,
+    /// The host's network, loopback included (no jail).
+    Open,
+}
+
+impl GuestArgs {
+    /// The egress policy these options ask for.
+    pub fn egress(&self) -> EgressPolicy {
+        match self.egress_policy {
+            EgressKind::Public => EgressPolicy::Public {
+                allow: self.egress_allow.clone(),
+            },
+            EgressKind::Open => EgressPolicy::Open,
+        }
+    }
 }
 
 /// `krunner exec`.
@@ -529,6 +583,22 @@ pub struct PruneArgs {
     /// Remove every image not in use by a run.
     #[arg(long, env = "KRUNNER_ALL", value_parser = FalseyValueParser::new())]
     pub all: bool,
+}
+
+/// `krunner completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `krunner man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    #[arg(value_name = "DIR")]
+    pub out_dir: PathBuf,
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::image::Cancel;
+use crate::jail::egress::EgressPolicy;
+use crate::jail::netns::NetJail;
+use crate::jail::Tools;
 use crate::launcher::krun_child::{probe_kvm, KvmProbe};
 use crate::launcher::libkrunfw::find_libkrunfw;
 use crate::launcher::run::{Launcher, Output, RunRequest, VmExit, Workload};
@@ -219,6 +222,59 @@ pub fn namespace_check() -> Check {
     }
 }
 
+/// The network jail (`--egress-policy public`, the default): its tools, and one guest
+/// namespace made and torn down for real, timed. `exe` is the krunner binary (pasta's keeper).
+pub async fn jail_check(scratch: &Path, exe: &Path) -> Check {
+    const NAME: &str = "network jail";
+    let tools = match Tools::find() {
+        Ok(t) => t,
+        Err(e) => {
+            return Check::new(
+                NAME,
+                Status::Warn,
+                e.to_string(),
+                Some("install passt and nftables and run as root, or give --egress-policy open (guests then share the host's network)"),
+            )
+        }
+    };
+    let dir = scratch.join(format!("doctor-jail-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return Check::new(
+            NAME,
+            Status::Fail,
+            format!("cannot create {}: {e}", dir.display()),
+            None,
+        );
+    }
+    let t = std::time::Instant::now();
+    let made = NetJail::create(&dir, exe, &[], None, &tools).await;
+    let took = t.elapsed();
+    let check = match made {
+        Ok(jail) => {
+            jail.shutdown().await;
+            Check::new(
+                NAME,
+                Status::Ok,
+                format!(
+                    "{} and {}: a guest's namespace, rules and pasta ready in {} ms",
+                    tools.pasta.display(),
+                    tools.nft.display(),
+                    took.as_millis()
+                ),
+                None,
+            )
+        }
+        Err(e) => Check::new(
+            NAME,
+            Status::Fail,
+            crate::error_chain(&e),
+            Some("the kernel needs network namespaces, nf_tables with reject, and /dev/net/tun (modprobe tun nf_tables nft_reject_inet); or give --egress-policy open"),
+        ),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    check
+}
+
 /// Boots a probe guest whose root holds no `/bin/sh`: if libkrun's init runs at all it exits
 /// 127 ("not found"), which proves the kernel booted and init ran.
 pub async fn test_boot(
@@ -254,6 +310,8 @@ pub async fn test_boot(
         krun_log_level: 1,
         libkrunfw_dir,
         nofile: 1024,
+        // It runs `true` and no network: the jail has a check of its own.
+        egress: EgressPolicy::Open,
     };
     let outcome = launcher.run(&req, &Cancel::default()).await;
     let _ = std::fs::remove_dir_all(&root);

@@ -18,6 +18,7 @@
 //!   registration is gone, and the per-host-and-cache instance label.
 //! - [`metrics`]: the optional Prometheus endpoint of `krunner run`.
 //! - [`secret`]: a redacting string type for credentials.
+//! - [`version`]: what `krunner --version` and `krunner doctor` say about this build.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -40,8 +41,10 @@ pub mod doctor;
 pub mod github;
 pub mod guest;
 pub mod image;
+pub mod jail;
 pub mod launcher;
 pub mod metrics;
 pub mod orchestrator;
 pub mod rootfs;
 pub mod secret;
+pub mod version;

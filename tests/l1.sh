@@ -28,7 +28,9 @@
 set -euo pipefail
 
 L1_DIR=${KRUNNER_L1_DIR:-/var/tmp/krunner-test/l1}
-modules=(virtio_pci 9pnet_virtio 9p overlay kvm_amd vsock)
+# tun (pasta), nf_tables with reject (the guests' egress rules), veth (the jail
+# tests' own networks).
+modules=(virtio_pci 9pnet_virtio 9p overlay kvm_amd vsock tun nf_tables nft_reject_inet veth)
 
 die() {
   echo "tests/l1.sh: $*" >&2

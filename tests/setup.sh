@@ -16,8 +16,14 @@ packages=(
   # the emulated KVM host that runs real libkrun guests (tests/l1.sh): QEMU in software, its
   # initramfs (busybox-static above, cpio), module dependencies of its kernel (kmod)
   qemu-system-x86 cpio kmod
+  # the guests' network jail: pasta (passt), nft (nftables), ip and ss (iproute2)
+  passt nftables iproute2
   # lint of the repo's shell scripts
   shellcheck
+  # the package tests (tests/it/package.rs): a Debian 12 root for the .deb (tests/package.sh),
+  # dpkg-shlibdeps and strip for cargo-deb, rpm to read the .rpm, systemd-analyze for the
+  # unit, man-db to render the man pages, PyYAML to read the release workflow
+  debootstrap dpkg-dev binutils rpm systemd man-db python3-yaml
   ca-certificates
 )
 
@@ -64,10 +70,44 @@ if ! ls "$libkrunfw_dir"/libkrunfw.so.5 >/dev/null 2>&1; then
   fi
 fi
 
+# The package test's Debian 12 root (debootstrapped once, cached in /var/tmp/krunner-test),
+# made in the background while cargo compiles the packaging tools below.
+bash "$(dirname "$0")/package.sh" prepare &
+debian_root=$!
+
+# cargo-deb and cargo-generate-rpm make krunner's .deb and .rpm (packaging/build.sh), from
+# crates.io, pinned to the versions the release workflow uses, compiled once when missing.
+# Built for speed of compiling, as only the tests use them here: cargo-deb as a debug build
+# (1.5 instead of 2.8 CPU-minutes; it packages as fast, its own release profile is -O1 and the
+# work is strip's and liblzma's); cargo-generate-rpm at -O0 but for what hashes and compresses
+# the payload (5.5 instead of 10 CPU-minutes, mostly its PGP signing code, never used here;
+# 12 s instead of 4 s per package).
+if command -v cargo >/dev/null 2>&1; then
+  rpm_fast=(--config profile.release.opt-level=0)
+  for crate in rpm sha2 sha1 md-5 digest block-buffer generic-array flate2 zlib-rs crc32fast \
+    zstd zstd-safe zstd-sys; do
+    rpm_fast+=(--config "profile.release.package.$crate.opt-level=3")
+  done
+  if ! command -v cargo-deb >/dev/null 2>&1; then
+    cargo install --locked --quiet --debug cargo-deb@3.8.0 ||
+      echo "tests/setup.sh: could not install cargo-deb; the package tests will say so" >&2
+  fi
+  if ! command -v cargo-generate-rpm >/dev/null 2>&1; then
+    cargo install --locked --quiet "${rpm_fast[@]}" cargo-generate-rpm@0.21.1 ||
+      echo "tests/setup.sh: could not install cargo-generate-rpm; the package tests will say so" >&2
+  fi
+else
+  echo "tests/setup.sh: no cargo on PATH: cargo-deb and cargo-generate-rpm not installed" >&2
+fi
+
 # The emulated KVM host's kernel (Debian's, downloaded with apt, unpacked, never installed) and
 # initramfs, cached in /var/tmp/krunner-test/l1.
 if ! bash "$(dirname "$0")/l1.sh" prepare; then
   echo "tests/setup.sh: could not prepare the emulated KVM host; the real-guest tests will say why" >&2
+fi
+
+if ! wait "$debian_root"; then
+  echo "tests/setup.sh: could not prepare the Debian 12 root; the package test will say why" >&2
 fi
 
 echo "tests/setup.sh: build and test dependencies installed"

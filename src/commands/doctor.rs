@@ -1,5 +1,6 @@
 //! `krunner doctor`: print each host check with its fix; exit 0 only if microVMs can run.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use crate::launcher::run::Launcher;
 
 /// Runs the command.
 pub fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    // The same lines as `krunner --version`: a pasted doctor report says which build it is.
+    println!("krunner {}", crate::version::LONG);
     let (mut checks, can_boot) = doctor::static_checks(args.libkrunfw_dir.as_deref());
     if args.no_boot {
         checks.push(skipped("--no-boot"));
@@ -31,6 +34,11 @@ pub fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         checks.push(skipped("an earlier check failed"));
     }
     checks.push(doctor::namespace_check());
+    let cache = super::open_cache(global)?;
+    checks.push(super::runtime()?.block_on(doctor::jail_check(
+        &cache.root().join("tmp"),
+        Path::new("/proc/self/exe"),
+    )));
     checks.push(doctor::cgroup_check());
     let mut ok = true;
     for c in &checks {

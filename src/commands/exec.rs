@@ -39,7 +39,7 @@ pub fn user_shares(guest: &GuestArgs, cache: &Path) -> Result<Vec<Share>, ShareE
 pub fn warn_backend(backend: Backend) {
     if backend == Backend::Namespace {
         tracing::warn!(
-            "backend 'namespace': guests share the host kernel and network and run as real root in mount/pid/uts/ipc namespaces; this isolates far less than a microVM"
+            "backend 'namespace': guests share the host kernel and run as real root (without CAP_NET_ADMIN) in mount/pid/uts/ipc/network namespaces; this isolates far less than a microVM"
         );
     }
 }
@@ -51,6 +51,7 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let store = ImageStore::new(cache.clone());
     let opts = super::pull::pull_options(global, &args.registry, args.offline);
     warn_backend(args.guest.backend);
+    let egress = super::egress_policy(&args.guest, None)?;
     let launcher = Launcher::new(cache).context("cannot prepare the launcher")?;
     let outcome = super::runtime()?.block_on(async {
         let cancel = Cancel::default();
@@ -80,6 +81,7 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
             krun_log_level: args.guest.krun_log_level,
             libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
             nofile: 1 << 20,
+            egress: egress.clone(),
         };
         anyhow::Ok(launcher.run(&req, &cancel).await?)
     })?;
@@ -89,9 +91,10 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::debug!(
         run = %outcome.run_id,
-        "timings: clone_ms={} prepare_ms={} spawn_ms={} setup_ms={} host_before_guest_ms={} total_ms={}",
+        "timings: clone_ms={} prepare_ms={} jail_ms={} spawn_ms={} setup_ms={} host_before_guest_ms={} total_ms={}",
         ms(Some(t.clone)),
         ms(Some(t.prepare)),
+        ms(Some(t.jail)),
         ms(t.spawn),
         ms(t.setup),
         ms(t.to_entering),

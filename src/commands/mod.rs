@@ -1,6 +1,7 @@
 //! One function per subcommand: turn parsed arguments into library calls and print results.
 //! Errors get context here (anyhow) and are printed once by `main`.
 
+mod completions;
 mod doctor;
 mod exec;
 mod images;
@@ -13,10 +14,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::net::{IpAddr, ToSocketAddrs};
+
 use anyhow::Context;
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command, GlobalArgs, GuestArgs};
 use crate::image::cache::Cache;
+use crate::jail::egress::{self, Allow, EgressPolicy};
+use crate::jail::Tools;
 
 /// Sets up `tracing` on stderr from -v/-q (`RUST_LOG` overrides).
 pub fn init_logging(global: &GlobalArgs) {
@@ -52,6 +57,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(args) => prune::run(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, *args),
         Command::Status(args) => status::run(&cli.global, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 
@@ -76,6 +83,60 @@ fn cache_dir(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
 fn open_cache(global: &GlobalArgs) -> anyhow::Result<Cache> {
     let dir = cache_dir(global)?;
     Cache::open(&dir).with_context(|| format!("cannot open the image cache at {}", dir.display()))
+}
+
+/// The guests' egress policy from the options, checked before any guest starts: the jail's
+/// tools must be there (or every run would fail alike). `server` is the GitHub server the
+/// guests' runners talk to: when it sits in a blocked range (GitHub Enterprise Server on a
+/// private network, the simulator on loopback), its port is opened, since no runner can work
+/// without it.
+fn egress_policy(guest: &GuestArgs, server: Option<&url::Url>) -> anyhow::Result<EgressPolicy> {
+    let mut policy = guest.egress();
+    if !policy.is_jailed() {
+        tracing::warn!(
+            "--egress-policy open: guests share the host's network; a job reaches every service on the host's loopback and every network the host does"
+        );
+        return Ok(policy);
+    }
+    Tools::find().context("guests cannot be jailed")?;
+    if let Some(url) = server {
+        for a in server_exceptions(url) {
+            tracing::info!("egress: guests may reach the GitHub server at {a}");
+            policy.allow(a);
+        }
+    }
+    Ok(policy)
+}
+
+/// The blocked addresses of `url`'s host, with its port, as exceptions.
+fn server_exceptions(url: &url::Url) -> Vec<Allow> {
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Vec::new();
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(a) => vec![a],
+        Err(_) => (host, port)
+            .to_socket_addrs()
+            .map(|it| it.map(|s| s.ip()).collect())
+            .unwrap_or_default(),
+    };
+    let own = egress::host_addresses();
+    addrs
+        .into_iter()
+        .filter(|a| egress::is_blocked_range(*a) || own.contains(a))
+        .map(|a| {
+            // The host's loopback is reachable only through pasta, at 127.0.0.1 or ::1.
+            let a = match a {
+                IpAddr::V4(v4) if v4.is_loopback() => IpAddr::from([127, 0, 0, 1]),
+                other => other,
+            };
+            Allow {
+                net: a.into(),
+                port: Some(port),
+            }
+        })
+        .collect()
 }
 
 /// A multi-threaded runtime for commands that do network I/O.

@@ -58,6 +58,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let store = ImageStore::new(cache.clone());
     super::exec::warn_backend(args.guest.backend);
+    let egress = super::egress_policy(&args.guest, Some(&base))?;
     let log_dir = args
         .log_dir
         .clone()
@@ -167,6 +168,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 krun_log_level: args.guest.krun_log_level,
                 libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
                 nofile: 1 << 20,
+                egress: egress.clone(),
             },
         };
         tracing::info!(

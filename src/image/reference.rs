@@ -10,8 +10,14 @@ use std::str::FromStr;
 
 use oci_client::Reference;
 
-/// The default repository prefix that the short names `ubuntu` and `fedora` live under.
-pub const DEFAULT_IMAGE_REPO: &str = "ghcr.io/krunner-dev";
+/// The default repository prefix that the short names `ubuntu` and `fedora` live under:
+/// `ghcr.io/krunner-dev`, or `KRUNNER_DEFAULT_IMAGE_REPO` at build time. The release workflow
+/// sets that to `ghcr.io/<owner>`, where the same repository's images workflow pushes, so a
+/// fork's released binaries use the fork's images.
+pub const DEFAULT_IMAGE_REPO: &str = match option_env!("KRUNNER_DEFAULT_IMAGE_REPO") {
+    Some(repo) => repo,
+    None => "ghcr.io/krunner-dev",
+};
 
 /// The short names that resolve to krunner's runner images.
 pub const SHORT_NAMES: &[&str] = &["ubuntu", "fedora"];

@@ -67,6 +67,9 @@ pub fn child_entry(args: &[OsString]) -> Option<u8> {
         (NS_CHILD, Some(spec)) => ns_child::ns_child_main(spec),
         (NS_INIT, Some(spec)) => ns_child::ns_init_main(spec),
         (KRUN_CHILD, Some(spec)) => krun_child::krun_child_main(spec),
+        (crate::jail::netns::PASTA_KEEPER, _) => {
+            crate::jail::netns::keeper_main(args.get(2..).unwrap_or_default())
+        }
         (NS_CHILD | NS_INIT | KRUN_CHILD, _) => {
             eprintln!("krunner: {entry} is internal and needs a spec file");
             125

@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::{emit, Event, GuestExec, LaunchSpec, RootSpec, Share, SpecError};
 use super::sys::{guest_relative, prepare_private_root, LinuxSys, SetupError, Sys};
-use super::NS_INIT;
+use super::{privileges, NS_INIT};
 
 /// What PID 1 needs, handed from the ns-child to `__ns-init` as a 0600 JSON file that PID 1
 /// reads once and deletes (it holds the workload's environment, which may carry secrets).
@@ -90,6 +90,13 @@ pub enum NsError {
     /// A namespace or mount step.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// Dropping the workload's network capabilities.
+    #[error("dropping the workload's capabilities")]
+    Privileges {
+        /// Why.
+        #[source]
+        source: super::privileges::PrivilegeError,
+    },
     /// prctl(PR_SET_PDEATHSIG).
     #[error("arming the parent-death signal (PR_SET_PDEATHSIG)")]
     DeathSignal {
@@ -197,6 +204,7 @@ impl NsError {
             NsError::Wait { .. } => "wait",
             NsError::Rlimit { .. } => "setrlimit",
             NsError::SpawnWorkload { .. } => "spawn_workload",
+            NsError::Privileges { .. } => "drop_caps",
             NsError::Cgroup(_) => "join_cgroup",
             NsError::Seccomp(_) => "seccomp",
         }
@@ -209,6 +217,7 @@ impl NsError {
             NsError::Spec(_)
             | NsError::ParentGone { .. }
             | NsError::ParseInitSpec { .. }
+            | NsError::Privileges { .. }
             | NsError::Seccomp(_) => None,
             NsError::Cgroup(e) => e.errno(),
             NsError::Setup(e) => e.errno(),
@@ -758,6 +767,10 @@ fn run_ns_init(init: &InitSpec) -> Result<i32, NsError> {
             source,
         }
     })?;
+    // Root in the guest, but never able to reconfigure the network (and so flush the egress
+    // rules of its namespace, or touch the host's under --egress-policy open).
+    privileges::drop_from_all(privileges::NS_WORKLOAD_DROPS)
+        .map_err(|source| NsError::Privileges { source })?;
     // Last before the workload: PID 1 needs nothing on the list, the workload inherits it.
     super::seccomp::install(super::seccomp::Profile::Workload).map_err(NsError::Seccomp)?;
     let e = &init.exec;
@@ -814,6 +827,7 @@ mod tests {
                 workdir: "/".into(),
             },
             hostname: "guest1".into(),
+            netns: None,
             nofile: 1024,
             console_log: None,
             events: "/r/events".into(),

@@ -194,6 +194,7 @@ fn launch_spec(
             workdir: req.workdir.clone(),
         },
         hostname: req.hostname.clone(),
+        netns: None,
         nofile: match req.backend {
             Backend::Krun => req.nofile,
             // In namespaces the limit cannot exceed our own hard limit without

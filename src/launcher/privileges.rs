@@ -24,6 +24,10 @@ pub const VMM_KEEPS: &[Capability] = &[
     Capability::CAP_NET_BIND_SERVICE,
 ];
 
+/// What the namespace backend's workload never holds, though it runs as root: the power to
+/// reconfigure its network namespace, whose nftables rules are its egress policy.
+pub const NS_WORKLOAD_DROPS: &[Capability] = &[Capability::CAP_NET_ADMIN];
+
 /// Why the privileges could not be reduced (the child then refuses to start the guest).
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
@@ -61,6 +65,21 @@ pub fn restrict_to(keep: &[Capability]) -> Result<(), PrivilegeError> {
     // Effective before permitted: the kernel refuses an effective set larger than permitted.
     caps::set(None, CapSet::Effective, &kept).map_err(err(CapSet::Effective))?;
     caps::set(None, CapSet::Permitted, &kept).map_err(err(CapSet::Permitted))?;
+    Ok(())
+}
+
+/// Removes `drop` from every set of this thread (the bounding set included, so no exec of a
+/// setuid-root or file-capability program regains them). Unlike [`restrict_to`] it leaves
+/// no_new_privs alone: the namespace backend's workload keeps `sudo`. Call it single-threaded.
+pub fn drop_from_all(drop: &[Capability]) -> Result<(), PrivilegeError> {
+    let err = |set| move |source| PrivilegeError::Caps { set, source };
+    for &cap in drop {
+        caps::drop(None, CapSet::Bounding, cap).map_err(err(CapSet::Bounding))?;
+        caps::drop(None, CapSet::Ambient, cap).map_err(err(CapSet::Ambient))?;
+        caps::drop(None, CapSet::Inheritable, cap).map_err(err(CapSet::Inheritable))?;
+        caps::drop(None, CapSet::Effective, cap).map_err(err(CapSet::Effective))?;
+        caps::drop(None, CapSet::Permitted, cap).map_err(err(CapSet::Permitted))?;
+    }
     Ok(())
 }
 
@@ -104,5 +123,30 @@ mod tests {
         assert!(status.contains("NoNewPrivs:\t1"), "{status}");
         // This (test) thread is untouched.
         assert!(caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap());
+    }
+
+    #[test]
+    fn the_namespace_workload_loses_net_admin_everywhere_and_keeps_the_rest() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: dropping capabilities needs root to have some");
+            return;
+        }
+        let got = std::thread::spawn(|| {
+            drop_from_all(NS_WORKLOAD_DROPS).map_err(|e| e.to_string())?;
+            let status =
+                std::fs::read_to_string("/proc/thread-self/status").map_err(|e| e.to_string())?;
+            let sets = [CapSet::Bounding, CapSet::Permitted, CapSet::Effective]
+                .map(|s| caps::read(None, s).map_err(|e| e.to_string()));
+            Ok::<_, String>((status, sets))
+        })
+        .join()
+        .unwrap();
+        let (status, sets) = got.unwrap();
+        for set in sets {
+            let set = set.unwrap();
+            assert!(!set.contains(&Capability::CAP_NET_ADMIN), "{set:?}");
+            assert!(set.contains(&Capability::CAP_SYS_ADMIN), "{set:?}");
+        }
+        assert!(status.contains("NoNewPrivs:\t0"), "{status}");
     }
 }

@@ -33,6 +33,9 @@ use crate::guest::{self, GuestResult, RunnerJob};
 use crate::image::cache::Digest;
 use crate::image::cache::{self, Cache, LockGuard, LockMode, LockName};
 use crate::image::Cancel;
+use crate::jail::egress::EgressPolicy;
+use crate::jail::netns::NetJail;
+use crate::jail::{JailError, Tools};
 use crate::rootfs::{self, CloneMethod};
 
 /// What can go wrong around a run (not inside the guest: that is [`VmExit`]).
@@ -92,6 +95,15 @@ pub enum LaunchError {
         /// Why.
         #[source]
         source: cgroup::CgroupError,
+    },
+    /// The guest's network jail could not be made.
+    #[error("run {run}")]
+    Jail {
+        /// Run id.
+        run: String,
+        /// Why.
+        #[source]
+        source: JailError,
     },
     /// libkrunfw cannot be found: no VM can start.
     #[error("libkrunfw.so.5 (the guest kernel libkrun loads) was not found{searched}. Install it: Fedora `dnf install libkrunfw`, Debian testing/unstable `apt install libkrunfw5`, macOS `brew install libkrunfw`; or point --libkrunfw-dir at it. Without KVM, use --backend namespace")]
@@ -199,6 +211,8 @@ pub struct RunRequest {
     pub libkrunfw_dir: Option<PathBuf>,
     /// RLIMIT_NOFILE in the guest.
     pub nofile: u64,
+    /// The guest's network: a jail of its own with an egress policy, or the host's.
+    pub egress: EgressPolicy,
 }
 
 /// What the guest agent runs.
@@ -217,6 +231,8 @@ pub struct Timings {
     pub clone: Duration,
     /// Writing agent, config and network files, and the spec.
     pub prepare: Duration,
+    /// Making the guest's network namespace, its rules and its pasta (zero without a jail).
+    pub jail: Duration,
     /// From spawning the child to the child's first event (exec of the krunner binary).
     pub spawn: Option<Duration>,
     /// From the child's start to `Entering` (namespaces or libkrun configuration).
@@ -372,21 +388,29 @@ impl Launcher {
         let start = Instant::now();
         let run_id = format!("{}-{}", std::process::id(), &cache::random_suffix()[..8]);
         check_request(req, &run_id)?;
-        let claimed = self.claim(req, &run_id).await?;
+        let mut claimed = self.claim(req, &run_id).await?;
         let shares = prepare::run_shares(req, &claimed.dir, &run_id)?;
+        let t = Instant::now();
+        claimed.net = jail(req, &claimed.dir, &self.child_exe, &run_id).await?;
+        let jail_time = t.elapsed();
+        let netns = claimed.net.as_ref().map(|n| n.path().to_path_buf());
         let cgroup = run_cgroup(req, &run_id)?;
         let cgroup_dir = cgroup.as_ref().map(|c| c.path().to_path_buf());
-        let staged = self.stage(req, &shares.all, &run_id, &claimed.dir, cgroup_dir)?;
+        let staged = self.stage(req, &shares.all, &run_id, &claimed.dir, netns, cgroup_dir)?;
         let spawned_at = spec::monotonic_ns();
         // Spawned here, on the run's own task: see the module docs on PR_SET_PDEATHSIG.
         let mut child = supervise::spawn(&self.child_exe, req, &staged.spec_path, &run_id)?;
         let how = StopHow::for_run(req, shares.control.as_deref());
         let exit = child.wait(req.max_lifetime, stop, &how, &run_id).await?;
         let output = child.output(&run_id).await;
+        if let Some(net) = claimed.net.take() {
+            net.shutdown().await;
+        }
         let clock = Clock {
             start,
             clone: staged.clone,
             prepare: staged.prepare,
+            jail: jail_time,
             spawned_at,
         };
         // Reading what the guest wrote and removing the run directory are blocking file work.
@@ -421,6 +445,7 @@ impl Launcher {
             .create(&dir)
             .map_err(LaunchError::io(run_id, format!("create {}", dir.display())))?;
         Ok(ClaimedRun {
+            net: None,
             guard: RunDirGuard::new(dir.clone(), self.cache.clone(), run_id.to_string()),
             dir,
             _run_lock: run_lock,
@@ -429,13 +454,14 @@ impl Launcher {
     }
 
     /// Clones the image into the run directory, then writes the guest's files into the clone
-    /// and the spec next to it.
+    /// and the spec next to it (with the network namespace to join, if jailed).
     fn stage(
         &self,
         req: &RunRequest,
         shares: &[Share],
         run_id: &str,
         run_dir: &Path,
+        netns: Option<PathBuf>,
         cgroup: Option<PathBuf>,
     ) -> Result<Staged, LaunchError> {
         let t = Instant::now();
@@ -445,6 +471,7 @@ impl Launcher {
 
         let t = Instant::now();
         let mut spec = prepare::prepare(req, shares, run_id, run_dir, root)?;
+        spec.netns = netns;
         spec.cgroup = cgroup;
         let spec_path = run_dir.join("spec.json");
         spec.write(&spec_path).map_err(LaunchError::spec(run_id))?;
@@ -467,6 +494,28 @@ impl Launcher {
             }),
         }
     }
+}
+
+/// Makes the run's network namespace when its policy jails it. Called on the run's own task:
+/// pasta's keeper, like the VM child, must be forked by a thread that outlives the run.
+async fn jail(
+    req: &RunRequest,
+    dir: &Path,
+    exe: &Path,
+    run_id: &str,
+) -> Result<Option<NetJail>, LaunchError> {
+    let EgressPolicy::Public { allow } = &req.egress else {
+        return Ok(None);
+    };
+    let err = |source| LaunchError::Jail {
+        run: run_id.to_string(),
+        source,
+    };
+    let tools = Tools::find().map_err(err)?;
+    NetJail::create(dir, exe, allow, req.dns.parse().ok(), &tools)
+        .await
+        .map(Some)
+        .map_err(err)
 }
 
 /// Creates the run's cgroup with the limits `req` asks for, when cgroups are usable here
@@ -517,6 +566,8 @@ fn check_request(req: &RunRequest, run_id: &str) -> Result<(), LaunchError> {
 /// out of [`Launcher::run`], it removes the directory first and then releases the locks
 /// (fields drop in order).
 struct ClaimedRun {
+    /// The guest's network namespace and its pasta: torn down first.
+    net: Option<NetJail>,
     /// Removes `dir`.
     guard: RunDirGuard,
     /// The run directory.
@@ -542,6 +593,7 @@ impl ClaimedRun {
         let events = spec::read_events(&self.dir.join("events"));
         let mut timings = clock.timings(&events);
         let guest_result = read_guest_result(&self.dir.join("results").join("result"), &run_id);
+        drop(self.net.take());
         self.guard.finish().map_err(LaunchError::cache(&run_id))?;
         timings.total = clock.start.elapsed();
         Ok(RunOutcome {
@@ -590,6 +642,8 @@ struct Clock {
     clone: Duration,
     /// Writing the guest's files and the spec.
     prepare: Duration,
+    /// Making the network jail.
+    jail: Duration,
     /// CLOCK_MONOTONIC (as in the child's events) just before the child was spawned.
     spawned_at: u64,
 }
@@ -609,12 +663,16 @@ impl Clock {
         Timings {
             clone: self.clone,
             prepare: self.prepare,
+            jail: self.jail,
             spawn: started.map(|t| Duration::from_nanos(t.saturating_sub(spawned_at))),
             setup: started
                 .zip(entering)
                 .map(|(s, e)| Duration::from_nanos(e.saturating_sub(s))),
             to_entering: entering.map(|e| {
-                Duration::from_nanos(e.saturating_sub(spawned_at)) + self.clone + self.prepare
+                Duration::from_nanos(e.saturating_sub(spawned_at))
+                    + self.clone
+                    + self.prepare
+                    + self.jail
             }),
             total: Duration::ZERO,
         }

@@ -133,6 +133,10 @@ pub struct LaunchSpec {
     pub exec: GuestExec,
     /// Guest host name.
     pub hostname: String,
+    /// The network namespace to join first (the guest's jail, see [`crate::jail::netns`]);
+    /// `None`: the host's network (`--egress-policy open`).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
     /// RLIMIT_NOFILE (soft = hard) for the workload.
     pub nofile: u64,
     /// krun: where the guest console goes (None: libkrun's default, the child's stdout and
@@ -399,6 +403,7 @@ mod tests {
                 workdir: "/".into(),
             },
             hostname: "g".into(),
+            netns: None,
             nofile: 1024,
             console_log: None,
             events: "/tmp/e".into(),

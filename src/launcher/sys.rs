@@ -40,6 +40,8 @@ use super::spec::{LaunchSpec, RootSpec};
 pub trait Sys {
     /// unshare(2).
     fn unshare(&self, flags: CloneFlags) -> nix::Result<()>;
+    /// setns(2) into the network namespace bound at `path`.
+    fn join_netns(&self, path: &Path) -> nix::Result<()>;
     /// mount(2); `source` is a path or a file system name such as `overlay`.
     fn mount(
         &self,
@@ -87,6 +89,11 @@ fn io_errno(e: std::io::Error) -> Errno {
 impl Sys for LinuxSys {
     fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
         nix::sched::unshare(flags)
+    }
+
+    fn join_netns(&self, path: &Path) -> nix::Result<()> {
+        let ns = std::fs::File::open(path).map_err(io_errno)?;
+        nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)
     }
 
     fn mount(
@@ -204,6 +211,15 @@ pub enum SetupError {
     Unshare {
         /// The namespaces asked for.
         namespaces: &'static str,
+        /// errno.
+        #[source]
+        source: Errno,
+    },
+    /// Joining the guest's network namespace (its jail).
+    #[error("joining the guest's network namespace {path}{}", privilege_hint(.source))]
+    JoinNetns {
+        /// The namespace file.
+        path: PathBuf,
         /// errno.
         #[source]
         source: Errno,
@@ -351,6 +367,7 @@ impl SetupError {
         match self {
             SetupError::InvalidPath { .. } => "spec",
             SetupError::Unshare { .. } => "unshare",
+            SetupError::JoinNetns { .. } => "join_netns",
             SetupError::MakePrivate { .. } => "make_private",
             SetupError::MountOverlay { .. } => "mount_overlay",
             SetupError::BindRoot { .. } => "bind_root",
@@ -374,6 +391,7 @@ impl SetupError {
             SetupError::InvalidPath { .. } => None,
             SetupError::Unshare { source, .. }
             | SetupError::MakePrivate { source }
+            | SetupError::JoinNetns { source, .. }
             | SetupError::MountOverlay { source, .. }
             | SetupError::BindRoot { source, .. }
             | SetupError::Hostname { source, .. }
@@ -526,6 +544,14 @@ fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, Se
 /// Shared by the libkrun child and the namespace backend's child. Call it single-threaded:
 /// unshare(CLONE_NEWNS) fails with EINVAL in a process whose threads share its fs state.
 pub fn prepare_private_root(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), SetupError> {
+    // First, while the host's mounts (where the namespace file is bound) are still ours.
+    if let Some(netns) = &spec.netns {
+        sys.join_netns(netns)
+            .map_err(|source| SetupError::JoinNetns {
+                path: netns.clone(),
+                source,
+            })?;
+    }
     sys.unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|source| SetupError::Unshare {
             namespaces: "CLONE_NEWNS",
@@ -680,6 +706,10 @@ impl Sys for FakeSys {
         ))
     }
 
+    fn join_netns(&self, path: &Path) -> nix::Result<()> {
+        self.record(format!("setns CLONE_NEWNET {}", path.display()))
+    }
+
     fn mount(
         &self,
         source: Option<&Path>,
@@ -788,6 +818,7 @@ mod tests {
                 workdir: "/".into(),
             },
             hostname: "guest1".into(),
+            netns: None,
             nofile: 1024,
             console_log: None,
             events: "/r/events".into(),

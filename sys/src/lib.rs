@@ -20,9 +20,10 @@ include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 /// Whether this build links a system libkrun (feature `system`) rather than the bundled one.
 pub const SYSTEM_LIBKRUN: bool = cfg!(krunner_system_libkrun);
 
+/// The libkrun version bundled into this build, when it is the crates.io one (read by
+/// build.rs from the exact pin in Cargo.toml).
+#[cfg(feature = "bundled")]
+pub const BUNDLED_LIBKRUN_VERSION: Option<&str> = Some(env!("KRUNNER_BUNDLED_LIBKRUN_VERSION"));
 /// The libkrun version bundled into this build, when it is the crates.io one.
-pub const BUNDLED_LIBKRUN_VERSION: Option<&str> = if cfg!(feature = "bundled") {
-    Some("1.19.7")
-} else {
-    None
-};
+#[cfg(not(feature = "bundled"))]
+pub const BUNDLED_LIBKRUN_VERSION: Option<&str> = None;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use krunner::guest::{Registration, RunnerJob};
 use krunner::image::cache::Cache;
 use krunner::image::Cancel;
+use krunner::jail::egress::EgressPolicy;
 use krunner::launcher::run::{Launcher, Output, RunOutcome, RunRequest, VmExit, Workload};
 use krunner::launcher::spec::Share;
 use krunner::launcher::Backend;
@@ -132,6 +133,7 @@ fn run_as(
         krun_log_level: 1,
         libkrunfw_dir: None,
         nofile: 4096,
+        egress: EgressPolicy::Public { allow: Vec::new() },
     };
     // Bounded: a reader that trusts the guest's files can block for ever (a FIFO).
     tokio::runtime::Runtime::new()

@@ -344,6 +344,12 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
         "every VMM dies with krunner: {:?}",
         processes_with("__krun-child")
     );
+    // The guest's network namespace had a pasta; it dies with krunner too.
+    assert!(
+        wait_for(10, || processes_with("pasta.pid").is_empty()),
+        "pasta outlived krunner: {:?}",
+        processes_with("pasta.pid")
+    );
     assert!(
         vmm_status_ok,
         "the VMM holds no more than file capabilities, with no_new_privs:\n{status}"
@@ -508,6 +514,52 @@ fn exec_cgroup_out_of_memory_kills_only_its_own_run() {
     neighbour.success();
     assert!(neighbour.stdout.contains("neighbour-ok"), "{neighbour}");
     assert!(runs_left().is_empty(), "{:?}", runs_left());
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_jail_guest_reaches_public_and_allowed_addresses_only() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-jail-probe");
+    krunner(&td).args(["pull", &image()]).run().success();
+    let fw = fw.to_string_lossy().into_owned();
+    let args = [
+        "--backend",
+        "krun",
+        "--libkrunfw-dir",
+        &fw,
+        "-c",
+        "1",
+        "-m",
+        "256",
+    ];
+    let out = crate::jail::probe_guest(&td, &shared_cache(), &image(), &args, "public");
+    crate::jail::assert_jailed(&out);
+    // The control: without the jail, the same probes reach everything.
+    let out = crate::jail::probe_guest(&td, &shared_cache(), &image(), &args, "open");
+    crate::jail::assert_open(&out);
+    assert!(runs_left().is_empty());
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_jail_two_guests_listen_on_one_port_and_the_host_sees_neither() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-jail-pair");
+    krunner(&td).args(["pull", &image()]).run().success();
+    let fw = fw.to_string_lossy().into_owned();
+    let args = [
+        "--backend",
+        "krun",
+        "--libkrunfw-dir",
+        &fw,
+        "-c",
+        "1",
+        "-m",
+        "256",
+    ];
+    crate::jail::two_guests_one_port(&td, &shared_cache(), &image(), &args);
+    assert!(runs_left().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -246,6 +246,19 @@ fn ns_nothing_left_after_krunner_is_killed() {
         mounts_under(&td.cache())
     );
     assert_eq!(zombies_of(pid), 0);
+    // The guest's pasta (its command line names the run's pasta.pid) dies with krunner.
+    let cache = td.cache().to_string_lossy().into_owned();
+    let pastas = || {
+        crate::run_e2e::processes_with(&cache)
+            .into_iter()
+            .filter(|p| p.contains("pasta"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pastas() > 0 {
+        assert!(Instant::now() < deadline, "pasta outlived krunner");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The run directory is left; the next krunner removes it.
     let left = runs_left(&td);
     assert_eq!(left.len(), 1, "{left:?}");

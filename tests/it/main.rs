@@ -25,6 +25,11 @@ mod unpack_hostile;
 /// The unpacked tree compared with what `umoci unpack` makes of the same image.
 mod umoci_compare;
 
+/// The network jail as a hostile job tries it: the host's loopback and addresses, private,
+/// metadata and public addresses, `--egress-allow`, two guests on one port, `--egress-policy
+/// open`, bad values.
+mod jail;
+
 /// `krunner exec` and `krunner doctor`: the namespace backend end to end, libkrun up to the
 /// vCPU, crash recovery.
 mod launcher;
@@ -68,3 +73,9 @@ mod run_token;
 /// The krun backend in real libkrun guests: `doctor`, `exec` and `run` end to end. Ignored
 /// here; `cargo test --test l1` runs them inside the emulated KVM host (tests/l1.sh).
 mod krun_guest;
+
+/// krunner's .deb and .rpm (packaging/), built from the binary under test: the .deb installed
+/// into a fresh Debian 12 root and run there (version, doctor, a namespace guest, the unit,
+/// completions, man pages, reinstall, remove, purge); the .rpm's files, scripts and
+/// requirements; the unit and env file against the CLI.
+mod package;

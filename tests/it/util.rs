@@ -111,7 +111,28 @@ impl Krunner {
 
     /// A command without `KRUNNER_CACHE_DIR` (the test passes `--cache-dir` itself).
     pub fn bare(td: &TestDir) -> Krunner {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_krunner"));
+        Krunner::through(td, &[])
+    }
+
+    /// A command run through `wrapper` (a program and its arguments, which end with the
+    /// krunner binary's path), with this test's cache and home: e.g. inside network
+    /// namespaces a script makes first.
+    pub fn wrapped(td: &TestDir, wrapper: &[&OsStr]) -> Krunner {
+        let mut k = Krunner::through(td, wrapper);
+        k.env("KRUNNER_CACHE_DIR", td.cache());
+        k
+    }
+
+    fn through(td: &TestDir, wrapper: &[&OsStr]) -> Krunner {
+        let exe = OsStr::new(env!("CARGO_BIN_EXE_krunner"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", td.home())

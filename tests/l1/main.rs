@@ -200,7 +200,7 @@ fn group(filter: &str, tests: usize) {
 /// run cgroup and an out-of-memory kill under namespaces).
 #[test]
 fn krun_exec_in_real_guests() {
-    group("krun_guest::exec_", 9);
+    group("krun_guest::exec_", 11);
 }
 
 /// `run` in JIT and token modes, shutdown (idle, drain, forced), SIGKILL and restart.

@@ -1,0 +1,588 @@
+//! krunner as a Debian and an RPM package (`packaging/`), built from the binary under test.
+//!
+//! Building a release binary of the whole tree takes far too long for the test suite, so the
+//! packages are made from the test profile's `target/debug/krunner` (stripped by the packaging)
+//! with the same `packaging/build.sh` the release workflow runs on release binaries.
+//!
+//! The .deb goes into a fresh Debian 12 root file system (`tests/package.sh`: debootstrapped
+//! once and cached in /var/tmp/krunner-test, copied per run) with `apt-get install
+//! ./krunner_*.deb`, and is exercised there through chroot: `--version`, `doctor --no-boot`,
+//! `exec --backend namespace` against a busybox image on the loopback registry, the unit
+//! through `systemd-analyze verify` and `security`, the bash completion, the man pages, a
+//! reinstall that keeps a changed config, then remove and purge. The .rpm's file list, config
+//! flags, scripts and requirements are read with Debian's `rpm`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use crate::util::oci::busybox_image;
+use crate::util::registry::Registry;
+use crate::util::*;
+
+/// What building the packages needs (both tests).
+const BUILD: &[Need] = &[
+    Need::Root,
+    Need::Tool("cargo"),
+    Need::Tool("cargo-deb"),
+    Need::Tool("cargo-generate-rpm"),
+    Need::Tool("dpkg-shlibdeps"),
+    Need::Tool("strip"),
+    Need::Tool("gzip"),
+];
+
+/// What the Debian root and its image need.
+const DEB: &[Need] = &[
+    Need::Tool("debootstrap"),
+    Need::Tool("unshare"),
+    Need::Tool("chroot"),
+    Need::Tool("docker-registry"),
+    Need::Tool("skopeo"),
+    Need::Tool("busybox"),
+];
+
+/// Seconds busy runners get after a stop unless configured otherwise (`--drain-timeout`);
+/// the unit's TimeoutStopSec must be this plus 60.
+const DRAIN_DEFAULT: u64 = 600;
+
+/// The worst `systemd-analyze security` exposure the unit may have (it scores 6.5 today:
+/// krunner must stay root with CAP_SYS_ADMIN, the host network and /dev/kvm). A higher score
+/// means hardening was dropped.
+const MAX_EXPOSURE: f64 = 6.5;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The two packages, built once per test run.
+struct Packages {
+    deb: PathBuf,
+    rpm: PathBuf,
+}
+
+/// Builds the .deb and .rpm from the binary under test (once, whichever test asks first).
+fn packages() -> &'static Packages {
+    static BUILT: OnceLock<Packages> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_krunner"));
+        // target/debug is cargo's `dev` profile; any other directory is named after its profile.
+        let profile = match bin
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+        {
+            Some("debug") => "dev".to_string(),
+            Some(other) => other.to_string(),
+            None => panic!("cannot tell the profile of {}", bin.display()),
+        };
+        let out = repo().join("target/packaging/it");
+        let _ = std::fs::remove_dir_all(&out);
+        let start = Instant::now();
+        run_tool(
+            Command::new("bash")
+                .arg(repo().join("packaging/build.sh"))
+                .args(["--profile", &profile, "--fast", "--out"])
+                .arg(&out)
+                .current_dir(repo()),
+        );
+        eprintln!(
+            "package: .deb and .rpm built in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        let find = |suffix: &str| {
+            let found: Vec<PathBuf> = list_names(&out)
+                .into_iter()
+                .filter(|n| n.starts_with("krunner") && n.ends_with(suffix))
+                .map(|n| out.join(n))
+                .collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "one {suffix} in {}: {found:?}",
+                out.display()
+            );
+            found[0].clone()
+        };
+        Packages {
+            deb: find(".deb"),
+            rpm: find(".rpm"),
+        }
+    })
+}
+
+/// A command's exit code and output, for messages.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    what: String,
+}
+
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\nexit code: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Ran {
+    #[track_caller]
+    fn ok(self) -> Ran {
+        assert_eq!(self.code, Some(0), "failed: {self}");
+        self
+    }
+}
+
+fn ran(what: String, out: Output) -> Ran {
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        what,
+    }
+}
+
+/// Runs a shell script as root chrooted in `root` (tests/package.sh run).
+fn in_root(root: &Path, script: &str) -> Ran {
+    let out = Command::new("bash")
+        .arg(repo().join("tests/package.sh"))
+        .arg("run")
+        .arg(root)
+        .args(["--", "/bin/sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tests/package.sh");
+    ran(format!("in the Debian root: {script}"), out)
+}
+
+/// Runs `rpm` on the host.
+fn rpm(args: &[&str], pkg: &Path) -> String {
+    run_tool(Command::new("rpm").args(args).arg(pkg))
+}
+
+/// The unit's `Key=value` settings (comments and sections dropped).
+fn unit_settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The unit and the env file agree with each other and with the CLI: the drain timeout and
+/// TimeoutStopSec, the credential path, and every variable the env file names is one krunner
+/// reads (so a renamed option cannot leave a dead line behind). Needs nothing but the binary.
+#[test]
+fn unit_and_env_file_agree_with_the_cli() {
+    let unit = std::fs::read_to_string(repo().join("packaging/krunner.service")).unwrap();
+    let env = std::fs::read_to_string(repo().join("packaging/krunner.env")).unwrap();
+    let settings = unit_settings(&unit);
+    let get = |k: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(
+        get("TimeoutStopSec"),
+        [(DRAIN_DEFAULT + 60).to_string().as_str()]
+    );
+    assert_eq!(get("KillMode"), ["mixed"], "SIGTERM to krunner alone");
+    assert_eq!(get("EnvironmentFile"), ["/etc/krunner/krunner.env"]);
+    assert_eq!(get("LoadCredential"), ["token:/etc/krunner/token"]);
+    assert_eq!(
+        get("ExecStart"),
+        ["/usr/bin/krunner run --token-file ${CREDENTIALS_DIRECTORY}/token"]
+    );
+    assert_eq!(get("Restart"), ["on-failure"]);
+    assert!(!get("StartLimitBurst").is_empty() && !get("StartLimitIntervalSec").is_empty());
+    assert!(
+        env.contains(&format!("#KRUNNER_DRAIN_TIMEOUT={DRAIN_DEFAULT}\n")),
+        "the env file shows the drain default"
+    );
+
+    let td = TestDir::new("pkg-env");
+    let help = td.krunner().args(["run", "--help"]).run();
+    help.success();
+    let global = td.krunner().arg("--help").run();
+    global.success();
+    // clap prints each option's variable and default: "[env: KRUNNER_DRAIN_TIMEOUT=] [default: 600]".
+    let flat = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(&format!(
+            "[env: KRUNNER_DRAIN_TIMEOUT=] [default: {DRAIN_DEFAULT}]"
+        )),
+        "krunner run's drain default is {DRAIN_DEFAULT}\n{help}"
+    );
+    for line in env.lines() {
+        let var = line.trim_start_matches('#');
+        let Some((name, _)) = var.split_once('=') else {
+            continue;
+        };
+        if !name.starts_with("KRUNNER_") || name.contains(' ') {
+            continue;
+        }
+        assert!(
+            help.stdout.contains(&format!("[env: {name}="))
+                || global.stdout.contains(&format!("[env: {name}=")),
+            "krunner.env names {name}, which krunner run does not read"
+        );
+    }
+}
+
+/// The .deb in a fresh Debian 12: install, run, verify the unit, completions, man pages, a
+/// reinstall over a changed config, remove and purge.
+#[test]
+fn deb_installs_and_runs_in_a_fresh_debian_12() {
+    if skip(BUILD) || skip(DEB) {
+        return;
+    }
+    let start = Instant::now();
+    let pkgs = packages();
+    let td = TestDir::new("pkg-deb");
+    let root = td.join("root");
+    let t = Instant::now();
+    run_tool(
+        Command::new("bash")
+            .arg(repo().join("tests/package.sh"))
+            .arg("root")
+            .arg(&root),
+    );
+    eprintln!(
+        "package: Debian 12 root ready in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let deb_name = pkgs.deb.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(&pkgs.deb, root.join("tmp").join(&deb_name)).unwrap();
+
+    // apt resolves the dependencies (passt, nftables) from the root's own apt cache.
+    let t = Instant::now();
+    in_root(
+        &root,
+        &format!("cd /tmp && apt-get install -y -q ./{deb_name}"),
+    )
+    .ok();
+    eprintln!(
+        "package: apt-get install took {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let state = in_root(
+        &root,
+        "dpkg-query -W -f='${Status}\\n' krunner passt nftables; \
+         stat -c '%a %U %n' /var/lib/krunner /etc/krunner/krunner.env /usr/bin/krunner; \
+         cat /var/lib/dpkg/info/krunner.conffiles",
+    )
+    .ok();
+    assert_eq!(
+        state.stdout.matches("install ok installed").count(),
+        3,
+        "krunner and its dependencies are installed\n{state}"
+    );
+    for want in [
+        "700 root /var/lib/krunner",
+        "600 root /etc/krunner/krunner.env",
+        "755 root /usr/bin/krunner",
+        "/etc/krunner/krunner.env\n",
+    ] {
+        assert!(state.stdout.contains(want), "{want:?}\n{state}");
+    }
+
+    // The installed binary says what it is, the same as the one the package was built from.
+    let version = in_root(&root, "krunner --version").ok();
+    let here = td.krunner().arg("--version").run();
+    here.success();
+    assert_eq!(version.stdout, here.stdout);
+    assert!(
+        version.stdout.starts_with(&format!(
+            "krunner {}\nrevision: ",
+            env!("CARGO_PKG_VERSION")
+        )) && version.stdout.contains("\nlibkrun: ")
+            && version.stdout.contains("\nfeatures: "),
+        "{version}"
+    );
+
+    // doctor prints the same lines first; whether microVMs can run in a chroot on this host
+    // (exit 0 or 1) is not this test's business, but the namespace backend must be usable.
+    let doctor = in_root(&root, "krunner doctor --no-boot");
+    assert!(matches!(doctor.code, Some(0 | 1)), "{doctor}");
+    assert!(
+        doctor.stdout.starts_with(&version.stdout),
+        "doctor starts with the version\n{doctor}"
+    );
+    assert!(
+        doctor
+            .stdout
+            .contains("[ok  ] namespace backend: available"),
+        "{doctor}"
+    );
+
+    // A guest from the loopback registry (the chroot shares the host's network), in the
+    // default cache the package made.
+    let reg = Registry::shared();
+    static PUSHED: std::sync::Once = std::sync::Once::new();
+    PUSHED.call_once(|| reg.push(busybox_image(), "pkg-busybox:v1"));
+    let image = reg.reference("pkg-busybox:v1");
+    let exec = in_root(
+        &root,
+        &format!(
+            "krunner -q exec --backend namespace {image} -- sh -c 'echo guest says hi; exit 7'"
+        ),
+    );
+    assert_eq!(exec.code, Some(7), "{exec}");
+    assert_eq!(exec.stdout, "guest says hi\n", "{exec}");
+    let cache = in_root(&root, "stat -c '%a' /var/lib/krunner; ls /var/lib/krunner").ok();
+    assert!(
+        cache.stdout.starts_with("700\n") && cache.stdout.contains("rootfs"),
+        "{cache}"
+    );
+
+    // The unit: systemd-analyze verify (it also runs `man` for Documentation= and checks
+    // ExecStart's binary) and the hardening score.
+    let verify = in_root(
+        &root,
+        "systemd-analyze verify /usr/lib/systemd/system/krunner.service",
+    );
+    assert!(
+        verify.code == Some(0) && verify.stderr.trim().is_empty(),
+        "{verify}"
+    );
+    let security = in_root(
+        &root,
+        "systemd-analyze security --offline=yes /usr/lib/systemd/system/krunner.service",
+    );
+    let score: f64 = security
+        .stdout
+        .lines()
+        .find_map(|l| l.split("krunner.service: ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level\n{security}"));
+    eprintln!("package: systemd-analyze security: {score}");
+    assert!(score <= MAX_EXPOSURE, "exposure {score}\n{security}");
+
+    // bash-completion finds the script where the package put it and completes subcommands.
+    let completion = in_root(
+        &root,
+        "exec bash -c '. /usr/share/bash-completion/bash_completion; \
+         _completion_loader krunner; complete -p krunner; \
+         COMP_WORDS=(krunner ru); COMP_CWORD=1; COMP_LINE=\"krunner ru\"; COMP_POINT=10; \
+         _krunner krunner ru krunner; printf \"%s\\n\" \"${COMPREPLY[@]}\"'",
+    )
+    .ok();
+    assert!(
+        completion.stdout.contains("-F _krunner") && completion.stdout.contains("\nrun\n"),
+        "{completion}"
+    );
+    let others = in_root(
+        &root,
+        "ls /usr/share/zsh/vendor-completions/_krunner /usr/share/fish/vendor_completions.d/krunner.fish",
+    );
+    others.ok();
+
+    // The man pages render.
+    let man = in_root(
+        &root,
+        "MANWIDTH=100 man -P cat krunner 2>&1; MANWIDTH=100 man -P cat krunner-run 2>&1",
+    )
+    .ok();
+    for want in [
+        "SYNOPSIS",
+        "krunner-run",
+        "--drain-timeout",
+        "KRUNNER_DRAIN_TIMEOUT",
+    ] {
+        assert!(man.stdout.contains(want), "{want}\n{man}");
+    }
+    assert!(!man.stdout.contains("warning"), "{man}");
+
+    // A changed config survives a reinstall; remove keeps it, purge removes it; the cache and
+    // the administrator's token are never the package's to remove.
+    in_root(
+        &root,
+        &format!(
+            "echo KRUNNER_PRINCIPAL=acme/app >>/etc/krunner/krunner.env && \
+             printf 'ghp_test\\n' >/etc/krunner/token && chmod 600 /etc/krunner/token && \
+             cd /tmp && apt-get install -y -q --reinstall ./{deb_name}"
+        ),
+    )
+    .ok();
+    let kept = in_root(&root, "tail -n 1 /etc/krunner/krunner.env").ok();
+    assert_eq!(kept.stdout, "KRUNNER_PRINCIPAL=acme/app\n", "{kept}");
+    let exists = |p: &str| format!("test -e {p} && echo '{p} yes' || echo '{p} no'; ");
+    let paths = [
+        "/usr/bin/krunner",
+        "/usr/lib/systemd/system/krunner.service",
+        "/etc/krunner/krunner.env",
+        "/etc/krunner/token",
+        "/var/lib/krunner/rootfs",
+    ];
+    let check = paths.iter().map(|p| exists(p)).collect::<String>();
+    let removed = in_root(
+        &root,
+        &format!("apt-get remove -y -q krunner >/dev/null; {check}"),
+    )
+    .ok();
+    for (p, want) in paths.iter().zip(["no", "no", "yes", "yes", "yes"]) {
+        assert!(
+            removed.stdout.contains(&format!("{p} {want}\n")),
+            "after remove: {p}\n{removed}"
+        );
+    }
+    let purged = in_root(
+        &root,
+        &format!("apt-get purge -y -q krunner >/dev/null; {check}"),
+    )
+    .ok();
+    for (p, want) in paths.iter().zip(["no", "no", "no", "yes", "yes"]) {
+        assert!(
+            purged.stdout.contains(&format!("{p} {want}\n")),
+            "after purge: {p}\n{purged}"
+        );
+    }
+    eprintln!(
+        "package: the .deb test took {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// The .rpm: its files and their modes, the config file marked noreplace, the scriptlets and
+/// the requirements, read with Debian's `rpm`.
+#[test]
+fn rpm_has_the_files_scripts_and_requirements() {
+    if skip(BUILD) || skip(&[Need::Tool("rpm")]) {
+        return;
+    }
+    let pkgs = packages();
+    let files = rpm(
+        &[
+            "-qp",
+            "--qf",
+            "[%{FILEMODES:perms} %{FILEFLAGS:fflags} %{FILENAMES}\n]",
+        ],
+        &pkgs.rpm,
+    );
+    for want in [
+        "-rwxr-xr-x  /usr/bin/krunner",
+        "-rw-r--r--  /usr/lib/systemd/system/krunner.service",
+        "-rw------- cn /etc/krunner/krunner.env",
+        "-rw-r--r--  /usr/share/bash-completion/completions/krunner",
+        "-rw-r--r--  /usr/share/zsh/site-functions/_krunner",
+        "-rw-r--r--  /usr/share/fish/vendor_completions.d/krunner.fish",
+        "-rw-r--r-- d /usr/share/man/man1/krunner.1.gz",
+        "-rw-r--r-- d /usr/share/man/man1/krunner-run.1.gz",
+    ] {
+        assert!(files.contains(&format!("{want}\n")), "{want:?} in\n{files}");
+    }
+    // The payload matches the digests in the header (what rpm checks before installing).
+    let digests = rpm(&["-K", "--nosignature"], &pkgs.rpm);
+    assert!(digests.contains("digests OK"), "{digests}");
+    let list = rpm(&["-qlp"], &pkgs.rpm);
+    assert!(
+        list.lines()
+            .all(|l| l.starts_with("/usr/") || l.starts_with("/etc/krunner/")),
+        "{list}"
+    );
+    let scripts = rpm(&["-qp", "--scripts"], &pkgs.rpm);
+    for want in [
+        "postinstall scriptlet",
+        "install -d -m 0700 -o root -g root /var/lib/krunner",
+        "preuninstall scriptlet",
+        "disable --now krunner.service",
+        "postuninstall scriptlet",
+        "daemon-reload",
+    ] {
+        assert!(scripts.contains(want), "{want:?} in\n{scripts}");
+    }
+    assert!(!scripts.contains("rm -rf"), "the cache stays\n{scripts}");
+    let requires = rpm(&["-qp", "--requires"], &pkgs.rpm);
+    for want in ["passt", "nftables", "libkrunfw"] {
+        assert!(
+            requires.lines().any(|l| l.trim() == want),
+            "{want} in\n{requires}"
+        );
+    }
+}
+
+/// The release workflow, read with PyYAML (Debian 12 has no actionlint): triggered by a tag,
+/// both architectures built natively in Debian 12 with packaging/build.sh and the same tool
+/// versions as tests/setup.sh, the image owner computed as the images workflow computes it,
+/// SHA256SUMS, and a publish job that alone may write.
+#[test]
+fn release_workflow_is_well_formed() {
+    if skip(&[Need::Tool("python3")]) {
+        return;
+    }
+    let path = repo().join(".github/workflows/release.yml");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No module named 'yaml'") && skip_because("needs python3-yaml") {
+        return;
+    }
+    assert!(out.status.success(), "release.yml is not YAML: {err}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // YAML 1.1 reads the key `on` as the boolean true.
+    let on = doc.get("on").or_else(|| doc.get("true")).expect("on:");
+    assert_eq!(on["push"]["tags"], serde_json::json!(["v*"]), "{on}");
+    assert_eq!(
+        doc["permissions"]["contents"], "read",
+        "read-only by default"
+    );
+    let build = &doc["jobs"]["build"];
+    assert_eq!(build["container"], "debian:12", "bookworm's glibc");
+    let arches: Vec<&str> = build["strategy"]["matrix"]["include"]
+        .as_array()
+        .expect("matrix.include")
+        .iter()
+        .filter_map(|m| m["arch"].as_str())
+        .collect();
+    assert_eq!(arches, ["x86_64", "aarch64"]);
+    let publish = &doc["jobs"]["publish"];
+    assert_eq!(publish["permissions"]["contents"], "write");
+    assert_eq!(publish["needs"], "build");
+    let mut scripts = String::new();
+    for (name, job) in doc["jobs"].as_object().expect("jobs") {
+        for (i, step) in job["steps"].as_array().expect("steps").iter().enumerate() {
+            let run = step.get("run").and_then(|r| r.as_str());
+            assert!(
+                run.is_some() != step.get("uses").is_some(),
+                "jobs.{name}.steps[{i}]: exactly one of run/uses"
+            );
+            if let Some(run) = run {
+                // An expression inside a script is a script-injection hazard: env instead.
+                assert!(!run.contains("${{"), "jobs.{name}.steps[{i}]: ${{{{ in run");
+                scripts.push_str(run);
+            }
+        }
+    }
+    for want in [
+        "bash packaging/build.sh --profile release",
+        "cargo build --release --locked",
+        "export KRUNNER_DEFAULT_IMAGE_REPO=\"ghcr.io/$owner\"",
+        "sha256sum krunner* >SHA256SUMS",
+        "gh release create",
+    ] {
+        assert!(scripts.contains(want), "release.yml runs {want:?}");
+    }
+    // The same owner as the images workflow, the same packaging tools as tests/setup.sh.
+    let owner = "owner=$(printf '%s' \"$GITHUB_REPOSITORY_OWNER\" | tr '[:upper:]' '[:lower:]')";
+    let images = std::fs::read_to_string(repo().join(".github/workflows/images.yml")).unwrap();
+    assert!(scripts.contains(owner) && images.contains(owner));
+    assert!(images.contains("--repo \"ghcr.io/$owner\""));
+    let setup = std::fs::read_to_string(repo().join("tests/setup.sh")).unwrap();
+    for tool in ["cargo-deb@3.8.0", "cargo-generate-rpm@0.21.1"] {
+        assert!(scripts.contains(tool) && setup.contains(tool), "{tool}");
+    }
+}

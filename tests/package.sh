@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# A fresh Debian 12 root file system to install krunner's .deb into (tests/it/package.rs).
+#
+#   tests/package.sh root DIR          copy the cached Debian 12 root into DIR (made if needed)
+#   tests/package.sh run DIR -- CMD…   run CMD chrooted in DIR, as root, with /proc, /sys and
+#                                      /dev; exits with CMD's status
+#   tests/package.sh prepare           only make the cache
+#
+# The root is debootstrapped once (minbase, plus what the test runs inside: systemd for
+# systemd-analyze, man-db, bash-completion) from the Debian mirror this machine's apt already
+# uses (read from its sources, so no host name is written here), with the packages krunner's
+# .deb depends on already downloaded into its apt cache, and kept as
+# $KRUNNER_TEST_DIR/debian12-root-KEY/ (default /var/tmp/krunner-test). KEY is a hash of the
+# recipe below: changing it builds a new one. A root older than 30 days is rebuilt too (its
+# apt lists would name package versions the mirror no longer has), and so is a half-made one.
+#
+# `run` works in a private mount namespace (unshare -m), so its mounts vanish with it; the root
+# is bind-mounted onto itself first, because pivot_root (krunner's namespace backend) refuses a
+# root that is not a mount point, as a plain chroot directory is not.
+set -euo pipefail
+
+suite=bookworm
+variant=minbase
+include=(systemd man-db bash-completion ca-certificates)
+# Downloaded (not installed) into the root's apt cache: the .deb's Depends and what they pull,
+# so installing the package needs no network.
+predownload=(passt nftables)
+recipe="1 $suite $variant ${include[*]} / ${predownload[*]}"
+key=$(printf '%s' "$recipe" | sha256sum | cut -c1-12)
+cache_dir=${KRUNNER_TEST_DIR:-/var/tmp/krunner-test}
+cache=$cache_dir/debian12-root-$key
+
+die() {
+  echo "tests/package.sh: $*" >&2
+  exit 1
+}
+
+# The mirror this machine's apt uses (deb822 sources first, then the one-line format).
+mirror() {
+  local m=""
+  if [[ -r /etc/apt/sources.list.d/debian.sources ]]; then
+    m=$(sed -n 's/^URIs: //p' /etc/apt/sources.list.d/debian.sources | awk '{ print $1; exit }')
+  fi
+  if [[ -z $m && -r /etc/apt/sources.list ]]; then
+    m=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list)
+  fi
+  [[ -n $m ]] || die "no Debian mirror in /etc/apt/sources.list{,.d/debian.sources}"
+  printf '%s\n' "$m"
+}
+
+# Runs "$@" chrooted in $1 with the API file systems, in a private mount namespace.
+in_root() {
+  local dir=$1
+  shift
+  # The inner script's $1, $dir and $@ are its own, expanded there, not here.
+  # shellcheck disable=SC2016
+  unshare --mount --propagation private -- /bin/sh -ec '
+    dir=$1; shift
+    mount --bind "$dir" "$dir"
+    mount -t proc proc "$dir/proc"
+    mount --rbind /sys "$dir/sys"
+    mount --rbind /dev "$dir/dev"
+    exec chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+      LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive "$@"
+  ' sh "$dir" "$@"
+}
+
+prepare() {
+  if [[ -f $cache/.complete ]] && [[ -z $(find "$cache/.complete" -mtime +30) ]]; then
+    return
+  fi
+  command -v debootstrap >/dev/null || die "needs debootstrap (apt-get install debootstrap)"
+  mkdir -p "$cache_dir"
+  # Roots of an older recipe, or this one half made or stale, go first.
+  rm -rf "$cache_dir"/debian12-root-*
+  local m start=$SECONDS
+  m=$(mirror)
+  local tmp=$cache.tmp
+  rm -rf "$tmp"
+  echo "tests/package.sh: debootstrapping Debian 12 into $cache (once; 1-3 minutes)" >&2
+  if ! debootstrap --variant="$variant" --include="$(IFS=,; echo "${include[*]}")" \
+    "$suite" "$tmp" "$m" >"$cache_dir/debootstrap.log" 2>&1; then
+    tail -n 20 "$cache_dir/debootstrap.log" >&2
+    die "debootstrap failed (whole log: $cache_dir/debootstrap.log)"
+  fi
+  # The same mirror for updates and security fixes would need more host names; the release
+  # suite is all the test installs from.
+  echo "deb $m $suite main" >"$tmp/etc/apt/sources.list"
+  in_root "$tmp" apt-get update -qq
+  # debootstrap's own .debs are installed already: only the predownloaded ones are kept, so
+  # that each test's copy of the root is small.
+  in_root "$tmp" apt-get clean
+  in_root "$tmp" apt-get install -qq --download-only "${predownload[@]}" >/dev/null
+  touch "$tmp/.complete"
+  mv "$tmp" "$cache"
+  echo "tests/package.sh: Debian 12 root ready in $((SECONDS - start)) s" >&2
+}
+
+[[ $(id -u) -eq 0 ]] || die "run as root (debootstrap, chroot, mounts)"
+case ${1:-} in
+  prepare)
+    prepare
+    ;;
+  root)
+    [[ $# -eq 2 ]] || die "usage: tests/package.sh root DIR"
+    prepare
+    mkdir -p "$2"
+    cp -a --reflink=auto "$cache"/. "$2"/
+    rm -f "$2/.complete"
+    ;;
+  run)
+    [[ $# -ge 4 && $3 == -- ]] || die "usage: tests/package.sh run DIR -- CMD..."
+    dir=$2
+    shift 3
+    in_root "$dir" "$@"
+    ;;
+  *)
+    die "usage: tests/package.sh prepare | root DIR | run DIR -- CMD..."
+    ;;
+esac
