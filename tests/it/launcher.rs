@@ -449,6 +449,15 @@ fn doctor_tells_the_truth_about_this_host() {
         .run();
     assert!(out.stdout.contains("KVM_CREATE_VM"), "{out}");
     assert!(out.stdout.contains("libkrun 1.19.7"), "{out}");
+    // Whether runs get resource limits, and where their cgroups go or why not.
+    assert!(
+        out.stdout
+            .contains("[ok  ] cgroups: cgroup v2: each run gets")
+            || out
+                .stdout
+                .contains("[warn] cgroups: runs get no memory, CPU or process limits"),
+        "{out}"
+    );
     if pvm_host() {
         assert_eq!(out.code, Some(1), "{out}");
         assert!(out.stdout.contains("KVM_EXIT_INTERNAL_ERROR"), "{out}");
