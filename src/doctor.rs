@@ -172,6 +172,29 @@ pub fn static_checks(libkrunfw_dir: Option<&Path>) -> (Vec<Check>, bool) {
     (checks, can_boot)
 }
 
+/// Whether runs get a cgroup v2 with memory, CPU and process limits, and where; sets up
+/// krunner's place in the hierarchy as a run would.
+pub fn cgroup_check() -> Check {
+    match crate::launcher::cgroup::status() {
+        Ok(base) => Check::new(
+            "cgroups",
+            Status::Ok,
+            format!(
+                "cgroup v2: each run gets {}/run-<id> with controllers {}",
+                base.dir.display(),
+                base.controllers.join(", ")
+            ),
+            None,
+        ),
+        Err(why) => Check::new(
+            "cgroups",
+            Status::Warn,
+            format!("runs get no memory, CPU or process limits: {why}"),
+            Some("use a host with the unified cgroup v2 hierarchy (systemd.unified_cgroup_hierarchy=1) and run krunner as root or in a delegated cgroup (systemd Delegate=yes)"),
+        ),
+    }
+}
+
 /// The namespace backend's requirements: root and overlayfs.
 pub fn namespace_check() -> Check {
     let root = nix::unistd::geteuid().is_root();

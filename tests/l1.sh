@@ -173,7 +173,9 @@ while read -r p; do
 	n=$((n + 1))
 	cp "$h$p" /preload/$n && mount --bind /preload/$n "$h$p" || echo "l1: preload of $p failed"
 done </job/preload
-mount -t tmpfs cgroup $h/sys/fs/cgroup 2>/dev/null || true
+# The whole cgroup v2 hierarchy: krunner gives each run a cgroup of its own (our hosts keep the
+# memory controller in cgroup v1, so its cgroup tests run here). An empty tmpfs if that fails.
+mount -t cgroup2 cgroup2 $h/sys/fs/cgroup 2>/dev/null || mount -t tmpfs cgroup $h/sys/fs/cgroup 2>/dev/null || true
 jobdir=$(cat /job/path)
 mkdir -p $h$jobdir
 mount --bind /job $h$jobdir

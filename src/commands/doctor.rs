@@ -39,6 +39,7 @@ pub fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         &cache.root().join("tmp"),
         Path::new("/proc/self/exe"),
     )));
+    checks.push(doctor::cgroup_check());
     let mut ok = true;
     for c in &checks {
         let tag = match c.status {

@@ -111,7 +111,9 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     tracing::debug!(run = %outcome.run_id, "child steps: {}", steps.join(" → "));
-    if outcome.exit.code() != 0 {
+    if outcome.out_of_memory.is_some() {
+        tracing::warn!(run = %outcome.run_id, "guest {}", outcome.describe_exit());
+    } else if outcome.exit.code() != 0 {
         tracing::info!(run = %outcome.run_id, "guest {}", outcome.exit.describe());
     }
     if outcome.kvm_internal_error {

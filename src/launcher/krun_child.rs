@@ -11,8 +11,10 @@
 //!    workdir, rlimits, the workload with an explicit environment (never envp=NULL, which would
 //!    copy krunner's whole environment into the guest), the console file;
 //! 4. set no_new_privs and drop every capability but the file ones virtio-fs needs
-//!    ([`super::privileges`]);
+//!    ([`super::privileges`]), then install the VMM's seccomp deny-list ([`super::seccomp`]);
 //! 5. `krun_start_enter`.
+//!
+//! Before step 2 the child enters the run's cgroup ([`super::cgroup::join`]) when there is one.
 //!
 //! Every libkrun call's negative-errno return is checked and reported as a [`spec::Event::Failed`]
 //! naming the call. stdin is /dev/null (the parent arranges it): libkrun puts a TTY stdin into
@@ -26,9 +28,9 @@ use std::path::Path;
 use krunner_sys as krun;
 use nix::sys::signal::Signal;
 
-use super::privileges;
 use super::spec::{self, Event, LaunchSpec};
 use super::sys::{prepare_private_root, LinuxSys};
+use super::{cgroup, privileges, seccomp};
 
 /// A failed libkrun call: its name and the errno it returned.
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +224,12 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
             pid: std::process::id() as i32,
         },
     );
+    // Into the run's cgroup before anything else: the VMM and its threads inherit it.
+    if let Some(dir) = &spec.cgroup {
+        if let Err(e) = cgroup::join(dir) {
+            return fail("join cgroup", e.errno(), crate::error_chain(&e));
+        }
+    }
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         return fail("prctl(PR_SET_PDEATHSIG)", Some(e as i32), e.to_string());
     }
@@ -248,6 +256,10 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
     // Still single-threaded here, so every VMM thread inherits the reduced sets.
     if let Err(e) = privileges::restrict_to(privileges::VMM_KEEPS) {
         return fail("drop privileges", None, crate::error_chain(&e));
+    }
+    // Last: the deny-list must not stop the configuration or the privilege drop above.
+    if let Err(e) = seccomp::install(seccomp::Profile::Vmm) {
+        return fail("seccomp", None, crate::error_chain(&e));
     }
     spec::emit(&spec.events, &Event::Entering);
     let e = ctx.start_enter();

@@ -1,6 +1,7 @@
 //! What a run leaves on disk, and removing it: the guard that removes a run's directory on
 //! every path out of [`Launcher::run`](super::run::Launcher::run), the sweep of directories
-//! whose krunner died, and unmounting whatever is still mounted under them.
+//! (and run cgroups, see [`super::cgroup::sweep_leftovers`]) whose krunner died, and
+//! unmounting whatever is still mounted under them.
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,11 @@ use super::run::LaunchError;
 use crate::image::cache::{self, Cache, LockMode, LockName};
 
 /// Removes run directories in `cache` whose supervising krunner is gone (its run lock is
-/// free), with any mount left under them. Returns how many were removed.
+/// free), with any mount left under them, and the run cgroups of dead krunner processes.
+/// Returns how many run directories were removed.
 pub(super) fn sweep(cache: &Cache) -> Result<usize, LaunchError> {
+    // Run cgroups are not per cache: one krunner's run cgroups are found by its pid.
+    super::cgroup::sweep_leftovers();
     let runs = cache.runs_dir();
     let entries = std::fs::read_dir(&runs)
         .map_err(LaunchError::io("-", format!("list {}", runs.display())))?;

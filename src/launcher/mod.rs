@@ -17,9 +17,12 @@
 //! - [`libkrunfw`]: finding the guest kernel library;
 //! - [`spec`]: the parent–child contract: the launch spec and the child's events;
 //! - [`privileges`]: what the VMM keeps of root;
+//! - [`cgroup`]: one cgroup v2 per run (memory, CPU, pids limits); [`seccomp`]: the system
+//!   calls the VMM and the namespace workload are denied;
 //! - [`untrusted`]: reading a file the guest wrote without trusting it;
 //! - [`krun_child`], [`ns_child`]: the child entry points; [`sys`]: their system calls.
 
+pub mod cgroup;
 pub mod krun_child;
 pub mod leftovers;
 pub mod libkrunfw;
@@ -27,6 +30,7 @@ pub mod ns_child;
 mod prepare;
 pub mod privileges;
 pub mod run;
+pub mod seccomp;
 pub mod spec;
 pub mod supervise;
 pub mod sys;

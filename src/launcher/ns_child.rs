@@ -4,8 +4,9 @@
 //!
 //! `__ns-child SPEC` ([`ns_child_main`]) runs in the host's pid namespace, where the libkrun
 //! child would run, and supervises:
-//! 1. read and delete the spec, emit `Started`, arm PR_SET_PDEATHSIG(SIGKILL), then exit if
-//!    the parent is already gone (it may have died before the death signal was armed);
+//! 1. read and delete the spec, emit `Started`, enter the run's cgroup
+//!    ([`super::cgroup::join`]), arm PR_SET_PDEATHSIG(SIGKILL), then exit if the parent is
+//!    already gone (it may have died before the death signal was armed);
 //! 2. [`setup_sandbox`]: a private mount namespace with the overlay root
 //!    ([`prepare_private_root`]); a directory root is bind-mounted onto itself because
 //!    pivot_root needs a mount point; new pid, uts and ipc namespaces (no network namespace:
@@ -27,7 +28,7 @@
 //!    and the kernel kills everything else in the pid namespace;
 //! 2. [`enter_root`]: pivot_root into the root, a fresh `/proc` (only this namespace's
 //!    processes), detach the host's tree, sysfs read-only on `/sys`;
-//! 3. RLIMIT_NOFILE, spawn the workload with a clean signal state (never exec it: a PID 1
+//! 3. RLIMIT_NOFILE, the workload's seccomp deny-list ([`super::seccomp`]), spawn the workload with a clean signal state (never exec it: a PID 1
 //!    that drops privileges loses its death signal and outlives its supervisor), forward
 //!    SIGTERM/SIGINT to it, reap every child (orphans are re-parented to PID 1) and exit with
 //!    the workload's status.
@@ -169,6 +170,12 @@ pub enum NsError {
         #[source]
         source: Errno,
     },
+    /// Entering the run's cgroup.
+    #[error("entering the run's cgroup")]
+    Cgroup(#[source] super::cgroup::CgroupError),
+    /// Installing the workload's seccomp filter.
+    #[error("installing the workload's seccomp filter")]
+    Seccomp(#[source] super::seccomp::SeccompError),
     /// Spawning the workload in the guest.
     #[error("starting the workload {path} (working directory {workdir}){}", workload_hint(.source))]
     SpawnWorkload {
@@ -198,6 +205,8 @@ impl NsError {
             NsError::Rlimit { .. } => "setrlimit",
             NsError::SpawnWorkload { .. } => "spawn_workload",
             NsError::Privileges { .. } => "drop_caps",
+            NsError::Cgroup(_) => "join_cgroup",
+            NsError::Seccomp(_) => "seccomp",
         }
     }
 
@@ -208,7 +217,9 @@ impl NsError {
             NsError::Spec(_)
             | NsError::ParentGone { .. }
             | NsError::ParseInitSpec { .. }
-            | NsError::Privileges { .. } => None,
+            | NsError::Privileges { .. }
+            | NsError::Seccomp(_) => None,
+            NsError::Cgroup(e) => e.errno(),
             NsError::Setup(e) => e.errno(),
             NsError::DeathSignal { source }
             | NsError::Signals { source }
@@ -648,6 +659,10 @@ pub fn ns_child_main(spec_path: &Path) -> i32 {
 }
 
 fn run_ns_child(spec: &LaunchSpec, spec_path: &Path) -> Result<i32, NsError> {
+    // Into the run's cgroup first: PID 1 and the workload inherit it.
+    if let Some(dir) = &spec.cgroup {
+        super::cgroup::join(dir).map_err(NsError::Cgroup)?;
+    }
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(|source| NsError::DeathSignal { source })?;
     // The parent may have died between spawning us and the line above; we would then have
     // been re-parented and never get the death signal.
@@ -756,6 +771,8 @@ fn run_ns_init(init: &InitSpec) -> Result<i32, NsError> {
     // rules of its namespace, or touch the host's under --egress-policy open).
     privileges::drop_from_all(privileges::NS_WORKLOAD_DROPS)
         .map_err(|source| NsError::Privileges { source })?;
+    // Last before the workload: PID 1 needs nothing on the list, the workload inherits it.
+    super::seccomp::install(super::seccomp::Profile::Workload).map_err(NsError::Seccomp)?;
     let e = &init.exec;
     let child = reset_signals_in_child(&mut Command::new(&e.path))
         .args(&e.args)
@@ -816,6 +833,7 @@ mod tests {
             events: "/r/events".into(),
             krun_log_level: 0,
             libkrunfw_dir: None,
+            cgroup: None,
         }
     }
 

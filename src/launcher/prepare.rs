@@ -215,6 +215,8 @@ fn launch_spec(
         events: run_dir.join("events"),
         krun_log_level: req.krun_log_level,
         libkrunfw_dir: req.libkrunfw_dir.clone(),
+        // Set by the launcher once the run's cgroup exists.
+        cgroup: None,
     }
 }
 

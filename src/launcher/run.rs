@@ -22,6 +22,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::cgroup::{self, Limits, RunCgroup};
 use super::leftovers::{self, RunDirGuard};
 use super::libkrunfw::check_libkrunfw;
 use super::prepare;
@@ -85,6 +86,15 @@ pub enum LaunchError {
         run: String,
         /// The host path.
         host: PathBuf,
+    },
+    /// The run's cgroup could not be created (cgroups work on this host otherwise).
+    #[error("run {run}: creating its cgroup")]
+    Cgroup {
+        /// Run id.
+        run: String,
+        /// Why.
+        #[source]
+        source: cgroup::CgroupError,
     },
     /// The guest's network jail could not be made.
     #[error("run {run}")]
@@ -251,6 +261,17 @@ pub struct RunOutcome {
     /// libkrun reported `KVM_EXIT_INTERNAL_ERROR`: this host's KVM cannot run the guest kernel
     /// (see [`crate::doctor::KVM_INTERNAL_ERROR_HELP`]).
     pub kvm_internal_error: bool,
+    /// The OOM killer acted in the run's cgroup: the guest went past its memory limit.
+    pub out_of_memory: Option<OutOfMemory>,
+}
+
+/// An out-of-memory kill in a run's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutOfMemory {
+    /// `oom_kill` of the cgroup's `memory.events`: processes the OOM killer killed.
+    pub kills: u64,
+    /// The cgroup's `memory.max` in bytes.
+    pub memory_max: u64,
 }
 
 impl RunOutcome {
@@ -260,6 +281,20 @@ impl RunOutcome {
             .iter()
             .map(|s| &s.event)
             .find(|e| matches!(e, Event::Failed { .. }))
+    }
+
+    /// How the run ended, for logs: [`VmExit::describe`], and the out-of-memory kill behind
+    /// it if there was one.
+    pub fn describe_exit(&self) -> String {
+        match &self.out_of_memory {
+            Some(oom) => format!(
+                "{}: killed for lack of memory (out of memory: the run's cgroup reached its limit of {} MiB, RAM plus overhead; the OOM killer killed {} process(es))",
+                self.exit.describe(),
+                oom.memory_max / (1024 * 1024),
+                oom.kills
+            ),
+            None => self.exit.describe(),
+        }
     }
 
     /// Whether the child got as far as starting the guest.
@@ -359,7 +394,9 @@ impl Launcher {
         claimed.net = jail(req, &claimed.dir, &self.child_exe, &run_id).await?;
         let jail_time = t.elapsed();
         let netns = claimed.net.as_ref().map(|n| n.path().to_path_buf());
-        let staged = self.stage(req, &shares.all, &run_id, &claimed.dir, netns)?;
+        let cgroup = run_cgroup(req, &run_id)?;
+        let cgroup_dir = cgroup.as_ref().map(|c| c.path().to_path_buf());
+        let staged = self.stage(req, &shares.all, &run_id, &claimed.dir, netns, cgroup_dir)?;
         let spawned_at = spec::monotonic_ns();
         // Spawned here, on the run's own task: see the module docs on PR_SET_PDEATHSIG.
         let mut child = supervise::spawn(&self.child_exe, req, &staged.spec_path, &run_id)?;
@@ -378,7 +415,7 @@ impl Launcher {
         };
         // Reading what the guest wrote and removing the run directory are blocking file work.
         let id = run_id.clone();
-        tokio::task::spawn_blocking(move || claimed.collect(run_id, exit, output, &clock))
+        tokio::task::spawn_blocking(move || claimed.collect(run_id, exit, output, &clock, cgroup))
             .await
             .map_err(|e| {
                 LaunchError::io(&id, "collect the run's outcome")(std::io::Error::other(e))
@@ -425,6 +462,7 @@ impl Launcher {
         run_id: &str,
         run_dir: &Path,
         netns: Option<PathBuf>,
+        cgroup: Option<PathBuf>,
     ) -> Result<Staged, LaunchError> {
         let t = Instant::now();
         let root = rootfs::make_clone(self.clone_method, &req.rootfs, run_dir)
@@ -434,6 +472,7 @@ impl Launcher {
         let t = Instant::now();
         let mut spec = prepare::prepare(req, shares, run_id, run_dir, root)?;
         spec.netns = netns;
+        spec.cgroup = cgroup;
         let spec_path = run_dir.join("spec.json");
         spec.write(&spec_path).map_err(LaunchError::spec(run_id))?;
         Ok(Staged {
@@ -479,6 +518,33 @@ async fn jail(
         .map_err(err)
 }
 
+/// Creates the run's cgroup with the limits `req` asks for, when cgroups are usable here
+/// (without them the run goes unlimited; [`cgroup::host`] has warned once).
+fn run_cgroup(req: &RunRequest, run_id: &str) -> Result<Option<RunCgroup>, LaunchError> {
+    let Some(base) = cgroup::host() else {
+        return Ok(None);
+    };
+    let limits = Limits::for_run(req.backend, req.cpus, req.memory_mib);
+    base.create_run(run_id, limits)
+        .map(Some)
+        .map_err(|source| LaunchError::Cgroup {
+            run: run_id.to_string(),
+            source,
+        })
+}
+
+/// Reads whether the OOM killer acted in the run's cgroup, then removes the cgroup (killing
+/// whatever is left in it).
+fn finish_cgroup(cgroup: Option<RunCgroup>, run_id: &str) -> Option<OutOfMemory> {
+    let cg = cgroup?;
+    let kills = cg.oom_kills();
+    let memory_max = cg.limits().memory_max;
+    if let Err(e) = cg.remove() {
+        tracing::warn!(run = %run_id, "cannot remove the run's cgroup: {}", crate::error_chain(&e));
+    }
+    (kills > 0).then_some(OutOfMemory { kills, memory_max })
+}
+
 /// Refuses a request that cannot start: a krun run without libkrunfw, a share whose host
 /// directory is missing.
 fn check_request(req: &RunRequest, run_id: &str) -> Result<(), LaunchError> {
@@ -521,7 +587,9 @@ impl ClaimedRun {
         exit: VmExit,
         output: ChildOutput,
         clock: &Clock,
+        cgroup: Option<RunCgroup>,
     ) -> Result<RunOutcome, LaunchError> {
+        let out_of_memory = finish_cgroup(cgroup, &run_id);
         let events = spec::read_events(&self.dir.join("events"));
         let mut timings = clock.timings(&events);
         let guest_result = read_guest_result(&self.dir.join("results").join("result"), &run_id);
@@ -535,6 +603,7 @@ impl ClaimedRun {
             captured: output.captured,
             guest_result,
             kvm_internal_error: output.kvm_internal_error,
+            out_of_memory,
             timings,
         })
     }

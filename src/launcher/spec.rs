@@ -148,6 +148,10 @@ pub struct LaunchSpec {
     pub krun_log_level: u32,
     /// Extra directory to find libkrunfw.so.5 in (krun).
     pub libkrunfw_dir: Option<PathBuf>,
+    /// The run's cgroup, which the child enters before it starts anything (None: cgroups are
+    /// not usable on this host).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Errors reading or writing a spec.
@@ -405,6 +409,7 @@ mod tests {
             events: "/tmp/e".into(),
             krun_log_level: 1,
             libkrunfw_dir: None,
+            cgroup: None,
         }
     }
 

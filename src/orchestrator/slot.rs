@@ -296,7 +296,7 @@ impl Slot {
             .guest_result
             .as_ref()
             .is_some_and(|r| r.runner_started.is_some());
-        match outcome.exit {
+        match &outcome.exit {
             VmExit::Exited(0) => {
                 tracing::info!(slot = self.index, runner = %name, runner_started = used, "runner finished");
                 Ok(TurnEnd::Finished)
@@ -305,18 +305,18 @@ impl Slot {
                 tracing::info!(slot = self.index, runner = %name, "runner stopped");
                 Ok(TurnEnd::Stopped)
             }
-            other => Err(OrchestratorError::Guest {
+            _ => Err(OrchestratorError::Guest {
                 slot: self.index,
                 runner: name,
                 how: if outcome.kvm_internal_error {
                     format!(
                         "{}; {} (log: {})",
-                        other.describe(),
+                        outcome.describe_exit(),
                         crate::doctor::KVM_INTERNAL_ERROR_HELP,
                         log.display()
                     )
                 } else {
-                    format!("{} (log: {})", other.describe(), log.display())
+                    format!("{} (log: {})", outcome.describe_exit(), log.display())
                 },
             }),
         }

@@ -330,6 +330,11 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
             .iter()
             .all(|c| eff & (1 << c) == 0 && bnd & (1 << c) == 0)
         && eff & (1 << CAP_DAC_OVERRIDE) != 0;
+    // Mode 2: a seccomp filter (the VMM's deny-list) is installed.
+    let vmm_seccomp = status.contains("Seccomp:\t2");
+    // The VMM runs in its run's cgroup, with the limits of `-c 1 -m 256`.
+    let vmm_cgroup = cgroup_of(vmm_pid);
+    let vmm_limits = vmm_cgroup.as_deref().map(cgroup_limits);
     signal(pid, Signal::SIGKILL);
     if let Err(e) = exit_within(running, 30) {
         panic!("krunner's output did not end after SIGKILL: something holds its pipes\n{e}\nVMMs: {:?}", processes_with("__krun-child"));
@@ -349,11 +354,166 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
         vmm_status_ok,
         "the VMM holds no more than file capabilities, with no_new_privs:\n{status}"
     );
-    // The run directory is left; the next krunner removes it (and nothing is mounted).
+    assert!(
+        vmm_seccomp,
+        "the VMM runs under its seccomp filter:\n{status}"
+    );
+    let cg = vmm_cgroup.unwrap_or_else(|| panic!("the VMM is in no run cgroup:\n{status}"));
+    assert_eq!(
+        vmm_limits,
+        Some(CgroupLimits {
+            // -m 256: the guest RAM, 256 MiB of VMM overhead and 1/16 of the RAM.
+            memory_max: ((256 + 256 + 16) << 20).to_string(),
+            cpu_max: "100000 100000".into(),
+            pids_max: "1024".into(),
+        }),
+        "{}",
+        cg.display()
+    );
+    // The run directory and cgroup are left; the next krunner removes them (and nothing is
+    // mounted).
     let out = exec(&td, &fw, &[], &["true"]).run();
     out.success();
     assert!(runs_left().is_empty(), "{:?}\n{out}", runs_left());
     assert!(mounts_under(&shared_cache()).is_empty());
+    assert!(
+        !cg.exists(),
+        "the dead krunner's run cgroup {} is swept\n{out}",
+        cg.display()
+    );
+    assert!(out.stderr.contains("removed the leftover cgroup"), "{out}");
+}
+
+/// The cgroup v2 directory of process `pid` (under /sys/fs/cgroup, where L1 mounts cgroup2),
+/// if it is a krunner run cgroup.
+fn cgroup_of(pid: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = Path::new("/sys/fs/cgroup").join(rel.trim().trim_start_matches('/'));
+    dir.file_name()?
+        .to_string_lossy()
+        .starts_with("run-")
+        .then_some(dir)
+}
+
+/// What a run cgroup's limit files say.
+#[derive(Debug, PartialEq, Eq)]
+struct CgroupLimits {
+    memory_max: String,
+    cpu_max: String,
+    pids_max: String,
+}
+
+fn cgroup_limits(dir: &Path) -> CgroupLimits {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("{f}: {e}"))
+    };
+    CgroupLimits {
+        memory_max: read("memory.max"),
+        cpu_max: read("cpu.max"),
+        pids_max: read("pids.max"),
+    }
+}
+
+/// The namespace backend in L1, whose /sys/fs/cgroup is a whole cgroup v2 hierarchy (our
+/// hosts keep the memory controller in cgroup v1, so the cgroup tests run here).
+fn exec_ns(td: &TestDir, extra: &[&str], script: &str) -> Krunner {
+    let mut k = krunner(td);
+    k.args(["-v", "exec", "--backend", "namespace"])
+        .args(extra)
+        .arg(image())
+        .args(["--", "sh", "-c", script]);
+    k
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_cgroup_holds_the_run_with_its_limits_and_goes_with_it() {
+    let _ = in_l1();
+    let td = TestDir::new("cg-limits");
+    let share = td.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let m = format!("{}:/share", share.display());
+    // The workload says where it is and waits until the test has looked.
+    let running = exec_ns(
+        &td,
+        &["-c", "2", "-m", "128", "-M", &m],
+        "cat /proc/self/cgroup > /share/cgroup; while [ ! -e /share/go ]; do sleep 0.1; done",
+    )
+    .spawn();
+    let seen = wait_for(120, || {
+        std::fs::read_to_string(share.join("cgroup")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let text = std::fs::read_to_string(share.join("cgroup")).unwrap_or_default();
+    let dir = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|rel| Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/')));
+    let limits = dir.as_deref().map(cgroup_limits);
+    let procs = dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .unwrap_or_default();
+    std::fs::write(share.join("go"), "").unwrap();
+    let out = running.wait();
+    assert!(seen, "the workload never started\n{out}");
+    out.success();
+    let dir = dir.unwrap_or_else(|| panic!("no cgroup v2 line in {text:?}"));
+    assert!(
+        dir.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("run-")),
+        "the workload runs in a run cgroup, not {}",
+        dir.display()
+    );
+    assert_eq!(
+        limits,
+        Some(CgroupLimits {
+            // -m 128 under namespaces: the RAM and 32 MiB for krunner's two processes.
+            memory_max: ((128 + 32) << 20).to_string(),
+            cpu_max: "200000 100000".into(),
+            pids_max: "8192".into(),
+        })
+    );
+    // The supervisor, PID 1, sh and its sleep.
+    assert!(
+        procs.split_whitespace().count() >= 3,
+        "the run's processes are in it: {procs:?}"
+    );
+    assert!(!dir.exists(), "{} outlived its run\n{out}", dir.display());
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_cgroup_out_of_memory_kills_only_its_own_run() {
+    let _ = in_l1();
+    let td = TestDir::new("cg-oom");
+    // Pulled first, so that both runs start together.
+    krunner(&td).args(["pull", &image()]).run().success();
+    // 300 MB into a shell variable (anonymous memory of sh) against -m 128 (the least krunner
+    // takes), i.e. a memory.max of 160 MiB; the neighbour, with the same limit, needs little
+    // and outlives the hog's end.
+    let hog = exec_ns(
+        &td,
+        &["-m", "128"],
+        "x=$(head -c 300000000 /dev/zero | tr '\\000' a); echo survived ${#x}",
+    )
+    .spawn();
+    let neighbour = exec_ns(&td, &["-m", "128"], "sleep 4; echo neighbour-ok").spawn();
+    let hog = hog.wait();
+    let neighbour = neighbour.wait();
+    assert!(
+        !hog.stdout.contains("survived") && hog.code != Some(0),
+        "the hog must die\n{hog}"
+    );
+    assert!(
+        hog.stderr.contains("out of memory"),
+        "the run reports the OOM kill\n{hog}"
+    );
+    neighbour.success();
+    assert!(neighbour.stdout.contains("neighbour-ok"), "{neighbour}");
+    assert!(runs_left().is_empty(), "{:?}", runs_left());
 }
 
 #[test]

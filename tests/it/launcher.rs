@@ -449,6 +449,15 @@ fn doctor_tells_the_truth_about_this_host() {
         .run();
     assert!(out.stdout.contains("KVM_CREATE_VM"), "{out}");
     assert!(out.stdout.contains("libkrun 1.19.7"), "{out}");
+    // Whether runs get resource limits, and where their cgroups go or why not.
+    assert!(
+        out.stdout
+            .contains("[ok  ] cgroups: cgroup v2: each run gets")
+            || out
+                .stdout
+                .contains("[warn] cgroups: runs get no memory, CPU or process limits"),
+        "{out}"
+    );
     if pvm_host() {
         assert_eq!(out.code, Some(1), "{out}");
         assert!(out.stdout.contains("KVM_EXIT_INTERNAL_ERROR"), "{out}");
@@ -549,4 +558,41 @@ fn ns_a_setuid_file_the_job_writes_is_out_of_other_users_reach() {
     assert_eq!(mode(&td.cache()), 0o700, "the cache root is private");
     assert_eq!(mode(&runs), 0o700, "the runs dir is private");
     assert!(runs_left(&td).is_empty(), "{out}");
+}
+
+/// The namespace workload runs under krunner's seccomp deny-list: `swapon`, which a CI job
+/// never needs, fails with EPERM in the guest, where the same call on the host (root, no
+/// filter) gets as far as the kernel's EINVAL for a file that is no swap area. What jobs do
+/// use stays allowed: mounting a tmpfs.
+#[test]
+fn ns_seccomp_denies_what_a_job_never_needs() {
+    if skip(NS) {
+        return;
+    }
+    let td = TestDir::new("ns-seccomp");
+    let file = td.join("not-swap");
+    std::fs::write(&file, vec![0u8; 64 * 1024]).unwrap();
+    let host = Command::new("busybox")
+        .arg("swapon")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let host_err = String::from_utf8_lossy(&host.stderr).to_string();
+    assert!(
+        host_err.contains("Invalid argument"),
+        "unfiltered, swapon reaches the kernel's swap-area check: {host_err}"
+    );
+    let out = exec_ns(
+        &td,
+        &[],
+        "dd if=/dev/zero of=/tmp/not-swap bs=1k count=64 2>/dev/null; swapon /tmp/not-swap; \
+         echo swapon=$?; grep Seccomp: /proc/self/status; \
+         mkdir /m && mount -t tmpfs t /m && echo tmpfs-mounted",
+    );
+    out.success();
+    assert!(out.stderr.contains("Operation not permitted"), "{out}");
+    assert!(!out.stderr.contains("Invalid argument"), "{out}");
+    assert!(out.stdout.contains("swapon=1"), "{out}");
+    assert!(out.stdout.contains("Seccomp:\t2"), "{out}");
+    assert!(out.stdout.contains("tmpfs-mounted"), "{out}");
 }

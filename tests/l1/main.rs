@@ -196,10 +196,11 @@ fn group(filter: &str, tests: usize) {
     );
 }
 
-/// `doctor`, `exec` (output, status, signals, any argv, shares, size, lifetime, SIGKILL).
+/// `doctor`, `exec` (output, status, signals, any argv, shares, size, lifetime, SIGKILL, the
+/// run cgroup and an out-of-memory kill under namespaces).
 #[test]
 fn krun_exec_in_real_guests() {
-    group("krun_guest::exec_", 7);
+    group("krun_guest::exec_", 11);
 }
 
 /// `run` in JIT and token modes, shutdown (idle, drain, forced), SIGKILL and restart.
