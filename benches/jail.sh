@@ -34,14 +34,8 @@ cleanup() {
 	[[ -z $WORK ]] || rm -rf "$WORK"
 }
 
+# Samples per policy and timing (microseconds), see record in lib.sh.
 declare -A RES=()
-record() { RES[$1.$2]="${RES[$1.$2]:-} $3"; }
-med_ms() {
-	local -a v
-	read -ra v <<<"${RES[$1.$2]:-}"
-	msecs "$(median "${v[@]}")"
-}
-to_us() { awk -v m="$1" 'BEGIN { printf "%d", m * 1000 }'; }
 
 run_once() { # policy
 	local err t0 t1 line kv k v

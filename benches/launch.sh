@@ -36,13 +36,6 @@ cleanup() {
 
 # One `krunner -v exec` with METHOD; appends its timings (microseconds) to RES via record.
 declare -A RES=()
-record() { RES[$1.$2]="${RES[$1.$2]:-} $3"; }
-med_ms() {
-	local -a v
-	read -ra v <<<"${RES[$1.$2]:-}"
-	msecs "$(median "${v[@]}")"
-}
-to_us() { awk -v m="$1" 'BEGIN { printf "%d", m * 1000 }'; }
 
 run_once() { # method
 	local err t0 t1 line k v

@@ -3,7 +3,7 @@
 # realistic debootstrap image (built once, cached in $BENCH_DIR/image), a loopback registry
 # and timing helpers. The caller sets `repo`, BENCH_DIR, TAG and REBUILD_IMAGE first.
 # shellcheck shell=bash
-# shellcheck disable=SC2154 # repo, BENCH_DIR, TAG and REBUILD_IMAGE come from the caller
+# shellcheck disable=SC2154 # repo, BENCH_DIR, TAG, REBUILD_IMAGE and RES come from the caller
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -165,6 +165,17 @@ median() {
 secs() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1e6 }'; }
 msecs() { awk -v u="$1" 'BEGIN { printf "%.1f", u / 1e3 }'; }
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
+
+# Samples by variant and key, in the caller's `declare -A RES=()`:
+# record VARIANT KEY MICROSECONDS; med_ms VARIANT KEY prints their median in ms.
+record() { RES[$1.$2]="${RES[$1.$2]:-} $3"; }
+med_ms() {
+	local -a v
+	read -ra v <<<"${RES[$1.$2]:-}"
+	msecs "$(median "${v[@]}")"
+}
+# to_us MILLISECONDS (krunner's timing line) prints microseconds.
+to_us() { awk -v m="$1" 'BEGIN { printf "%d", m * 1000 }'; }
 
 
 # ---------------------------------------------------------------- stand-in runner images
