@@ -56,8 +56,7 @@ cleanup() {
 	rm -rf "$SHM_DIR" "$BENCH_DIR/run"
 }
 
-declare -A RES=() # "fs.metric" -> space-separated microseconds
-record() { RES[$1.$2]="${RES[$1.$2]:-} $3"; }
+declare -A RES=() # "fs.metric" -> space-separated microseconds (record: lib.sh)
 med_of() {
 	local -a v
 	read -ra v <<<"${RES[$1.$2]:-}"
