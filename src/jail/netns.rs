@@ -102,11 +102,6 @@ impl NetJail {
         &self.path
     }
 
-    /// pasta's PID.
-    pub fn pasta_pid(&self) -> Option<u32> {
-        self.pasta.id()
-    }
-
     /// Stops pasta (SIGTERM, then SIGKILL after a second) and waits for it; the namespace
     /// goes with the last of this, pasta and the VM child.
     pub async fn shutdown(mut self) {

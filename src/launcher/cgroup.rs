@@ -190,7 +190,11 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
         // "id parent maj:min root mountpoint options [optional...] - fstype source superopts"
         let (pre, post) = l.split_once(" - ")?;
         (post.split(' ').next()? == "cgroup2")
-            .then(|| pre.split(' ').nth(4).map(PathBuf::from))
+            .then(|| {
+                pre.split(' ')
+                    .nth(4)
+                    .map(|p| PathBuf::from(super::leftovers::unescape_mountinfo(p)))
+            })
             .flatten()
     })
 }

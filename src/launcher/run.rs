@@ -511,8 +511,16 @@ async fn jail(
         run: run_id.to_string(),
         source,
     };
-    let tools = Tools::find().map_err(err)?;
-    NetJail::create(dir, exe, allow, req.dns.parse().ok(), &tools)
+    // Looked up once per process: the run loops would otherwise walk PATH for every guest.
+    static TOOLS: std::sync::OnceLock<Tools> = std::sync::OnceLock::new();
+    let tools = match TOOLS.get() {
+        Some(t) => t,
+        None => {
+            let found = Tools::find().map_err(err)?;
+            TOOLS.get_or_init(|| found)
+        }
+    };
+    NetJail::create(dir, exe, allow, req.dns.parse().ok(), tools)
         .await
         .map(Some)
         .map_err(err)
@@ -593,7 +601,6 @@ impl ClaimedRun {
         let events = spec::read_events(&self.dir.join("events"));
         let mut timings = clock.timings(&events);
         let guest_result = read_guest_result(&self.dir.join("results").join("result"), &run_id);
-        drop(self.net.take());
         self.guard.finish().map_err(LaunchError::cache(&run_id))?;
         timings.total = clock.start.elapsed();
         Ok(RunOutcome {

@@ -196,8 +196,21 @@ pub fn install(profile: Profile) -> Result<(), SeccompError> {
     };
     match profile {
         Profile::Vmm => seccompiler::apply_filter_all_threads(&prog).map_err(err),
-        Profile::Workload => super::sys::install_seccomp_filter(&prog)
-            .map_err(|e| err(seccompiler::Error::Seccomp(e))),
+        Profile::Workload => {
+            // seccompiler's instructions field by field into libc's (the same kernel layout),
+            // so the raw call in `krunner_sys` needs no cast.
+            let prog: Vec<libc::sock_filter> = prog
+                .iter()
+                .map(|i| libc::sock_filter {
+                    code: i.code,
+                    jt: i.jt,
+                    jf: i.jf,
+                    k: i.k,
+                })
+                .collect();
+            krunner_sys::seccomp_filter_tsync(&prog)
+                .map_err(|e| err(seccompiler::Error::Seccomp(e)))
+        }
     }
 }
 

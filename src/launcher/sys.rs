@@ -591,36 +591,6 @@ pub fn prepare_private_root(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), Setu
     Ok(())
 }
 
-/// seccomp(SECCOMP_SET_MODE_FILTER, TSYNC) with `prog`, without setting no_new_privs first
-/// (seccompiler's installer always sets it): needs CAP_SYS_ADMIN. See
-/// [`super::seccomp::install`].
-#[allow(unsafe_code)]
-pub fn install_seccomp_filter(prog: &[seccompiler::sock_filter]) -> std::io::Result<()> {
-    let len =
-        u16::try_from(prog.len()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let fprog = libc::sock_fprog {
-        len,
-        filter: prog.as_ptr().cast::<libc::sock_filter>().cast_mut(),
-    };
-    // SAFETY: seccompiler's `sock_filter` is `#[repr(C)]` with the kernel's layout (u16, u8,
-    // u8, u32), as libc's is; `fprog` points at `prog`, which outlives the call; the kernel
-    // copies the program and keeps no pointer to it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_TSYNC,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    match rc {
-        0 => Ok(()),
-        // TSYNC: the id of a thread whose filters diverge.
-        r if r > 0 => Err(std::io::Error::from_raw_os_error(libc::EBUSY)),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
 /// Test double: records every call as one line (`mount SRC TARGET TYPE FLAGS DATA`, `-` for
 /// none) and fails the first call whose line starts with a chosen prefix.
 #[cfg(test)]
