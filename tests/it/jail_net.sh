@@ -48,6 +48,20 @@ echo HOST >"$D/www/host/index.html"
 pids=""
 serve() { "$@" </dev/null >/dev/null 2>&1 & pids="$pids $!"; }
 trap 'kill $pids 2>/dev/null || true' EXIT
+# The krunners of MODE pair still running: SIGTERM, then up to 60 s to clean up, then SIGKILL.
+stop_guests() {
+  for f in "$D/g1.pid" "$D/g2.pid"; do
+    [ -e "$f" ] || continue
+    p=$(cat "$f")
+    kill -TERM "$p" 2>/dev/null || continue
+    n=0
+    while kill -0 "$p" 2>/dev/null && [ "$n" -lt 600 ]; do
+      n=$((n + 1))
+      sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+}
 serve nsenter --net="$D/world" busybox httpd -f -p 8080 -h "$D/www/world"
 serve busybox httpd -f -p 127.0.0.1:8081 -h "$D/www/secret"
 serve busybox httpd -f -p 127.0.0.1:8082 -h "$D/www/allowed"
@@ -71,10 +85,20 @@ pair)
     KRUNNER_MOUNT="$D/g$g:/s" "$@" >"$D/g$g.out" 2>&1 &
     echo $! >"$D/g$g.pid"
   done
+  # Should a guest not come up, stop both krunners (they clean up on SIGTERM) and show what
+  # they printed: a krunner left running would hold its VM past this test.
+  trap 'kill $pids 2>/dev/null || true; stop_guests' EXIT
   i=0
   until [ -e "$D/g1/state" ] && [ -e "$D/g2/state" ]; do
     i=$((i + 1))
-    [ "$i" -lt 1200 ] || { echo "jail_net.sh: the guests never started listening" >&2; exit 98; }
+    if [ "$i" -ge 3000 ]; then
+      echo "jail_net.sh: the guests never started listening" >&2
+      for g in 1 2; do
+        echo "--- guest $g printed:" >&2
+        cat "$D/g$g.out" >&2
+      done
+      exit 98
+    fi
     sleep 0.1
   done
   ss -ltnH | grep ':8090 ' >"$D/host-listeners" || true
@@ -82,6 +106,7 @@ pair)
   st=0
   wait "$(cat "$D/g1.pid")" || st=$?
   wait "$(cat "$D/g2.pid")" || st=$?
+  rm -f "$D/g1.pid" "$D/g2.pid"
   cat "$D/g1.out" "$D/g2.out"
   exit "$st"
   ;;
