@@ -507,6 +507,36 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_PULL", value_enum, default_value_t = PullPolicy::Missing)]
     pub pull: PullPolicy,
 
+    /// Which actions runner guests run: `auto` the image's own when it has one (at
+    /// /opt/actions-runner or /home/runner), else one krunner provides; `provided` always
+    /// the provided one (at /opt/actions-runner, over the image's); `image` only the image's.
+    #[arg(long, env = "KRUNNER_RUNNER", value_enum, default_value_t = crate::runner::Choice::Auto)]
+    pub runner: crate::runner::Choice,
+
+    /// The provided runner's version: `latest` (checked at start and every
+    /// --runner-check-interval; new guests move to a new release) or an exact one (pinned).
+    #[arg(
+        long,
+        env = "KRUNNER_RUNNER_VERSION",
+        value_name = "latest|X.Y.Z",
+        default_value = "latest"
+    )]
+    pub runner_version: crate::runner::Wanted,
+
+    /// Where the actions/runner releases are listed (GitHub's releases API, or a mirror that
+    /// answers the same JSON); every tarball is fetched from the URL that listing gives.
+    #[arg(long, env = "KRUNNER_RUNNER_RELEASES_URL", value_name = "URL", default_value = crate::runner::releases::DEFAULT_RELEASES_URL)]
+    pub runner_releases_url: String,
+
+    /// Seconds between two checks for a new runner release (`--runner-version latest`).
+    #[arg(long, env = "KRUNNER_RUNNER_CHECK_INTERVAL", value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub runner_check_interval: u64,
+
+    /// Use only the cache: the image as with --pull never, the newest provided runner it
+    /// holds (of --runner-version, if pinned), no release checks.
+    #[arg(long, env = "KRUNNER_OFFLINE")]
+    pub offline: bool,
+
     /// A host directory shared read-write with every job's guest at /cache (tool caches,
     /// such as ~/.cargo or npm's). Never the image cache (--cache-dir): krunner refuses a
     /// directory that is, contains or lies inside it.
@@ -737,6 +767,9 @@ mod tests {
         assert_eq!(r.registration, RegistrationKind::Token);
         assert_eq!(r.pull, PullPolicy::Never);
         assert_eq!(r.job_cache, Some(PathBuf::from("/c")));
+        assert_eq!(r.runner, crate::runner::Choice::Auto);
+        assert_eq!(r.runner_version, crate::runner::Wanted::Latest);
+        assert_eq!(r.runner_check_interval, 3600);
         let old = Cli::try_parse_from(["krunner", "run", "-p", "o/r", "--cache", "/j"]).unwrap();
         let Command::Run(old) = old.command else {
             panic!("not run")

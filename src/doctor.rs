@@ -312,6 +312,7 @@ pub async fn test_boot(
         nofile: 1024,
         // It runs `true` and no network: the jail has a check of its own.
         egress: EgressPolicy::Open,
+        runner: None,
     };
     let outcome = launcher.run(&req, &Cancel::default()).await;
     let _ = std::fs::remove_dir_all(&root);

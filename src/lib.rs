@@ -8,6 +8,8 @@
 //! - [`rootfs`]: the per-run copy-on-write clone of a cached rootfs.
 //! - [`launcher`]: one guest per run in a supervised, re-executed child: the libkrun microVM
 //!   or the namespace backend; nothing left behind.
+//! - [`runner`]: the actions runner a guest gets: the image's own, or a release krunner
+//!   downloads, verifies and caches itself and keeps current.
 //! - [`guest`]: what the host writes into a clone (the guest agent and its configuration) and
 //!   reads back (the runner's result).
 //! - [`github`]: the GitHub REST client: PAT and App auth, JIT registrations, reconcile, rate
@@ -46,5 +48,6 @@ pub mod launcher;
 pub mod metrics;
 pub mod orchestrator;
 pub mod rootfs;
+pub mod runner;
 pub mod secret;
 pub mod version;

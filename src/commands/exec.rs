@@ -82,6 +82,7 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
             libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
             nofile: 1 << 20,
             egress: egress.clone(),
+            runner: None,
         };
         anyhow::Ok(launcher.run(&req, &cancel).await?)
     })?;

@@ -1,11 +1,13 @@
-//! `krunner images`: what the cache holds.
+//! `krunner images`: what the cache holds: images, then provided actions runners.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 
 use crate::cli::{GlobalArgs, ImagesArgs};
+use crate::image::cache::{LockMode, LockName};
 use crate::image::progress::human_bytes;
+use crate::runner::store::RunnerStore;
 
 /// Runs the command.
 pub fn run(global: &GlobalArgs, args: ImagesArgs) -> anyhow::Result<ExitCode> {
@@ -18,6 +20,7 @@ pub fn run(global: &GlobalArgs, args: ImagesArgs) -> anyhow::Result<ExitCode> {
         .map(|r| {
             let meta = cache.rootfs_meta(&r.manifest);
             serde_json::json!({
+                "kind": "image",
                 "reference": r.reference,
                 "platform": r.platform.to_string(),
                 "digest": r.manifest.as_str(),
@@ -28,7 +31,27 @@ pub fn run(global: &GlobalArgs, args: ImagesArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .collect();
+    let runners = RunnerStore::new(cache.clone()).list();
+    let in_use = |sha: &str| {
+        matches!(
+            cache.try_lock(&LockName::Runner(sha.to_string()), LockMode::Exclusive),
+            Ok(None)
+        )
+    };
     if args.json {
+        let mut rows = rows;
+        rows.extend(runners.iter().map(|i| {
+            serde_json::json!({
+                "kind": "runner",
+                "version": i.version.to_string(),
+                "platform": i.arch.platform(),
+                "sha256": i.sha256,
+                "size": i.size,
+                "installed": i.created,
+                "in_use": in_use(&i.sha256),
+                "tree": i.tree,
+            })
+        }));
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -49,6 +72,23 @@ pub fn run(global: &GlobalArgs, args: ImagesArgs) -> anyhow::Result<ExitCode> {
             size,
             ago(now.saturating_sub(r.last_used))
         );
+    }
+    if !runners.is_empty() {
+        println!(
+            "\n{:<14} {:<12} {:<19} {:>10} {:<16} IN USE",
+            "RUNNER", "PLATFORM", "SHA256", "SIZE", "INSTALLED"
+        );
+        for i in &runners {
+            println!(
+                "{:<14} {:<12} {:<19} {:>10} {:<16} {}",
+                i.version.to_string(),
+                i.arch.platform(),
+                &i.sha256[..i.sha256.len().min(12)],
+                human_bytes(i.size),
+                ago(now.saturating_sub(i.created)),
+                if in_use(&i.sha256) { "yes" } else { "no" }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

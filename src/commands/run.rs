@@ -26,6 +26,10 @@ use crate::metrics::Metrics;
 use crate::orchestrator::identity;
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
 use crate::orchestrator::{BackoffPolicy, Pool, PoolConfig, RegistrationMode, Shutdown, SlotStop};
+use crate::runner::releases;
+use crate::runner::store::RunnerStore;
+use crate::runner::supply::{self, Source, Updater};
+use crate::runner::{self, Choice, Plan};
 use crate::secret::Secret;
 
 /// Run logs kept in `--log-dir`.
@@ -114,6 +118,17 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         };
+        let (runner, updater) = tokio::select! {
+            r = runner_plan(&args, &image, &store) => r?,
+            _ = shutdown.drain.cancelled() => {
+                tracing::info!("stopped before the actions runner was ready");
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        if let Some(u) = updater {
+            let interval = Duration::from_secs(args.runner_check_interval);
+            tokio::spawn(u.run(interval, shutdown.drain.clone()));
+        }
         // A stalled or rate-limiting API must not keep a stop signal from ending the start.
         let prepared = tokio::select! {
             p = prepare(&github, &args, &base, &scope, &prefix, &instance) => p?,
@@ -169,7 +184,9 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
                 nofile: 1 << 20,
                 egress: egress.clone(),
+                runner: None,
             },
+            runner,
         };
         tracing::info!(
             "starting {} runner loop(s) for {} from {}",
@@ -379,7 +396,12 @@ async fn pull_image(
 ) -> anyhow::Result<crate::image::PulledImage> {
     let opts = |offline| super::pull::pull_options(global, &args.registry, offline);
     let what = || format!("cannot get the image {}", args.image);
-    match args.pull {
+    let policy = if args.offline {
+        PullPolicy::Never
+    } else {
+        args.pull
+    };
+    match policy {
         PullPolicy::Always => store
             .pull(&args.image, &opts(false), cancel)
             .await
@@ -395,6 +417,95 @@ async fn pull_image(
                 .await
                 .with_context(what),
         },
+    }
+}
+
+/// Which runner guests get (`--runner`), and for a provided one the runner ready in the cache
+/// and what keeps it current.
+async fn runner_plan(
+    args: &RunArgs,
+    image: &crate::image::PulledImage,
+    store: &ImageStore,
+) -> anyhow::Result<(Plan, Option<Updater>)> {
+    let in_image = runner::find_in_image(&image.rootfs);
+    let http = releases::client()?;
+    match (args.runner, in_image) {
+        (Choice::Image, None) => bail!(
+            "the image {} has no actions runner at {} (--runner image); give --runner auto or provided and krunner provides one",
+            image.reference,
+            runner::IMAGE_ROOTS.join(" or ")
+        ),
+        (Choice::Image | Choice::Auto, Some(found)) => {
+            let version = found
+                .version
+                .map_or_else(|| "version unknown".to_string(), |v| v.to_string());
+            tracing::info!(
+                "guests run the image's actions runner at {} ({version})",
+                found.root
+            );
+            if let (Some(v), false) = (found.version, args.offline) {
+                warn_if_too_old(&http, &args.runner_releases_url, v, &image.reference).await;
+            }
+            Ok((
+                Plan::Image {
+                    root: found.root.to_string(),
+                },
+                None,
+            ))
+        }
+        (Choice::Provided | Choice::Auto, _) => {
+            let goarch = &image.meta.platform.architecture;
+            let arch = runner::Arch::of_goarch(goarch).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the actions runner exists for amd64 and arm64 only, and the image {} is {goarch}",
+                    image.reference
+                )
+            })?;
+            let src = Source {
+                releases_url: args.runner_releases_url.clone(),
+                wanted: args.runner_version,
+                arch,
+                offline: args.offline,
+            };
+            let runners = RunnerStore::new(store.cache().clone());
+            let (supply, updater) = supply::provision(&runners, &http, &src)
+                .await
+                .context("cannot provide the actions runner")?;
+            let current = supply.current();
+            tracing::info!(
+                "guests run the provided actions runner {} ({})",
+                current.version,
+                current.arch
+            );
+            // Versions no run or other krunner uses any more go now; later, at each update.
+            let gone = tokio::task::spawn_blocking(move || runners.prune(&[&current.sha256]))
+                .await
+                .context("runner prune task")??;
+            for g in gone {
+                tracing::info!("removed the unused runner {} from the cache", g.version);
+            }
+            Ok((Plan::Provided(supply), Some(updater)))
+        }
+    }
+}
+
+/// Says so at start when GitHub no longer accepts the image's runner; quiet when the
+/// releases cannot be read (the image's runner may still be fine).
+async fn warn_if_too_old(http: &reqwest::Client, url: &str, version: runner::Version, image: &str) {
+    match releases::fetch(http, url).await {
+        Ok(list) => {
+            if let Some(newer) = releases::too_old(&list, version, crate::image::cache::now_secs())
+            {
+                tracing::warn!(
+                    "the image {image} has the actions runner {version}, which GitHub no longer accepts: {} has been out for more than 30 days. Rebuild the image, or give --runner provided",
+                    newer.version
+                );
+            }
+        }
+        Err(e) => tracing::debug!(
+            "cannot tell whether the image's runner is current: {}",
+            crate::error_chain(&e)
+        ),
     }
 }
 

@@ -12,6 +12,7 @@
 #   control PATH           the per-run control share (read-only; the host creates "stop" there)
 #   runner jit|token       run the actions runner once (else: run the command)
 #   url URL / name NAME / labels L / group G / work DIR / user USER   (token mode, user)
+#   root DIR               the runner's directory (default /opt/actions-runner)
 #
 # The workload never travels on the kernel command line (which cannot carry "--", quotes or
 # newlines): the host writes it into the clone, one file per item, exact bytes.
@@ -36,13 +37,17 @@
 #      CONTROL/stop; write its exit status and start/end times to RESULTS/result; exit with
 #      its status.
 # The runner and podman get the env/ variables too (the runner on top of a minimal
-# environment).
+# environment). The runner also gets the image's /etc/krunner/runner.env (NAME=VALUE lines:
+# what an image wants every job to see, e.g. RUNNER_TOOL_CACHE), and
+# DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 when the image has no libicu, without which .NET
+# would not start; the env/ variables win over both.
 set -eu
 
 conf=/.krunner/agent.conf
 argv_dir=/.krunner/argv
 env_dir=/.krunner/env
 runner_root=/opt/actions-runner
+runner_env=/etc/krunner/runner.env
 secrets='' results='' control='' mode='' url='' name='' labels='' group='' work=_work user=runner
 started=$(date +%s)
 runner_started=''
@@ -121,6 +126,7 @@ load_conf() {
 		group) group=$* ;;
 		work) work=$1 ;;
 		user) user=$1 ;;
+		root) runner_root=$1 ;;
 		*) fail 125 "unknown setting in $conf: $key" ;;
 		esac
 	done <"$conf"
@@ -212,12 +218,23 @@ as_user() {
 		# shellcheck disable=SC2016 # "$0" "$@" are for the inner sh, not this one
 		set -- su -s /bin/sh -c 'exec "$0" "$@"' -- "$user" "$@"
 	fi
+	# env -i applies its NAME=VALUE words in order, the last one winning: each loop puts its
+	# words before the earlier ones', so env/ (first here) wins over runner.env and the
+	# globalization default.
 	for f in "$env_dir"/*; do
 		if [ -f "$f" ] && is_name "${f##*/}"; then
 			v=$(cat "$f" && printf x) || exit 125
 			set -- "${f##*/}=${v%x}" "$@"
 		fi
 	done
+	if [ -r "$runner_env" ]; then
+		while IFS= read -r l || [ -n "$l" ]; do
+			case "$l" in
+			*=*) is_name "${l%%=*}" && set -- "$l" "$@" ;;
+			esac
+		done <"$runner_env"
+	fi
+	[ -n "$have_icu" ] || set -- DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 "$@"
 	exec env -i PATH="$PATH" HOME="$home" LANG=C.UTF-8 "$@"
 }
 
@@ -278,6 +295,24 @@ run_runner() {
 }
 
 cd "$runner_root" 2>/dev/null || fail 125 "no actions runner at $runner_root"
+# .NET needs ICU unless told to do without; an image made for a provided runner may lack it.
+have_icu=''
+for f in /usr/lib/libicuuc.so* /usr/lib64/libicuuc.so* /lib/libicuuc.so* /lib64/libicuuc.so* \
+	/usr/lib/*/libicuuc.so* /lib/*/libicuuc.so* /usr/local/lib/libicuuc.so*; do
+	if [ -e "$f" ]; then
+		have_icu=1
+		break
+	fi
+done
+[ -n "$have_icu" ] || log "the image has no libicu: the runner gets DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1"
+# The runner writes into its directory. A provided one belongs to uid 1001; an image whose
+# runner user has another uid gets the directory itself (not its contents: a chown -R would
+# copy the whole runner into the run's layer).
+owner=$(stat -c %u "$runner_root" 2>/dev/null || echo '')
+uid=$(id -u "$user")
+if [ "$owner" != "$uid" ]; then
+	chown "$user" "$runner_root" || log "warning: cannot give $runner_root to $user"
+fi
 # These lines land in the run's log on the host (the guest console): enough to tell how far a
 # guest got.
 log "starting the runner ($mode mode) as $user from $runner_root"

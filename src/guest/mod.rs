@@ -63,10 +63,13 @@ impl Registration {
 pub struct RunnerJob {
     /// How it registers.
     pub registration: Registration,
-    /// Its work folder (relative to /opt/actions-runner).
+    /// Its work folder (relative to the runner's directory).
     pub work: String,
     /// The user it runs as.
     pub user: String,
+    /// The runner's directory in the guest: `/opt/actions-runner` (krunner's images, a
+    /// provided runner) or where the image has it (`/home/runner` in GitHub's image).
+    pub root: String,
 }
 
 /// What the agent reported after the guest ended (`RESULTS/result`).
@@ -133,7 +136,11 @@ pub fn agent_conf_for(
     ));
     conf_value("user", &job.user, false)?;
     conf_value("work", &job.work, false)?;
-    s.push_str(&format!("user {}\nwork {}\n", job.user, job.work));
+    conf_value("root", &job.root, false)?;
+    s.push_str(&format!(
+        "user {}\nwork {}\nroot {}\n",
+        job.user, job.work, job.root
+    ));
     match &job.registration {
         Registration::Jit(_) => s.push_str("runner jit\n"),
         Registration::Token {
@@ -214,6 +221,7 @@ mod tests {
             },
             work: "_work".into(),
             user: "runner".into(),
+            root: "/home/runner".into(),
         };
         let c = agent_conf_for(&[], Some(&job)).unwrap();
         assert!(!c.contains("AAAtoken"));
@@ -224,6 +232,7 @@ mod tests {
             "group My Group",
             "secrets /.krunner/secrets",
             "control /.krunner/control",
+            "root /home/runner",
         ] {
             assert!(c.contains(&format!("{line}\n")), "{line}: {c}");
         }

@@ -7,10 +7,13 @@
 //!   ingest/<hex>.part         a download in progress (only under locks/blob-<hex>.lock)
 //!   rootfs/<hex>/rootfs/      the unpacked tree of platform manifest <hex>; never written after rename
 //!   rootfs/<hex>/image.json   what it was built from (ImageMeta)
+//!   runners/<hex>/tree/       a provided actions runner (tarball SHA-256 <hex>): opt/actions-runner
+//!   runners/<hex>/runner.json its version and architecture (crate::runner::store)
 //!   tmp/<hex>-<random>/       an unpack in progress (only under locks/rootfs-<hex>.lock)
 //!   refs.json                 reference + platform -> digests, last used (RefRecord)
 //!   runs/<id>/                one run's clone (upper/work/merged or a copy), spec, events
-//!   locks/                    cache.lock, refs.lock, blob-<hex>.lock, rootfs-<hex>.lock
+//!   locks/                    cache.lock, refs.lock, blob-<hex>.lock, rootfs-<hex>.lock,
+//!                             runner-<hex>.lock
 //! ```
 //!
 //! Locking (flock, so a crashed holder releases it): every pull holds `cache.lock` shared and
@@ -190,6 +193,9 @@ pub enum LockName {
     Rootfs(Digest),
     /// One run directory: held by the krunner process that supervises the run.
     Run(String),
+    /// One provided actions runner (by the SHA-256 of its tarball): exclusive while it is
+    /// installed or pruned, shared while a run or a `krunner run` uses it.
+    Runner(String),
 }
 
 /// A held flock; released when dropped (or when the process dies).
@@ -225,7 +231,15 @@ impl Cache {
     /// Opens (creating if needed) the cache at `root`, which is made absolute.
     pub fn open(root: &Path) -> Result<Cache, CacheError> {
         let root = std::path::absolute(root).map_err(io_err("resolve", root))?;
-        for sub in ["blobs/sha256", "ingest", "rootfs", "tmp", "locks", "runs"] {
+        for sub in [
+            "blobs/sha256",
+            "ingest",
+            "rootfs",
+            "runners",
+            "tmp",
+            "locks",
+            "runs",
+        ] {
             let p = root.join(sub);
             private_dirs(&p).map_err(io_err("create directory", &p))?;
         }
@@ -387,6 +401,7 @@ impl Cache {
             LockName::Blob(d) => format!("blob-{}.lock", d.hex()),
             LockName::Rootfs(d) => format!("rootfs-{}.lock", d.hex()),
             LockName::Run(id) => format!("run-{id}.lock"),
+            LockName::Runner(hex) => format!("runner-{hex}.lock"),
         };
         self.root.join("locks").join(file)
     }

@@ -800,6 +800,7 @@ mod tests {
             parent_pid: 1,
             root: RootSpec::Overlay {
                 lower: "/c/rootfs".into(),
+                runner: None,
                 upper: "/r/upper".into(),
                 work: "/r/work".into(),
                 merged: "/r/merged".into(),

@@ -37,6 +37,7 @@ use crate::jail::egress::EgressPolicy;
 use crate::jail::netns::NetJail;
 use crate::jail::{JailError, Tools};
 use crate::rootfs::{self, CloneMethod};
+use crate::runner::store::Installed;
 
 /// What can go wrong around a run (not inside the guest: that is [`VmExit`]).
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +214,9 @@ pub struct RunRequest {
     pub nofile: u64,
     /// The guest's network: a jail of its own with an egress policy, or the host's.
     pub egress: EgressPolicy,
+    /// A provided actions runner to present at `/opt/actions-runner` (a layer above the
+    /// image; a copy when the clone is one). The run holds it in use.
+    pub runner: Option<Installed>,
 }
 
 /// What the guest agent runs.
@@ -433,6 +437,14 @@ impl Launcher {
             ),
             None => None,
         };
+        let runner_lock = match &req.runner {
+            Some(r) => Some(
+                self.lock(LockName::Runner(r.sha256.clone()), LockMode::Shared)
+                    .await
+                    .map_err(LaunchError::cache(run_id))?,
+            ),
+            None => None,
+        };
         let run_lock = self
             .lock(LockName::Run(run_id.to_string()), LockMode::Exclusive)
             .await
@@ -450,6 +462,7 @@ impl Launcher {
             dir,
             _run_lock: run_lock,
             _image_lock: image_lock,
+            _runner_lock: runner_lock,
         })
     }
 
@@ -465,7 +478,8 @@ impl Launcher {
         cgroup: Option<PathBuf>,
     ) -> Result<Staged, LaunchError> {
         let t = Instant::now();
-        let root = rootfs::make_clone(self.clone_method, &req.rootfs, run_dir)
+        let runner = req.runner.as_ref().map(|r| r.tree.as_path());
+        let root = rootfs::make_clone(self.clone_method, &req.rootfs, runner, run_dir)
             .map_err(LaunchError::clone_failed(run_id))?;
         let clone = t.elapsed();
 
@@ -584,6 +598,8 @@ struct ClaimedRun {
     _run_lock: LockGuard,
     /// The image's rootfs lock, shared: `prune` keeps the image.
     _image_lock: Option<LockGuard>,
+    /// The provided runner's lock, shared: no update prunes it under the run.
+    _runner_lock: Option<LockGuard>,
 }
 
 impl ClaimedRun {

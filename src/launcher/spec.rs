@@ -19,6 +19,9 @@ pub enum RootSpec {
     Overlay {
         /// The cached, read-only rootfs.
         lower: PathBuf,
+        /// A read-only layer above it: the provided actions runner's tree.
+        #[serde(default)]
+        runner: Option<PathBuf>,
         /// Per-run writable layer.
         upper: PathBuf,
         /// overlayfs work dir (same filesystem as `upper`).

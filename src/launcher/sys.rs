@@ -505,15 +505,26 @@ pub fn guest_relative(what: &'static str, guest: &Path) -> Result<PathBuf, Setup
     Ok(rel)
 }
 
-/// overlayfs option text for the three directories. `,` separates options and `:` lower
-/// layers, so paths with them (or non-UTF-8 paths) cannot be passed and are refused.
-fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, SetupError> {
+/// overlayfs option text for the directories: `runner`, when given, is the lower layer above
+/// `lower`. `,` separates options and `:` lower layers, so paths with them (or non-UTF-8
+/// paths) cannot be passed and are refused.
+fn overlay_options(
+    lower: &Path,
+    runner: Option<&Path>,
+    upper: &Path,
+    work: &Path,
+) -> Result<String, SetupError> {
     let mut opts = String::new();
-    for (what, key, path) in [
-        ("overlay lowerdir", "lowerdir", lower),
-        ("overlay upperdir", "upperdir", upper),
-        ("overlay workdir", "workdir", work),
-    ] {
+    let layers = runner
+        .map(|r| ("overlay runner layer", "lowerdir", r))
+        .into_iter()
+        .chain([
+            ("overlay lowerdir", "lowerdir", lower),
+            ("overlay upperdir", "upperdir", upper),
+            ("overlay workdir", "workdir", work),
+        ]);
+    let mut last_key = "";
+    for (what, key, path) in layers {
         let invalid = |reason| SetupError::InvalidPath {
             what,
             path: path.to_path_buf(),
@@ -528,12 +539,18 @@ fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, Se
                 "overlayfs options cannot carry `,` `:` `\\` or newlines",
             ));
         }
-        if !opts.is_empty() {
-            opts.push(',');
+        // Lower layers are one option, top first: lowerdir=RUNNER:IMAGE.
+        if key == last_key {
+            opts.push(':');
+        } else {
+            if !opts.is_empty() {
+                opts.push(',');
+            }
+            opts.push_str(key);
+            opts.push('=');
         }
-        opts.push_str(key);
-        opts.push('=');
         opts.push_str(text);
+        last_key = key;
     }
     Ok(opts)
 }
@@ -567,12 +584,13 @@ pub fn prepare_private_root(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), Setu
     .map_err(|source| SetupError::MakePrivate { source })?;
     if let RootSpec::Overlay {
         lower,
+        runner,
         upper,
         work,
         merged,
     } = &spec.root
     {
-        let data = overlay_options(lower, upper, work)?;
+        let data = overlay_options(lower, runner.as_deref(), upper, work)?;
         sys.mount(
             Some(Path::new("overlay")),
             merged,
@@ -774,6 +792,7 @@ mod tests {
             parent_pid: 1,
             root: RootSpec::Overlay {
                 lower: "/c/rootfs".into(),
+                runner: None,
                 upper: "/r/upper".into(),
                 work: "/r/work".into(),
                 merged: "/r/merged".into(),
@@ -810,6 +829,25 @@ mod tests {
                 "mount overlay /r/merged overlay - lowerdir=/c/rootfs,upperdir=/r/upper,workdir=/r/work",
             ]
         );
+    }
+
+    #[test]
+    fn a_provided_runner_is_the_lower_layer_above_the_image() {
+        let sys = FakeSys::new();
+        let mut spec = overlay_spec();
+        if let RootSpec::Overlay { runner, .. } = &mut spec.root {
+            *runner = Some("/c/runners/ab/tree".into());
+        }
+        prepare_private_root(&sys, &spec).unwrap();
+        assert_eq!(
+            sys.calls()[2],
+            "mount overlay /r/merged overlay - lowerdir=/c/runners/ab/tree:/c/rootfs,upperdir=/r/upper,workdir=/r/work"
+        );
+        if let RootSpec::Overlay { runner, .. } = &mut spec.root {
+            *runner = Some("/c/a:b".into());
+        }
+        let e = prepare_private_root(&FakeSys::new(), &spec).unwrap_err();
+        assert!(e.to_string().contains("overlay runner layer /c/a:b"), "{e}");
     }
 
     #[test]
@@ -878,6 +916,7 @@ mod tests {
         let mut spec = overlay_spec();
         spec.root = RootSpec::Overlay {
             lower: "/c/a,upperdir=/etc".into(),
+            runner: None,
             upper: "/r/upper".into(),
             work: "/r/work".into(),
             merged: "/r/merged".into(),

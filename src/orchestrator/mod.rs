@@ -150,8 +150,11 @@ pub struct PoolConfig {
     pub log_dir: PathBuf,
     /// Run logs kept in `log_dir`.
     pub keep_logs: usize,
-    /// The request every run starts from: workload, output and host name are set per run.
+    /// The request every run starts from: workload, output, host name and the provided
+    /// runner are set per run.
     pub template: RunRequest,
+    /// Which actions runner guests run.
+    pub runner: crate::runner::Plan,
 }
 
 /// The two stages of a requested shutdown, shared by the signal handler and every slot.

@@ -248,10 +248,13 @@ impl Slot {
     /// The run request for `held`'s guest, logging to `log`.
     fn request(&self, held: &Held, log: &Path) -> RunRequest {
         let mut req = self.cfg.template.clone();
+        let (runner_root, layer) = self.cfg.runner.for_next_guest();
+        req.runner = layer;
         req.workload = Workload::Runner(RunnerJob {
             registration: held.registration.clone(),
             work: "_work".into(),
             user: "runner".into(),
+            root: runner_root,
         });
         req.output = Output::File(log.to_path_buf());
         req.hostname = held.name.clone();

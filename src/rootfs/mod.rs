@@ -138,9 +138,12 @@ fn cp_command(reflink_only: bool) -> Command {
 }
 
 /// Makes the clone of `lower` for one run inside `run_dir`, and returns how the child finds it.
+/// `runner`, a provided runner's tree (holding `opt/actions-runner`), goes above the image: as
+/// a second overlay layer, or copied into a copy.
 pub fn make_clone(
     method: CloneMethod,
     lower: &Path,
+    runner: Option<&Path>,
     run_dir: &Path,
 ) -> Result<RootSpec, CloneError> {
     match method {
@@ -158,6 +161,7 @@ pub fn make_clone(
             copy_dir_meta(lower, &upper)?;
             Ok(RootSpec::Overlay {
                 lower: lower.to_path_buf(),
+                runner: runner.map(Path::to_path_buf),
                 upper,
                 work,
                 merged,
@@ -177,9 +181,54 @@ pub fn make_clone(
                     stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 });
             }
-            Ok(RootSpec::Dir(dest))
+            let root = RootSpec::Dir(dest);
+            if let Some(tree) = runner {
+                copy_runner(&root, tree, method)?;
+            }
+            Ok(root)
         }
     }
+}
+
+/// Replaces the copy's `/opt/actions-runner` with the provided runner's (the same symlink
+/// rules as [`write_guest_file`] for `/opt`).
+fn copy_runner(root: &RootSpec, tree: &Path, method: CloneMethod) -> Result<(), CloneError> {
+    let guest = crate::runner::PROVIDED_ROOT;
+    let unsafe_path = |reason| CloneError::UnsafeGuestPath {
+        path: guest.to_string(),
+        reason,
+    };
+    let comps = guest_components(guest, &unsafe_path)?;
+    let Some((name, parents)) = comps.split_last() else {
+        return Err(unsafe_path("names the root itself"));
+    };
+    let (dir, _) = guest_dirs(root, parents, &unsafe_path)?;
+    let dest = dir.join(name);
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => {
+            crate::image::cache::remove_tree(&dest).map_err(|e| CloneError::Io {
+                op: "remove the image's runner",
+                path: dest.clone(),
+                source: std::io::Error::other(crate::error_chain(&e)),
+            })?
+        }
+        Ok(_) => fs::remove_file(&dest).map_err(io("remove", &dest))?,
+        Err(_) => {}
+    }
+    let from = tree.join(guest.trim_start_matches('/'));
+    let out = cp_command(method == CloneMethod::Reflink)
+        .arg(&from)
+        .arg(&dest)
+        .output()
+        .map_err(io("run cp for", &dest))?;
+    if !out.status.success() {
+        return Err(CloneError::Copy {
+            from,
+            to: dest,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Gives `to` the owner and mode of `from` (best effort for the owner when not root).
@@ -368,7 +417,7 @@ mod tests {
         let lower = t.join("lower");
         fs::create_dir_all(lower.join("etc")).unwrap();
         fs::create_dir_all(t.join("run")).unwrap();
-        make_clone(CloneMethod::Overlay, &lower, &t.join("run")).unwrap()
+        make_clone(CloneMethod::Overlay, &lower, None, &t.join("run")).unwrap()
     }
 
     #[test]
@@ -518,11 +567,56 @@ mod tests {
         } else {
             CloneMethod::Copy
         };
-        let RootSpec::Dir(d) = make_clone(method, &lower, &t.path().join("run")).unwrap() else {
+        let RootSpec::Dir(d) = make_clone(method, &lower, None, &t.path().join("run")).unwrap()
+        else {
             panic!("copy gives a dir")
         };
         assert_eq!(fs::read_link(d.join("l")).unwrap(), Path::new("d/f"));
         fs::write(d.join("d/f"), b"2").unwrap();
         assert_eq!(fs::read(lower.join("d/f")).unwrap(), b"1");
+    }
+
+    #[test]
+    fn a_copy_gets_the_provided_runner_instead_of_the_images() {
+        let t = tempfile::tempdir().unwrap();
+        let lower = t.path().join("lower");
+        fs::create_dir_all(lower.join("opt/actions-runner")).unwrap();
+        fs::write(lower.join("opt/actions-runner/old.dll"), b"old").unwrap();
+        let tree = t.path().join("tree");
+        fs::create_dir_all(tree.join("opt/actions-runner/bin")).unwrap();
+        fs::write(tree.join("opt/actions-runner/bin/Runner.Listener"), b"new").unwrap();
+        fs::create_dir_all(t.path().join("run")).unwrap();
+        let RootSpec::Dir(d) = make_clone(
+            CloneMethod::Copy,
+            &lower,
+            Some(&tree),
+            &t.path().join("run"),
+        )
+        .unwrap() else {
+            panic!("copy gives a dir")
+        };
+        assert_eq!(
+            fs::read(d.join("opt/actions-runner/bin/Runner.Listener")).unwrap(),
+            b"new"
+        );
+        assert!(!d.join("opt/actions-runner/old.dll").exists());
+        // An image whose /opt is a link gets no runner written through it.
+        let evil = t.path().join("evil");
+        fs::create_dir_all(&evil).unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), evil.join("opt")).unwrap();
+        fs::create_dir_all(t.path().join("run2")).unwrap();
+        let e = make_clone(
+            CloneMethod::Copy,
+            &evil,
+            Some(&tree),
+            &t.path().join("run2"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/opt/actions-runner") && e.contains("symlink"),
+            "{e}"
+        );
+        assert!(!t.path().join("outside").exists());
     }
 }

@@ -122,6 +122,7 @@ fn run_as(
             registration,
             work: "_work".into(),
             user: user.into(),
+            root: "/opt/actions-runner".into(),
         }),
         env: Vec::new(),
         workdir: "/".into(),
@@ -134,6 +135,7 @@ fn run_as(
         libkrunfw_dir: None,
         nofile: 4096,
         egress: EgressPolicy::Public { allow: Vec::new() },
+        runner: None,
     };
     // Bounded: a reader that trusts the guest's files can block for ever (a FIFO).
     tokio::runtime::Runtime::new()

@@ -1,0 +1,200 @@
+//! The provided runner while `krunner run` goes on: the one new guests get now, a check for
+//! new releases at start and every `--runner-check-interval`, and pruning of versions no run
+//! uses any more.
+//!
+//! The current runner is held (its lock shared) for as long as it is current, so another
+//! krunner sharing the cache never prunes it between two runs; each run holds it too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::releases::{self, Release};
+use super::store::{Installed, RunnerStore};
+use super::{Arch, RunnerError, Wanted};
+use crate::image::cache::LockGuard;
+
+/// Where and how runners are found.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The releases listing (`--runner-releases-url`).
+    pub releases_url: String,
+    /// Latest or a pinned version (`--runner-version`).
+    pub wanted: Wanted,
+    /// The guest's architecture.
+    pub arch: Arch,
+    /// Only the cache, no network (`--offline`).
+    pub offline: bool,
+}
+
+/// A runner handed out to new guests, held in use while it is.
+#[derive(Debug)]
+pub struct Current {
+    /// The runner.
+    pub installed: Installed,
+    _hold: LockGuard,
+}
+
+/// The runner new guests get; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Supply {
+    rx: watch::Receiver<Arc<Current>>,
+}
+
+impl Supply {
+    /// The runner to give the next guest.
+    pub fn current(&self) -> Installed {
+        self.rx.borrow().installed.clone()
+    }
+}
+
+/// Finds, installs and holds the runner to start with. Online, a listing or download that
+/// fails falls back to the newest suitable runner in the cache, with a warning; with nothing
+/// there it is an error.
+pub async fn provision(
+    store: &RunnerStore,
+    http: &reqwest::Client,
+    src: &Source,
+) -> Result<(Supply, Updater), RunnerError> {
+    let cached = || store.newest(src.arch, src.wanted.exact());
+    let installed = if src.offline {
+        cached().ok_or(RunnerError::NotCached {
+            wanted: src.wanted,
+            arch: src.arch,
+        })?
+    } else {
+        match fetch_and_install(store, http, src).await {
+            Ok(i) => i,
+            Err(e) => match cached() {
+                Some(i) => {
+                    tracing::warn!(
+                        "cannot get the runner {} ({}); the cache's {} serves meanwhile",
+                        src.wanted,
+                        crate::error_chain(&e),
+                        i.version
+                    );
+                    i
+                }
+                None => return Err(e),
+            },
+        }
+    };
+    let current = Arc::new(Current {
+        _hold: store.hold(&installed)?,
+        installed,
+    });
+    let (tx, rx) = watch::channel(current);
+    Ok((
+        Supply { rx },
+        Updater {
+            store: store.clone(),
+            http: http.clone(),
+            src: src.clone(),
+            tx,
+        },
+    ))
+}
+
+/// The release `src` asks for, from the listing.
+pub async fn wanted_release(http: &reqwest::Client, src: &Source) -> Result<Release, RunnerError> {
+    let list = releases::fetch(http, &src.releases_url).await?;
+    match releases::pick(&list, src.wanted.exact()) {
+        Some(r) => Ok(r.clone()),
+        None => Err(match src.wanted {
+            Wanted::Exact(version) => RunnerError::NoSuchVersion {
+                version,
+                url: src.releases_url.clone(),
+            },
+            Wanted::Latest => RunnerError::NoRelease {
+                url: src.releases_url.clone(),
+            },
+        }),
+    }
+}
+
+async fn fetch_and_install(
+    store: &RunnerStore,
+    http: &reqwest::Client,
+    src: &Source,
+) -> Result<Installed, RunnerError> {
+    let release = wanted_release(http, src).await?;
+    let download = release.download(src.arch)?;
+    if let Some(i) = store.get(&download.sha256) {
+        return Ok(i);
+    }
+    tracing::info!(
+        "downloading the actions runner {} ({})",
+        download.version,
+        download.asset
+    );
+    let i = store.install(http, &download, src.arch).await?;
+    tracing::info!("runner {} ready in the cache", i.version);
+    Ok(i)
+}
+
+/// Moves new guests to new releases (`--runner-version latest`, online).
+#[derive(Debug)]
+pub struct Updater {
+    store: RunnerStore,
+    http: reqwest::Client,
+    src: Source,
+    tx: watch::Sender<Arc<Current>>,
+}
+
+impl Updater {
+    /// One check: install the wanted release if it is new, switch to it, prune what nothing
+    /// uses. On an error the current runner keeps serving. Returns whether it switched.
+    pub async fn check(&self) -> Result<bool, RunnerError> {
+        let installed = fetch_and_install(&self.store, &self.http, &self.src).await?;
+        let switched = installed.sha256 != self.tx.borrow().installed.sha256;
+        if switched {
+            tracing::info!(
+                "new guests get the actions runner {} (was {})",
+                installed.version,
+                self.tx.borrow().installed.version
+            );
+            let hold = self.store.hold(&installed)?;
+            self.tx.send_replace(Arc::new(Current {
+                installed,
+                _hold: hold,
+            }));
+        }
+        let keep = self.tx.borrow().installed.sha256.clone();
+        let store = self.store.clone();
+        let gone = tokio::task::spawn_blocking(move || store.prune(&[&keep]))
+            .await
+            .map_err(|e| RunnerError::Http {
+                url: self.src.releases_url.clone(),
+                reason: format!("prune task: {e}"),
+            })??;
+        for g in gone {
+            tracing::info!("removed the unused runner {} from the cache", g.version);
+        }
+        Ok(switched)
+    }
+
+    /// Checks every `interval` until `stop` fires; a pinned version or `--offline` never
+    /// changes, so then it only waits.
+    pub async fn run(self, interval: Duration, stop: crate::image::Cancel) {
+        if self.src.offline || self.src.wanted != Wanted::Latest {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.cancelled() => return,
+            }
+            tokio::select! {
+                r = self.check() => if let Err(e) = r {
+                    tracing::warn!(
+                        "runner update check failed; {} keeps serving: {}",
+                        self.tx.borrow().installed.version,
+                        crate::error_chain(&e)
+                    );
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
