@@ -5,6 +5,7 @@
 //! cargo run --example github_sim -- --port 0 --scope org --principal acme --token PAT \
 //!     [--app-id 42 --app-public-key app.pub.pem] [--base-path /api/v3] [--latency-ms 20]
 //!     [--dead-after SECS]  (a runner silent that long is offline; default a day)
+//!     [--runner-release VERSION]...  (serve a stand-in actions/runner release)
 //! ```
 //!
 //! It prints `listening on 127.0.0.1:PORT` (then, with an app, `installation ID`) and serves
@@ -12,6 +13,13 @@
 //! `GET /_sim/requests`, `POST /_sim/runners`, `POST /_sim/faults`, `DELETE /_sim/faults`, and
 //! the stand-in runner's `POST /_sim/runners/{id}/{online,job-started,job-finished,offline}`
 //! (see `tests/it/util/github_sim.rs`).
+//!
+//! Each `--runner-release VERSION` (repeatable) serves a stand-in actions/runner release at
+//! `http://127.0.0.1:PORT{BASE}/repos/actions/runner/releases` (krunner's
+//! `--runner-releases-url`): tarballs for linux-x64 and linux-arm64 with the real layout and
+//! their checksum block in the body; the higher version is the newer, a day apart, the highest
+//! published an hour ago. Their `bin/Runner.Listener` is [`LISTENER`]: it reports to the
+//! simulator from its JIT config like a runner that runs one short job.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,11 +30,35 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use github_sim::{GitHubSim, SimScope};
+use github_sim::{stand_in_release, GitHubSim, SimScope};
 
 const USAGE: &str =
     "usage: github_sim [--port N] [--base-path /api/v3] --scope repo|org|enterprise \
---principal NAME [--token PAT]... [--app-id N --app-public-key PEM_FILE] [--latency-ms N] [--dead-after SECS]";
+--principal NAME [--token PAT]... [--app-id N --app-public-key PEM_FILE] [--latency-ms N] [--dead-after SECS] \
+[--runner-release VERSION]...";
+
+/// The `bin/Runner.Listener` of `--runner-release` tarballs (busybox is enough): it reads its
+/// JIT config (`ACTIONS_RUNNER_INPUT_JITCONFIG`, or `--jitconfig`), reports online, runs a
+/// one-second job (and a heartbeat), reports it finished and exits.
+const LISTENER: &str = r#"#!/bin/sh
+# Stand-in Runner.Listener served by the GitHub simulator's --runner-release.
+cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
+while [ $# -gt 0 ]; do
+  [ "$1" = --jitconfig ] && [ $# -gt 1 ] && cfg=$2
+  shift
+done
+[ -n "$cfg" ] || { echo "Runner.Listener stand-in: no JIT config" >&2; exit 2; }
+files=$(echo "$cfg" | base64 -d)
+runner=$(echo "$files" | sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | base64 -d)
+creds=$(echo "$files" | sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | base64 -d)
+url=$(echo "$runner" | sed 's/.*"simRunnerUrl":"\([^"]*\)".*/\1/')
+secret=$(echo "$creds" | sed 's/.*"simSecret":"\([^"]*\)".*/\1/')
+wget -q -O /dev/null --post-data="$secret" "$url/online" || exit 7
+wget -q -O /dev/null --post-data="$secret" "$url/job-started" || exit 8
+sleep 1
+wget -q -O /dev/null --post-data="$secret" "$url/heartbeat"
+wget -q -O /dev/null --post-data="$secret" "$url/job-finished" || exit 9
+"#;
 
 fn main() -> ExitCode {
     match run() {
@@ -48,6 +80,7 @@ fn run() -> Result<(), String> {
     // The benches' stand-in runners send no heartbeats: by default a runner is never taken
     // for dead (the library's default is 8 s without one).
     let mut dead_after_s = 86_400u64;
+    let mut releases: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -66,6 +99,12 @@ fn run() -> Result<(), String> {
             "--app-public-key" => app_key = Some(value),
             "--latency-ms" => latency_ms = value.parse().map_err(bad)?,
             "--dead-after" => dead_after_s = value.parse().map_err(bad)?,
+            "--runner-release" => {
+                if version_key(&value).is_none() {
+                    return Err(format!("{flag} {value}: not a version like 2.330.0"));
+                }
+                releases.push(value);
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -94,6 +133,17 @@ fn run() -> Result<(), String> {
         (None, None) => None,
         _ => return Err("--app-id and --app-public-key go together".into()),
     };
+    // The higher the version, the newer: a day apart, the highest an hour old.
+    releases.sort_by_key(|v| version_key(v));
+    releases.dedup();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    for (age, version) in releases.iter().rev().enumerate() {
+        let published = now - 3600 - age as u64 * 86_400;
+        sim.add_runner_release(stand_in_release(version, published, LISTENER));
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {}", sim.addr()).map_err(|e| e.to_string())?;
     if let Some(i) = installation {
@@ -104,4 +154,9 @@ fn run() -> Result<(), String> {
     loop {
         std::thread::park();
     }
+}
+
+/// `2.330.0` as numbers, for ordering; `None` if it is not dotted numbers.
+fn version_key(v: &str) -> Option<Vec<u64>> {
+    v.split('.').map(|n| n.parse().ok()).collect()
 }

@@ -37,6 +37,26 @@
 //! Every request is logged (method, API path without the base prefix, auth kind, status) so
 //! tests can count calls. One thread accepts; each connection gets a thread and may carry many
 //! requests (keep-alive).
+//!
+//! It also serves the actions/runner releases, as krunner's `--runner-releases-url` reads them
+//! ([`GitHubSim::add_runner_release`], [`GitHubSim::runner_releases_url`]):
+//!
+//! - `GET {api}/repos/actions/runner/releases`: the releases, newest `published_at` first,
+//!   paged by `per_page` (default 30) and `page` with a `Link` header as GitHub sends. Drafts
+//!   are listed too (as GitHub lists them to a caller with push access; their `published_at`
+//!   is `null`), so a test can check a client skips them;
+//! - `GET {api}/repos/actions/runner/releases/latest` (the newest release that is neither a
+//!   draft nor a pre-release; 404 if none), `…/releases/tags/v{version}`, `…/releases/{id}`;
+//! - `GET {server}/_sim/runner-releases/download/v{version}/{name}`: an asset's bytes (each
+//!   asset's `browser_download_url`).
+//!
+//! These take anonymous callers and need no `X-GitHub-Api-Version` (GitHub does not either,
+//! and a releases client sends no token); `Accept` and `User-Agent` are checked on the listing
+//! as on every API route, not on downloads. Unlike the rest of `/_sim/`, downloads go through
+//! fault injection like any API request (path prefix `/_sim/runner-releases/download/`), and
+//! [`GitHubSim::asset_downloads`] counts the ones that were sent whole.
+//! [`runner_tarball`] and [`stand_in_release`] build stand-in releases with the real layout and
+//! checksum blocks.
 
 // A fixture library shared by several tests and a standalone binary: not every helper has a
 // user in every build that includes this file.
@@ -228,6 +248,39 @@ impl SimRunner {
 
 const READ_ONLY_LABELS: [&str; 3] = ["self-hosted", "Linux", "X64"];
 
+/// The API path of the actions/runner releases listing (under the base prefix).
+pub const RUNNER_RELEASES_PATH: &str = "/repos/actions/runner/releases";
+
+/// The path prefix of release asset downloads (on the server, outside the base prefix), for
+/// [`GitHubSim::fail_next`] and [`GitHubSim::count`].
+pub const RUNNER_DOWNLOAD_PREFIX: &str = "/_sim/runner-releases/download/";
+
+/// One actions/runner release the simulator serves.
+#[derive(Debug, Clone)]
+pub struct SimRelease {
+    /// The version without `v`: `2.330.0` (the tag is `v2.330.0`).
+    pub version: String,
+    /// Unix seconds of publication (also its `created_at`); the listing is newest first.
+    pub published_at: u64,
+    /// A draft: listed (with `published_at: null`), never `latest`.
+    pub draft: bool,
+    /// A pre-release: listed, never `latest`.
+    pub prerelease: bool,
+    /// The release notes (where actions/runner puts its checksums; see
+    /// [`runner_release_body`]).
+    pub body: String,
+    /// (file name, bytes) of each asset.
+    pub assets: Vec<(String, Vec<u8>)>,
+}
+
+/// A release as served: the ids GitHub would have given it and its assets.
+#[derive(Debug, Clone)]
+struct StoredRelease {
+    id: u64,
+    asset_ids: Vec<u64>,
+    release: SimRelease,
+}
+
 /// How a request authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthKind {
@@ -307,6 +360,12 @@ pub enum Fault {
     /// Carry the request out, then close the connection without answering (the response is
     /// lost; a retried JIT request then meets its own runner).
     ResetAfterProcessing,
+    /// Answer normally, but close the connection after this many bytes of the body (the
+    /// head announces the whole length): a download cut short.
+    CutBody {
+        /// Body bytes sent before the connection is closed.
+        after: usize,
+    },
 }
 
 impl Fault {
@@ -320,6 +379,7 @@ impl Fault {
             Fault::Slow(d) => format!("slow {d:?}"),
             Fault::Reset => "reset".into(),
             Fault::ResetAfterProcessing => "reset after processing".into(),
+            Fault::CutBody { after } => format!("body cut after {after} bytes"),
         }
     }
 }
@@ -432,6 +492,12 @@ struct State {
     seq: u64,
     /// How long a runner without heartbeats keeps its state (see the module header).
     dead_after: Duration,
+    /// actions/runner releases, in the order they were added.
+    releases: Vec<StoredRelease>,
+    next_release_id: u64,
+    next_asset_id: u64,
+    /// Asset file name to the number of times it was sent whole.
+    asset_downloads: HashMap<String, usize>,
 }
 
 /// The simulator; stops accepting connections when dropped.
@@ -483,6 +549,10 @@ impl GitHubSim {
             log: Vec::new(),
             seq: 0,
             dead_after: DEFAULT_DEAD_AFTER,
+            releases: Vec::new(),
+            next_release_id: 270_000_001,
+            next_asset_id: 310_000_001,
+            asset_downloads: HashMap::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -754,6 +824,45 @@ impl GitHubSim {
             .count()
     }
 
+    /// Serves `r` among the actions/runner releases, in place of one of the same version (with
+    /// new ids, as a re-created release has).
+    pub fn add_runner_release(&self, r: SimRelease) {
+        let mut st = self.st();
+        st.releases.retain(|s| s.release.version != r.version);
+        let id = st.next_release_id;
+        st.next_release_id += 1;
+        let first_asset = st.next_asset_id;
+        st.next_asset_id += r.assets.len() as u64;
+        let asset_ids = (first_asset..st.next_asset_id).collect();
+        st.releases.push(StoredRelease {
+            id,
+            asset_ids,
+            release: r,
+        });
+    }
+
+    /// Stops serving release `version` (and its assets).
+    pub fn remove_runner_release(&self, version: &str) {
+        self.st().releases.retain(|s| s.release.version != version);
+    }
+
+    /// The releases listing URL to give krunner as `--runner-releases-url`:
+    /// [`api_url`](Self::api_url) plus `/repos/actions/runner/releases`.
+    pub fn runner_releases_url(&self) -> String {
+        format!("{}{RUNNER_RELEASES_PATH}", self.api_url())
+    }
+
+    /// The `browser_download_url` of asset `name` of release `version`.
+    pub fn runner_asset_url(&self, version: &str, name: &str) -> String {
+        format!("{}{}", self.server_url(), runner_asset_path(version, name))
+    }
+
+    /// How many times the asset named `name` (in any release) was sent whole; a download
+    /// failed by a fault or cut short does not count.
+    pub fn asset_downloads(&self, name: &str) -> usize {
+        self.st().asset_downloads.get(name).copied().unwrap_or(0)
+    }
+
     /// Forgets the request log.
     pub fn clear_log(&self) {
         self.st().log.clear();
@@ -924,6 +1033,10 @@ struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// The release asset this answer carries, counted once it was sent whole.
+    asset: Option<String>,
+    /// [`Fault::CutBody`]: close after this many body bytes.
+    cut_after: Option<usize>,
 }
 
 impl Reply {
@@ -935,6 +1048,8 @@ impl Reply {
                 "application/json; charset=utf-8".into(),
             )],
             body: serde_json::to_vec(body).unwrap(),
+            asset: None,
+            cut_after: None,
         }
     }
 
@@ -943,6 +1058,8 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: Vec::new(),
+            asset: None,
+            cut_after: None,
         }
     }
 
@@ -1002,7 +1119,7 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
                 return;
             }
             Outcome::Reply(reply) => {
-                if write_reply(&conn, &reply, close).is_err() || close {
+                if write_reply(&conn, &reply, close, state).is_err() || close {
                     let _ = conn.shutdown(Shutdown::Both);
                     return;
                 }
@@ -1089,7 +1206,13 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_reply(mut conn: &TcpStream, reply: &Reply, close: bool) -> std::io::Result<()> {
+/// Sends `reply`; an error (or a [`Fault::CutBody`]) closes the connection.
+fn write_reply(
+    mut conn: &TcpStream,
+    reply: &Reply,
+    close: bool,
+    state: &Mutex<State>,
+) -> std::io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
         reply.status,
@@ -1102,9 +1225,34 @@ fn write_reply(mut conn: &TcpStream, reply: &Reply, close: bool) -> std::io::Res
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
+    if let Some(n) = reply.cut_after {
+        out.extend_from_slice(&reply.body[..n.min(reply.body.len())]);
+        conn.write_all(&out)?;
+        conn.flush()?;
+        return Err(std::io::Error::other("body cut short"));
+    }
     out.extend_from_slice(&reply.body);
-    conn.write_all(&out)?;
-    conn.flush()
+    let Some(asset) = &reply.asset else {
+        conn.write_all(&out)?;
+        return conn.flush();
+    };
+    // A served asset is counted before its last byte leaves, so a client holding the whole
+    // body always finds it counted; it is uncounted again if that byte cannot be sent.
+    let count = |delta: isize| {
+        let mut st = state.lock().unwrap();
+        let n = st.asset_downloads.entry(asset.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+    };
+    let (most, last) = out.split_at(out.len() - 1);
+    conn.write_all(most)?;
+    count(1);
+    match conn.write_all(last).and_then(|()| conn.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            count(-1);
+            Err(e)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1126,15 +1274,16 @@ fn handle(state: &Mutex<State>, req: &Request) -> Outcome {
             }
             _ => req.path.clone(),
         };
-        let fault = if api_path.starts_with("/_sim/") {
-            None
-        } else {
-            let method = req.method.as_str();
-            st.faults
-                .iter_mut()
-                .find_map(|f| (f.matches(method, &api_path) && f.fire()).then_some(&*f))
-                .map(|f| (f.fault.clone(), f.reset_epoch))
-        };
+        let fault =
+            if api_path.starts_with("/_sim/") && !api_path.starts_with(RUNNER_DOWNLOAD_PREFIX) {
+                None
+            } else {
+                let method = req.method.as_str();
+                st.faults
+                    .iter_mut()
+                    .find_map(|f| (f.matches(method, &api_path) && f.fire()).then_some(&*f))
+                    .map(|f| (f.fault.clone(), f.reset_epoch))
+            };
         st.seq += 1;
         let seq = st.seq;
         st.log.push(Logged {
@@ -1160,7 +1309,8 @@ fn handle(state: &Mutex<State>, req: &Request) -> Outcome {
     }
 
     let mut st = state.lock().unwrap();
-    let (outcome, auth) = if api_path.starts_with("/_sim/") {
+    let download = api_path.starts_with(RUNNER_DOWNLOAD_PREFIX);
+    let (outcome, auth) = if api_path.starts_with("/_sim/") && !download {
         (
             Outcome::Reply(sim_endpoint(&mut st, req, &api_path)),
             AuthKind::None,
@@ -1172,18 +1322,28 @@ fn handle(state: &Mutex<State>, req: &Request) -> Outcome {
                 (Outcome::Close, auth)
             }
             Some((f, reset_epoch))
-                if !matches!(f, Fault::Slow(_) | Fault::ResetAfterProcessing) =>
+                if !matches!(
+                    f,
+                    Fault::Slow(_) | Fault::ResetAfterProcessing | Fault::CutBody { .. }
+                ) =>
             {
                 let (auth, key) = classify_auth(&mut st, req);
                 let budget = st.peek(&key);
                 (Outcome::Reply(fault_reply(f, *reset_epoch, &budget)), auth)
             }
             _ => {
-                let (reply, auth) = api(&mut st, req, &api_path);
-                if matches!(fault, Some((Fault::ResetAfterProcessing, _))) {
-                    (Outcome::Close, auth)
+                let (mut reply, auth) = if download {
+                    (download_asset(&st, req, &api_path), AuthKind::None)
                 } else {
-                    (Outcome::Reply(reply), auth)
+                    api(&mut st, req, &api_path)
+                };
+                match fault {
+                    Some((Fault::ResetAfterProcessing, _)) => (Outcome::Close, auth),
+                    Some((Fault::CutBody { after }, _)) => {
+                        reply.cut_after = Some(after);
+                        (Outcome::Reply(reply), auth)
+                    }
+                    _ => (Outcome::Reply(reply), auth),
                 }
             }
         }
@@ -1252,9 +1412,11 @@ fn fault_reply(fault: &Fault, reset_epoch: u64, budget: &Budget) -> Reply {
                 "application/json; charset=utf-8".into(),
             )],
             body: body.clone().into_bytes(),
+            asset: None,
+            cut_after: None,
         }
         .rate_headers(budget),
-        Fault::Slow(_) | Fault::Reset | Fault::ResetAfterProcessing => {
+        Fault::Slow(_) | Fault::Reset | Fault::ResetAfterProcessing | Fault::CutBody { .. } => {
             Reply::error(500, "unreachable")
         }
     }
@@ -1386,8 +1548,13 @@ fn api(st: &mut State, req: &Request, path: &str) -> (Reply, AuthKind) {
             format!("Unsupported 'Accept' header: {accept:?}. Must accept 'application/json'.");
         return (Reply::error(415, &msg), AuthKind::None);
     }
+    // The releases listing is public and read by clients that may point at a mirror: like
+    // GitHub, it takes requests without a version header.
+    let releases =
+        path == RUNNER_RELEASES_PATH || path.starts_with(&format!("{RUNNER_RELEASES_PATH}/"));
     match req.header("x-github-api-version") {
         Some(API_VERSION) => {}
+        None if releases => {}
         Some(v) => {
             let msg = format!("API version {v} is not supported.");
             return (Reply::error(400, &msg), AuthKind::None);
@@ -1442,6 +1609,10 @@ fn route(st: &mut State, req: &Request, path: &str, caller: &Caller) -> Reply {
             };
         };
         return app_route(st, req, method, rest, *app_id);
+    }
+    if let ["repos", "actions", "runner", "releases", rest @ ..] = segs.as_slice() {
+        // Public: any caller that authenticated (or none) may read them.
+        return releases_route(st, req, method, rest);
     }
     let (scope, rest) = match segs.as_slice() {
         ["repos", o, r, rest @ ..] => (SimScope::Repo(format!("{o}/{r}")), rest),
@@ -1573,8 +1744,8 @@ fn runner_in<'a>(st: &'a State, scope: &SimScope, id: &str) -> Option<&'a SimRun
     st.runners.get(&id).filter(|r| &r.scope == scope)
 }
 
-/// `per_page` (default 30, at most 100) and `page` (from 1) applied to `items`.
-fn paginate(req: &Request, items: Vec<Value>) -> (usize, Vec<Value>) {
+/// `per_page` (default 30, at most 100) and `page` (from 1) of a request.
+fn page_params(req: &Request) -> (usize, usize) {
     let per_page = req
         .query_param("per_page")
         .and_then(|p| p.parse::<usize>().ok())
@@ -1585,6 +1756,12 @@ fn paginate(req: &Request, items: Vec<Value>) -> (usize, Vec<Value>) {
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
+    (per_page, page)
+}
+
+/// `per_page` (default 30, at most 100) and `page` (from 1) applied to `items`.
+fn paginate(req: &Request, items: Vec<Value>) -> (usize, Vec<Value>) {
+    let (per_page, page) = page_params(req);
     let total = items.len();
     let page = items
         .into_iter()
@@ -1816,6 +1993,143 @@ fn installation_of(st: &State, id: &str, app_id: u64) -> Option<Installation> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// actions/runner releases and their downloads
+
+/// `GET /repos/actions/runner/releases[/latest|/tags/TAG|/ID]`.
+fn releases_route(st: &State, req: &Request, method: &str, rest: &[&str]) -> Reply {
+    if method != "GET" {
+        return Reply::not_found();
+    }
+    // Newest first, as GitHub lists them (the later added first among equals).
+    let mut all: Vec<&StoredRelease> = st.releases.iter().collect();
+    all.sort_by_key(|s| std::cmp::Reverse((s.release.published_at, s.id)));
+    let one = |found: Option<&&StoredRelease>| match found {
+        Some(s) => Reply::json(200, &release_json(st, s)),
+        None => Reply::not_found(),
+    };
+    match rest {
+        [] => {
+            let (per_page, page) = page_params(req);
+            let items: Vec<Value> = all.iter().map(|s| release_json(st, s)).collect();
+            let (total, items) = paginate(req, items);
+            let reply = Reply::json(200, &Value::Array(items));
+            match link_header(st, req, total, per_page, page) {
+                Some(link) => reply.header("Link", link),
+                None => reply,
+            }
+        }
+        ["latest"] => one(all
+            .iter()
+            .find(|s| !s.release.draft && !s.release.prerelease)),
+        ["tags", tag] => one(all
+            .iter()
+            .find(|s| tag.strip_prefix('v') == Some(&s.release.version))),
+        [id] => one(all.iter().find(|s| id.parse() == Ok(s.id))),
+        _ => Reply::not_found(),
+    }
+}
+
+/// GitHub's `Link` header for page `page` of `total` items: `first`/`prev` after the first
+/// page, `next`/`last` before the last; `None` when everything fits on one page.
+fn link_header(
+    st: &State,
+    req: &Request,
+    total: usize,
+    per_page: usize,
+    page: usize,
+) -> Option<String> {
+    let last = total.div_ceil(per_page).max(1);
+    let url = |p: usize| {
+        format!(
+            "<{}{}?per_page={per_page}&page={p}>",
+            st.server_url, req.path
+        )
+    };
+    let mut links = Vec::new();
+    if page > 1 {
+        links.push(format!("{}; rel=\"prev\"", url((page - 1).min(last))));
+    }
+    if page < last {
+        links.push(format!("{}; rel=\"next\"", url(page + 1)));
+        links.push(format!("{}; rel=\"last\"", url(last)));
+    }
+    if page > 1 {
+        links.push(format!("{}; rel=\"first\"", url(1)));
+    }
+    (!links.is_empty()).then(|| links.join(", "))
+}
+
+/// The path of asset `name` of release `version` on the simulator:
+/// `/_sim/runner-releases/download/v{version}/{name}` (for [`GitHubSim::fail_next`] and
+/// [`GitHubSim::count`]).
+pub fn runner_asset_path(version: &str, name: &str) -> String {
+    format!("{RUNNER_DOWNLOAD_PREFIX}v{version}/{name}")
+}
+
+/// A release as GitHub's REST API shows it.
+fn release_json(st: &State, s: &StoredRelease) -> Value {
+    let r = &s.release;
+    let tag = format!("v{}", r.version);
+    let time = iso8601(r.published_at, false);
+    let assets: Vec<Value> = r
+        .assets
+        .iter()
+        .zip(&s.asset_ids)
+        .map(|((name, bytes), id)| {
+            json!({
+                "id": id,
+                "name": name,
+                "label": "",
+                "content_type": "application/gzip",
+                "state": "uploaded",
+                "size": bytes.len(),
+                "download_count": st.asset_downloads.get(name).copied().unwrap_or(0),
+                "created_at": time,
+                "updated_at": time,
+                "browser_download_url": format!("{}{}", st.server_url, runner_asset_path(&r.version, name)),
+            })
+        })
+        .collect();
+    json!({
+        "url": format!("{}{}{RUNNER_RELEASES_PATH}/{}", st.server_url, st.base, s.id),
+        "html_url": format!("{}/actions/runner/releases/tag/{tag}", st.server_url),
+        "id": s.id,
+        "tag_name": tag,
+        "target_commitish": "main",
+        "name": tag,
+        "draft": r.draft,
+        "prerelease": r.prerelease,
+        "created_at": time,
+        "published_at": if r.draft { Value::Null } else { json!(time) },
+        "body": r.body,
+        "assets": assets,
+    })
+}
+
+/// `GET /_sim/runner-releases/download/v{version}/{name}`: the asset's bytes.
+fn download_asset(st: &State, req: &Request, path: &str) -> Reply {
+    let found = path
+        .strip_prefix(RUNNER_DOWNLOAD_PREFIX)
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|_| req.method == "GET")
+        .and_then(|(tag, name)| {
+            let version = tag.strip_prefix('v')?;
+            let s = st.releases.iter().find(|s| s.release.version == version)?;
+            s.release.assets.iter().find(|(n, _)| n == name)
+        });
+    match found {
+        Some((name, bytes)) => Reply {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+            body: bytes.clone(),
+            asset: Some(name.clone()),
+            cut_after: None,
+        },
+        None => Reply::not_found(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // /_sim/: the stand-in runner's reports and control for tests that run the simulator as a
 // process.
 
@@ -1937,8 +2251,8 @@ fn sim_endpoint(st: &mut State, req: &Request, path: &str) -> Reply {
 }
 
 /// `{"method":"POST","path_prefix":"/orgs/","times":2,"probability":0.5,"seed":1,
-///   "fault":"status"|"429"|"secondary"|"primary"|"slow"|"reset"|"reset-after",
-///   "status":503,"retry_after":1,"reset_in_ms":1000,"delay_ms":500}`
+///   "fault":"status"|"429"|"secondary"|"primary"|"slow"|"reset"|"reset-after"|"cut-body",
+///   "status":503,"retry_after":1,"reset_in_ms":1000,"delay_ms":500,"after_bytes":100}`
 fn parse_fault(body: &[u8]) -> Result<(String, String, Trigger, Fault), String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let method = v["method"].as_str().unwrap_or("*").to_string();
@@ -1965,9 +2279,191 @@ fn parse_fault(body: &[u8]) -> Result<(String, String, Trigger, Fault), String> 
         "slow" => Fault::Slow(ms("delay_ms")),
         "reset" => Fault::Reset,
         "reset-after" => Fault::ResetAfterProcessing,
+        "cut-body" => Fault::CutBody {
+            after: v["after_bytes"].as_u64().unwrap_or(0) as usize,
+        },
         other => return Err(format!("unknown fault {other:?}")),
     };
     Ok((method, prefix, trigger, fault))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stand-in actions/runner releases
+
+/// The asset name GitHub uses: `actions-runner-{platform}-{version}.tar.gz`, platform
+/// `linux-x64` or `linux-arm64`.
+pub fn runner_asset_name(platform: &str, version: &str) -> String {
+    format!("actions-runner-{platform}-{version}.tar.gz")
+}
+
+/// A `linux-x64` stand-in runner tarball: see [`runner_tarball_for`].
+pub fn runner_tarball(version: &str, listener: &str) -> Vec<u8> {
+    runner_tarball_for("linux-x64", version, listener)
+}
+
+/// A stand-in runner tarball (gzip, GNU tar) with the real actions-runner layout, its entries
+/// prefixed `./` as in the real tarballs:
+///
+/// `./`, `./bin/`, `./bin/Runner.Listener` (= `listener`), `./bin/Runner.Listener.deps.json`
+/// (naming `"Runner.Listener/{version}"` and the runtime `…/{platform}` as the real .NET deps
+/// file does, so a version can be read from it), `./bin/Runner.Worker` (a stub that fails),
+/// `./bin/installdependencies.sh`, `./config.sh` (runs `bin/Runner.Listener configure`),
+/// `./env.sh`, `./externals/` (empty), `./run-helper.sh.template`, `./run.sh` (copies the
+/// template to `run-helper.sh` in its own directory, which must then be writable, and runs it:
+/// `bin/Runner.Listener run "$@"`, the real chain) and `./safe_sleep.sh`.
+///
+/// Scripts are `#!/bin/sh` and mode 0755, other files 0644, directories 0755: all readable by
+/// others. Entries belong to 1001:127 (`runner`:`docker`, a CI build's owner, not root) and
+/// carry a fixed mtime, so the same arguments give the same bytes (and checksum).
+/// `platform` makes the tarballs of one version differ by platform, as real ones do.
+pub fn runner_tarball_for(platform: &str, version: &str, listener: &str) -> Vec<u8> {
+    const CONFIG_SH: &str = "#!/bin/sh\n# Stand-in for the actions runner's config.sh.\n\
+        dir=$(cd \"$(dirname \"$0\")\" && pwd) || exit 1\n\
+        exec \"$dir/bin/Runner.Listener\" configure \"$@\"\n";
+    const RUN_SH: &str = "#!/bin/sh\n# Stand-in for the actions runner's run.sh: like the real \
+        one, it copies run-helper.sh.template\n# next to itself and runs the copy.\n\
+        dir=$(cd \"$(dirname \"$0\")\" && pwd) || exit 1\n\
+        cp -f \"$dir/run-helper.sh.template\" \"$dir/run-helper.sh\" || exit 1\n\
+        exec \"$dir/run-helper.sh\" \"$@\"\n";
+    const RUN_HELPER: &str = "#!/bin/sh\n# Stand-in for the actions runner's run-helper.sh.\n\
+        dir=$(cd \"$(dirname \"$0\")\" && pwd) || exit 1\n\
+        exec \"$dir/bin/Runner.Listener\" run \"$@\"\n";
+    const ENV_SH: &str = "#!/bin/sh\n# Stand-in for the actions runner's env.sh: records PATH \
+        and LANG for the runner.\n\
+        dir=$(cd \"$(dirname \"$0\")\" && pwd) || exit 1\n\
+        printf '%s\\n' \"$PATH\" >\"$dir/.path\"\n\
+        printf 'LANG=%s\\n' \"${LANG:-C.UTF-8}\" >\"$dir/.env\"\n";
+    const SAFE_SLEEP: &str =
+        "#!/bin/sh\n# Stand-in for the actions runner's safe_sleep.sh.\nexec sleep \"$1\"\n";
+    const WORKER: &str = "#!/bin/sh\n# Stand-in for the actions runner's Runner.Worker: it \
+        runs no job.\necho 'Runner.Worker: a stand-in runs no job' >&2\nexit 1\n";
+    const INSTALL_DEPS: &str = "#!/bin/sh\n# Stand-in for the actions runner's \
+        installdependencies.sh.\necho 'installdependencies.sh: nothing to install'\n";
+    let rid = format!(".NETCoreApp,Version=v8.0/{platform}");
+    let lib = |name: &str| format!("{name}/{version}");
+    let deps = json!({
+        "runtimeTarget": {"name": rid, "signature": ""},
+        "compilationOptions": {},
+        "targets": {
+            ".NETCoreApp,Version=v8.0": {},
+            rid.clone(): {
+                lib("Runner.Listener"): {
+                    "dependencies": {"Runner.Common": version, "Runner.Sdk": version},
+                    "runtime": {"Runner.Listener.dll": {}},
+                },
+                lib("Runner.Common"): {"runtime": {"Runner.Common.dll": {}}},
+                lib("Runner.Sdk"): {"runtime": {"Runner.Sdk.dll": {}}},
+            },
+        },
+        "libraries": {
+            lib("Runner.Listener"): {"type": "project", "serviceable": false, "sha512": ""},
+            lib("Runner.Common"): {"type": "project", "serviceable": false, "sha512": ""},
+            lib("Runner.Sdk"): {"type": "project", "serviceable": false, "sha512": ""},
+        },
+    });
+    let deps = serde_json::to_string_pretty(&deps).unwrap();
+    // (path, mode, contents); a path ending in `/` is a directory.
+    let entries: [(&str, u32, &str); 12] = [
+        ("./", 0o755, ""),
+        ("./bin/", 0o755, ""),
+        ("./bin/Runner.Listener", 0o755, listener),
+        ("./bin/Runner.Listener.deps.json", 0o644, &deps),
+        ("./bin/Runner.Worker", 0o755, WORKER),
+        ("./bin/installdependencies.sh", 0o755, INSTALL_DEPS),
+        ("./config.sh", 0o755, CONFIG_SH),
+        ("./env.sh", 0o755, ENV_SH),
+        ("./externals/", 0o755, ""),
+        ("./run-helper.sh.template", 0o755, RUN_HELPER),
+        ("./run.sh", 0o755, RUN_SH),
+        ("./safe_sleep.sh", 0o755, SAFE_SLEEP),
+    ];
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    for (path, mode, contents) in entries {
+        let mut h = tar::Header::new_gnu();
+        // Written by hand: the tar crate drops a leading `./`.
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        if path.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+        } else {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(contents.len() as u64);
+        }
+        h.set_mode(mode);
+        h.set_uid(1001);
+        h.set_gid(127);
+        h.set_username("runner").unwrap();
+        h.set_groupname("docker").unwrap();
+        h.set_mtime(1_767_225_600);
+        h.set_cksum();
+        tar.append(&h, contents.as_bytes()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// The SHA-256 of `bytes`, lower-case hex (as the release notes give it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A release body like actions/runner's: some release notes, then one checksum line per
+/// (platform, SHA-256 hex) in the real format:
+/// `- actions-runner-linux-x64-2.330.0.tar.gz <!-- BEGIN SHA linux-x64 -->HEX<!-- END SHA linux-x64 -->`.
+pub fn runner_release_body(version: &str, sums: &[(&str, &str)]) -> String {
+    let mut body = format!(
+        "## What's Changed\n* A stand-in release of the GitHub simulator ({version})\n\n\
+         **Full Changelog**: v{version}\n\n_Note: Actions Runner follows a progressive release \
+         policy, so the latest release might not be available to your enterprise, organization, \
+         or repository yet._\n"
+    );
+    for (platform, _) in sums {
+        let name = runner_asset_name(platform, version);
+        body.push_str(&format!(
+            "\n## {platform}\n\n``` bash\n# Create a folder\nmkdir actions-runner && cd \
+             actions-runner\n# Extract the installer\ntar xzf ./{name}\n```\n"
+        ));
+    }
+    body.push_str(
+        "\n## SHA-256 Checksums\n\nThe SHA-256 checksums for the packages included in this \
+         build are shown below:\n\n",
+    );
+    for (platform, sum) in sums {
+        let name = runner_asset_name(platform, version);
+        body.push_str(&format!(
+            "- {name} <!-- BEGIN SHA {platform} -->{sum}<!-- END SHA {platform} -->\n"
+        ));
+    }
+    body
+}
+
+/// A whole release for `linux-x64` and `linux-arm64` with `listener` as `bin/Runner.Listener`,
+/// its checksums in the body: the common case for tests.
+pub fn stand_in_release(version: &str, published_at: u64, listener: &str) -> SimRelease {
+    let assets: Vec<(String, Vec<u8>)> = ["linux-x64", "linux-arm64"]
+        .iter()
+        .map(|p| {
+            (
+                runner_asset_name(p, version),
+                runner_tarball_for(p, version, listener),
+            )
+        })
+        .collect();
+    let sums: Vec<(&str, String)> = ["linux-x64", "linux-arm64"]
+        .into_iter()
+        .zip(&assets)
+        .map(|(p, (_, bytes))| (p, sha256_hex(bytes)))
+        .collect();
+    let sums: Vec<(&str, &str)> = sums.iter().map(|(p, s)| (*p, s.as_str())).collect();
+    SimRelease {
+        version: version.into(),
+        published_at,
+        draft: false,
+        prerelease: false,
+        body: runner_release_body(version, &sums),
+        assets,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2065,6 +2561,7 @@ mod tests {
         status: u16,
         headers: HashMap<String, String>,
         body: Value,
+        bytes: Vec<u8>,
     }
 
     const STD_HEADERS: [(&str, &str); 3] = [
@@ -2106,11 +2603,13 @@ mod tests {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
             .collect();
-        let body = serde_json::from_slice(&out[split + 4..]).unwrap_or(Value::Null);
+        let bytes = out[split + 4..].to_vec();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Resp {
             status,
             headers,
             body,
+            bytes,
         })
     }
 
@@ -3004,6 +3503,425 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_secs(3));
         assert_eq!(call(&sim, "DELETE", &del, Some("pat"), None).status, 204);
         assert!(sim.runner(id).is_none());
+    }
+
+    /// What krunner's releases client sends: no token, no API version.
+    const RELEASES_HEADERS: [(&str, &str); 2] = [
+        ("accept", "application/vnd.github+json"),
+        ("user-agent", "krunner/test"),
+    ];
+
+    const LISTENER: &str = "#!/bin/sh\necho stand-in listener \"$@\"\n";
+
+    /// 2026-11-01T12:00:00Z.
+    const NOV_1: u64 = 1_793_534_400;
+
+    fn get_releases(sim: &GitHubSim, query: &str) -> Resp {
+        let path = format!("{}{RUNNER_RELEASES_PATH}{query}", sim.base);
+        raw(sim.addr(), "GET", &path, &RELEASES_HEADERS, b"").unwrap()
+    }
+
+    /// The server-relative path of a URL the simulator gave.
+    fn local_path<'a>(sim: &GitHubSim, url: &'a str) -> &'a str {
+        let server = sim.server_url();
+        url.strip_prefix(server.as_str()).unwrap()
+    }
+
+    /// The checksum of `platform` in a release body, as a client reads it.
+    fn checksum_in(body: &str, platform: &str) -> String {
+        let begin = format!("<!-- BEGIN SHA {platform} -->");
+        let end = format!("<!-- END SHA {platform} -->");
+        let from = body.find(&begin).unwrap() + begin.len();
+        let len = body[from..].find(&end).unwrap();
+        body[from..from + len].to_string()
+    }
+
+    #[test]
+    fn runner_releases_are_listed_newest_first_in_pages() {
+        let sim = GitHubSim::start_at("/api/v3");
+        sim.add_runner_release(stand_in_release("2.329.0", NOV_1 - 30 * 86_400, LISTENER));
+        sim.add_runner_release(stand_in_release("2.330.0", NOV_1, LISTENER));
+        assert_eq!(
+            sim.runner_releases_url(),
+            format!("{}/api/v3/repos/actions/runner/releases", sim.server_url())
+        );
+
+        let all = get_releases(&sim, "");
+        assert_eq!(all.status, 200, "{}", all.body);
+        assert!(!all.headers.contains_key("link"), "{:?}", all.headers);
+        let tags: Vec<&str> = all
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["tag_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(tags, ["v2.330.0", "v2.329.0"]);
+        let r = &all.body[0];
+        assert_eq!(r["name"], "v2.330.0");
+        assert_eq!(r["published_at"], "2026-11-01T12:00:00Z");
+        assert_eq!(r["created_at"], "2026-11-01T12:00:00Z");
+        assert_eq!(
+            (r["draft"].as_bool(), r["prerelease"].as_bool()),
+            (Some(false), Some(false))
+        );
+        assert!(r["id"].as_u64().is_some() && r["html_url"].is_string());
+        let x64 = runner_asset_name("linux-x64", "2.330.0");
+        assert_eq!(x64, "actions-runner-linux-x64-2.330.0.tar.gz");
+        let a = &r["assets"][0];
+        assert_eq!(a["name"], x64.as_str());
+        assert_eq!(
+            r["assets"][1]["name"],
+            "actions-runner-linux-arm64-2.330.0.tar.gz"
+        );
+        assert_eq!(
+            (a["content_type"].as_str(), a["state"].as_str()),
+            (Some("application/gzip"), Some("uploaded"))
+        );
+        assert_eq!(
+            a["size"].as_u64(),
+            Some(runner_tarball("2.330.0", LISTENER).len() as u64)
+        );
+        assert!(a["id"].as_u64().is_some());
+        // Downloads are on the server, outside the API base.
+        assert_eq!(
+            a["browser_download_url"],
+            format!(
+                "{}/_sim/runner-releases/download/v2.330.0/{x64}",
+                sim.server_url()
+            )
+        );
+        assert_eq!(
+            a["browser_download_url"],
+            sim.runner_asset_url("2.330.0", &x64)
+        );
+
+        // One a page: a Link to the next (and last) page, none on the last.
+        let p1 = get_releases(&sim, "?per_page=1");
+        assert_eq!(p1.body.as_array().unwrap().len(), 1);
+        assert_eq!(p1.body[0]["tag_name"], "v2.330.0");
+        let link = &p1.headers["link"];
+        let next = format!(
+            "<{}?per_page=1&page=2>; rel=\"next\"",
+            sim.runner_releases_url()
+        );
+        assert!(link.contains(&next), "{link}");
+        assert!(link.contains("rel=\"last\""), "{link}");
+        let next_url = link.split(';').next().unwrap().trim_matches(['<', '>']);
+        let p2 = raw(
+            sim.addr(),
+            "GET",
+            local_path(&sim, next_url),
+            &RELEASES_HEADERS,
+            b"",
+        )
+        .unwrap();
+        assert_eq!(p2.body.as_array().unwrap().len(), 1);
+        assert_eq!(p2.body[0]["tag_name"], "v2.329.0");
+        assert!(
+            !p2.headers["link"].contains("rel=\"next\""),
+            "{}",
+            p2.headers["link"]
+        );
+        assert!(p2.headers["link"].contains("rel=\"prev\""));
+        assert_eq!(get_releases(&sim, "?per_page=1&page=3").body, json!([]));
+
+        // Replaced by version, removed by version.
+        let mut newer = stand_in_release("2.329.0", NOV_1 + 60, LISTENER);
+        newer.body = "replaced".into();
+        sim.add_runner_release(newer);
+        let all = get_releases(&sim, "");
+        assert_eq!(all.body.as_array().unwrap().len(), 2);
+        assert_eq!(
+            (
+                all.body[0]["tag_name"].as_str(),
+                all.body[0]["body"].as_str()
+            ),
+            (Some("v2.329.0"), Some("replaced"))
+        );
+        sim.remove_runner_release("2.329.0");
+        sim.remove_runner_release("2.330.0");
+        assert_eq!(get_releases(&sim, "").body, json!([]));
+
+        // Anonymous, logged like every API request; a token still works, a bad one is refused.
+        let l = sim.requests().pop().unwrap();
+        assert_eq!(
+            (l.path.as_str(), l.auth, l.status),
+            (RUNNER_RELEASES_PATH, AuthKind::None, 200)
+        );
+        let repo = sim.add_repo("o/r");
+        sim.add_pat("pat", &[&repo]);
+        assert_eq!(
+            call(&sim, "GET", RUNNER_RELEASES_PATH, Some("pat"), None).status,
+            200
+        );
+        assert_eq!(
+            call(&sim, "GET", RUNNER_RELEASES_PATH, Some("nope"), None).status,
+            401
+        );
+        // No User-Agent: refused, as GitHub does.
+        let path = format!("/api/v3{RUNNER_RELEASES_PATH}");
+        assert_eq!(
+            raw(sim.addr(), "GET", &path, &RELEASES_HEADERS[..1], b"")
+                .unwrap()
+                .status,
+            403
+        );
+    }
+
+    #[test]
+    fn the_latest_runner_release_is_neither_draft_nor_prerelease() {
+        let sim = GitHubSim::start();
+        let latest = format!("{RUNNER_RELEASES_PATH}/latest");
+        assert_eq!(get_releases(&sim, "/latest").status, 404);
+        sim.add_runner_release(stand_in_release("2.330.0", NOV_1, LISTENER));
+        let mut rc = stand_in_release("2.331.0", NOV_1 + 86_400, LISTENER);
+        rc.prerelease = true;
+        sim.add_runner_release(rc);
+        let mut draft = stand_in_release("2.332.0", NOV_1 + 2 * 86_400, LISTENER);
+        draft.draft = true;
+        sim.add_runner_release(draft);
+
+        let r = get_releases(&sim, "/latest");
+        assert_eq!(
+            (r.status, r.body["tag_name"].as_str()),
+            (200, Some("v2.330.0")),
+            "{}",
+            r.body
+        );
+        // All three are listed; a draft has no publication time.
+        let all = get_releases(&sim, "");
+        let tags: Vec<&str> = all
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["tag_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(tags, ["v2.332.0", "v2.331.0", "v2.330.0"]);
+        assert_eq!(all.body[0]["published_at"], Value::Null);
+        assert_eq!(all.body[1]["prerelease"], true);
+        // By tag and by id.
+        let by_tag = get_releases(&sim, "/tags/v2.331.0");
+        assert_eq!(by_tag.body["tag_name"], "v2.331.0");
+        let id = all.body[2]["id"].as_u64().unwrap();
+        assert_eq!(
+            get_releases(&sim, &format!("/{id}")).body["tag_name"],
+            "v2.330.0"
+        );
+        assert_eq!(get_releases(&sim, "/tags/v9.9.9").status, 404);
+
+        sim.remove_runner_release("2.330.0");
+        assert_eq!(get_releases(&sim, "/latest").status, 404);
+        assert_eq!(sim.count("GET", &latest), 3);
+    }
+
+    #[test]
+    fn runner_assets_download_with_the_body_checksums() {
+        let sim = GitHubSim::start_at("/api/v3");
+        sim.add_runner_release(stand_in_release("2.330.0", NOV_1, LISTENER));
+        let release = get_releases(&sim, "/latest").body;
+        let body = release["body"].as_str().unwrap();
+        for (i, platform) in ["linux-x64", "linux-arm64"].into_iter().enumerate() {
+            let asset = &release["assets"][i];
+            let name = asset["name"].as_str().unwrap();
+            assert_eq!(name, runner_asset_name(platform, "2.330.0"));
+            let line = format!(
+                "- {name} <!-- BEGIN SHA {platform} -->{}<!-- END SHA {platform} -->",
+                checksum_in(body, platform)
+            );
+            assert!(body.contains(&line), "{body}");
+            let url = asset["browser_download_url"].as_str().unwrap();
+            // A plain GET, no API headers.
+            let r = raw(sim.addr(), "GET", local_path(&sim, url), &[], b"").unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.headers["content-type"], "application/octet-stream");
+            assert_eq!(r.headers["content-length"], r.bytes.len().to_string());
+            assert_eq!(r.bytes, runner_tarball_for(platform, "2.330.0", LISTENER));
+            assert_eq!(sha256_hex(&r.bytes), checksum_in(body, platform));
+            assert_eq!(Some(r.bytes.len() as u64), asset["size"].as_u64());
+            assert_eq!(sim.asset_downloads(name), 1);
+        }
+        // Each platform's tarball is its own, so a checksum mix-up shows.
+        assert_ne!(
+            checksum_in(body, "linux-x64"),
+            checksum_in(body, "linux-arm64")
+        );
+        assert_eq!(
+            get_releases(&sim, "/latest").body["assets"][0]["download_count"],
+            1
+        );
+
+        // Unknown assets and versions are 404 and count nothing.
+        for path in [
+            runner_asset_path("2.330.0", "actions-runner-linux-s390x-2.330.0.tar.gz"),
+            runner_asset_path("2.329.0", "actions-runner-linux-x64-2.329.0.tar.gz"),
+            format!("{RUNNER_DOWNLOAD_PREFIX}2.330.0/actions-runner-linux-x64-2.330.0.tar.gz"),
+        ] {
+            assert_eq!(
+                raw(sim.addr(), "GET", &path, &[], b"").unwrap().status,
+                404,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            sim.asset_downloads("actions-runner-linux-s390x-2.330.0.tar.gz"),
+            0
+        );
+        let l = sim.requests().pop().unwrap();
+        assert_eq!((l.auth, l.status), (AuthKind::None, 404));
+        assert!(l.path.starts_with(RUNNER_DOWNLOAD_PREFIX), "{}", l.path);
+    }
+
+    #[test]
+    fn runner_release_faults_fire() {
+        let sim = GitHubSim::start();
+        sim.add_runner_release(stand_in_release("2.330.0", NOV_1, LISTENER));
+        let name = runner_asset_name("linux-x64", "2.330.0");
+        let path = runner_asset_path("2.330.0", &name);
+        let get = || raw(sim.addr(), "GET", &path, &[], b"");
+
+        sim.fail_next("GET", RUNNER_DOWNLOAD_PREFIX, 1, Fault::Status(503));
+        assert_eq!(get().unwrap().status, 503);
+        assert_eq!(sim.asset_downloads(&name), 0);
+        sim.fail_next("GET", &path, 1, Fault::Reset);
+        assert!(get().is_err());
+        // Cut short: the head promises the whole tarball, a part comes.
+        sim.fail_next(
+            "GET",
+            RUNNER_DOWNLOAD_PREFIX,
+            1,
+            Fault::CutBody { after: 100 },
+        );
+        let cut = get().unwrap();
+        assert_eq!((cut.status, cut.bytes.len()), (200, 100));
+        assert_eq!(
+            cut.headers["content-length"],
+            runner_tarball("2.330.0", LISTENER).len().to_string()
+        );
+        assert_eq!(sim.asset_downloads(&name), 0);
+        assert_eq!(get().unwrap().bytes, runner_tarball("2.330.0", LISTENER));
+        assert_eq!(sim.asset_downloads(&name), 1);
+        let faults: Vec<Option<String>> = sim.requests().iter().map(|l| l.fault.clone()).collect();
+        assert_eq!(
+            faults,
+            [
+                Some("status 503".into()),
+                Some("reset".into()),
+                Some("body cut after 100 bytes".into()),
+                None
+            ]
+        );
+
+        // The listing answers 500, or 403 rate-limited, on demand (also armed over HTTP).
+        sim.fail_next("GET", RUNNER_RELEASES_PATH, 1, Fault::Status(500));
+        assert_eq!(get_releases(&sim, "").status, 500);
+        let fault = json!({"method": "GET", "path_prefix": RUNNER_RELEASES_PATH, "fault": "primary", "reset_in_ms": 60_000}).to_string();
+        assert_eq!(
+            raw(sim.addr(), "POST", "/_sim/faults", &[], fault.as_bytes())
+                .unwrap()
+                .status,
+            204
+        );
+        let r = get_releases(&sim, "");
+        assert_eq!(
+            (r.status, r.headers["x-ratelimit-remaining"].as_str()),
+            (403, "0")
+        );
+        let r = get_releases(&sim, "");
+        assert_eq!(
+            (r.status, r.body[0]["tag_name"].as_str()),
+            (200, Some("v2.330.0"))
+        );
+        assert_eq!(sim.count("GET", RUNNER_RELEASES_PATH), 3);
+        assert_eq!(sim.count("GET", RUNNER_DOWNLOAD_PREFIX), 4);
+    }
+
+    #[test]
+    fn runner_tarballs_have_the_real_layout() {
+        let listener = "#!/bin/sh\nexec echo listening\n";
+        let gz = runner_tarball("2.330.0", listener);
+        assert_eq!(gz, runner_tarball("2.330.0", listener), "reproducible");
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+        let mut got = Vec::new();
+        let mut files = HashMap::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+            let mode = e.header().mode().unwrap();
+            assert_eq!(mode & 0o444, 0o444, "{path} readable by all");
+            assert_eq!(
+                (e.header().uid().unwrap(), e.header().gid().unwrap()),
+                (1001, 127)
+            );
+            let mut text = String::new();
+            e.read_to_string(&mut text).unwrap();
+            got.push((path.clone(), mode, e.header().entry_type().is_dir()));
+            files.insert(path, text);
+        }
+        let want: Vec<(String, u32, bool)> = [
+            ("./", 0o755, true),
+            ("./bin/", 0o755, true),
+            ("./bin/Runner.Listener", 0o755, false),
+            ("./bin/Runner.Listener.deps.json", 0o644, false),
+            ("./bin/Runner.Worker", 0o755, false),
+            ("./bin/installdependencies.sh", 0o755, false),
+            ("./config.sh", 0o755, false),
+            ("./env.sh", 0o755, false),
+            ("./externals/", 0o755, true),
+            ("./run-helper.sh.template", 0o755, false),
+            ("./run.sh", 0o755, false),
+            ("./safe_sleep.sh", 0o755, false),
+        ]
+        .iter()
+        .map(|(p, m, d)| (p.to_string(), *m, *d))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(files["./bin/Runner.Listener"], listener);
+        let deps = &files["./bin/Runner.Listener.deps.json"];
+        assert!(deps.contains("\"Runner.Listener/2.330.0\""), "{deps}");
+        let deps: Value = serde_json::from_str(deps).unwrap();
+        assert_eq!(
+            deps["runtimeTarget"]["name"],
+            ".NETCoreApp,Version=v8.0/linux-x64"
+        );
+        assert!(files["./run.sh"].contains("run-helper.sh.template"));
+        assert!(files["./run-helper.sh.template"].contains("bin/Runner.Listener\" run"));
+        let arm = runner_tarball_for("linux-arm64", "2.330.0", listener);
+        assert_ne!(sha256_hex(&arm), sha256_hex(&gz));
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    /// The stand-in scripts run: run.sh reaches the listener with `run` and its arguments
+    /// through run-helper.sh, config.sh with `configure`.
+    #[test]
+    fn runner_tarball_scripts_reach_the_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = "#!/bin/sh\necho \"listener $*\"\n";
+        let gz = runner_tarball("2.330.0", listener);
+        tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]))
+            .unpack(dir.path())
+            .unwrap();
+        let run = |script: &str| {
+            let out = std::process::Command::new(dir.path().join(script))
+                .args(["--jitconfig", "X"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(run("run.sh"), "listener run --jitconfig X\n");
+        assert!(dir.path().join("run-helper.sh").exists());
+        assert_eq!(run("config.sh"), "listener configure --jitconfig X\n");
+        run("env.sh");
+        assert!(dir.path().join(".path").exists());
     }
 
     #[test]
