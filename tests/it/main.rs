@@ -70,6 +70,14 @@ mod images;
 /// token nowhere else, and no registration left.
 mod run_token;
 
+/// The actions runner provided by the host: the latest or a pinned release from the
+/// simulator's releases API, verified and cached once; a bad checksum or a cut download caches
+/// nothing; `--runner auto|provided|image` with images that have no runner, their own at
+/// /opt/actions-runner, or GitHub's layout at /home/runner; a new release reaches the next
+/// guest and the old one is pruned; the arm64 tarball for an arm64 guest; invariant
+/// globalization without libicu.
+mod runner_provided;
+
 /// The krun backend in real libkrun guests: `doctor`, `exec` and `run` end to end. Ignored
 /// here; `cargo test --test l1` runs them inside the emulated KVM host (tests/l1.sh).
 mod krun_guest;

@@ -27,7 +27,7 @@ pub(crate) const NEEDS: &[Need] = &[
     Need::Tool("busybox"),
 ];
 
-const LISTENER: &str = r#"#!/bin/sh
+pub(crate) const LISTENER: &str = r#"#!/bin/sh
 # Stand-in for the actions runner, driven by the simulator's JIT config.
 # The runner takes its JIT config from ACTIONS_RUNNER_INPUT_JITCONFIG (krunner keeps it off argv).
 cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
