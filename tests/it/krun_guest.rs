@@ -822,6 +822,69 @@ fn run_jit_runners_come_online_as_1001_without_the_secrets_share() {
     assert_clean(&f, &ctx);
 }
 
+/// busybox and the runner user (uid 1001), nothing else: an image made for a provided runner.
+fn os_only_image() -> String {
+    static PUSHED: std::sync::Once = std::sync::Once::new();
+    let reg = Registry::shared();
+    PUSHED.call_once(|| {
+        let layer: Vec<_> = crate::util::oci::runner_layer("", None)
+            .into_iter()
+            .take(3) // passwd, group, the runner's home: no /opt/actions-runner
+            .collect();
+        reg.push(
+            &crate::util::oci::Image::of_layers(vec![
+                crate::util::oci::busybox_entries().to_vec(),
+                layer,
+            ]),
+            "krun-os-only:v1",
+        );
+    });
+    reg.reference("krun-os-only:v1")
+}
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn run_a_provided_runner_serves_an_image_with_only_its_os() {
+    let f = fixture("krun-run-provided");
+    let at = "echo \"$url\" > \"/record/$name\"\n";
+    assert!(LISTENER.contains(at));
+    let listener = LISTENER.replacen(
+        at,
+        &format!("{at}echo \"provided $(pwd) ${{DOTNET_SYSTEM_GLOBALIZATION_INVARIANT:-}}\" > \"/record/$name.who\"\n"),
+        1,
+    );
+    let now = krunner::image::cache::now_secs();
+    f.sim
+        .add_runner_release(crate::util::github_sim::stand_in_release(
+            "2.330.0",
+            now - 86_400,
+            &listener,
+        ));
+    let url = f.sim.runner_releases_url();
+    let out = krunner_run(
+        &f,
+        &os_only_image(),
+        &["-n", "1", "-r", "1", "--runner-releases-url", &url],
+    )
+    .run();
+    out.success().never_shows("krun-pat-secret");
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert_eq!(
+        read(&f.record.join("krun-0-1.who")).trim(),
+        "provided /opt/actions-runner 1",
+        "the provided runner ran from its directory, with invariant globalization\n{ctx}"
+    );
+    assert_eq!(read(&f.record.join("krun-0-1.uid")).trim(), "1001", "{ctx}");
+    let finished = f
+        .sim
+        .requests()
+        .iter()
+        .filter(|l| l.path.ends_with("/job-finished") && l.status == 200)
+        .count();
+    assert_eq!(finished, 1, "{ctx}");
+    assert_clean(&f, &ctx);
+}
+
 #[test]
 #[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
 fn run_token_mode_configures_and_cleans_up() {
