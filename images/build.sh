@@ -3,9 +3,10 @@
 # through qemu-user-static), and optionally pushes them as multi-arch images:
 #
 #   REPO/runner-DISTRO-base:TAG   the base layer
-#   REPO/runner-DISTRO:TAG        base + the actions runner (what `krunner --image DISTRO` uses)
+#   REPO/runner-DISTRO:TAG        base + what the actions runner needs from the OS (what
+#                                 `krunner --image DISTRO` uses; krunner provides the runner)
 #
-# for each TAG given (default: latest; the runner image also gets the runner version).
+# for each TAG given (default: latest).
 # Used by .github/workflows/images.yml, and by hand (see images/README.md).
 set -eu
 
@@ -13,13 +14,10 @@ usage() {
   cat <<'EOF'
 usage: images/build.sh [OPTIONS] DISTRO...      (DISTRO: ubuntu, fedora)
 
-  -r, --repo REPO             image repository prefix (default: ghcr.io/krunner-dev, or
+  -r, --repo REPO             image repository prefix (default: ghcr.io/krunner, or
                               $KRUNNER_IMAGE_REPO)
   -p, --platforms LIST        comma-separated platforms (default: the host's, e.g. linux/amd64)
   -t, --tag TAG               tag to apply (repeatable; default: latest)
-      --runner-version V      actions runner version: the one pinned in the Containerfile
-                              (default), a version such as 2.337.0, or "latest"; for anything
-                              but the pinned one the checksums come from the release's notes
       --push                  push the images (log in to the registry first)
   -h, --help                  this help
 EOF
@@ -30,10 +28,9 @@ die() {
   exit 1
 }
 
-repo=${KRUNNER_IMAGE_REPO:-ghcr.io/krunner-dev}
+repo=${KRUNNER_IMAGE_REPO:-ghcr.io/krunner}
 platforms=
 tags=
-runner_version=
 push=0
 distros=
 while [ $# -gt 0 ]; do
@@ -51,11 +48,6 @@ while [ $# -gt 0 ]; do
     -t | --tag)
       [ $# -ge 2 ] || die "$1 needs a value"
       tags="$tags $2"
-      shift
-      ;;
-    --runner-version)
-      [ $# -ge 2 ] || die "$1 needs a value"
-      runner_version=$2
       shift
       ;;
     --push) push=1 ;;
@@ -85,41 +77,6 @@ command -v buildah >/dev/null || die "buildah is not installed"
 
 here=$(cd "$(dirname "$0")" && pwd)
 
-# The checksum of actions-runner-linux-ARCH-VERSION.tar.gz from the release's notes, which
-# carry them between <!-- BEGIN SHA linux-ARCH --> and <!-- END SHA linux-ARCH -->.
-release_sha() { # NOTES ARCH
-  printf '%s\n' "$1" |
-    sed -n "s/.*<!-- BEGIN SHA linux-$2 -->\([0-9a-f]\{64\}\)<!-- END SHA linux-$2 -->.*/\1/p" |
-    head -n 1
-}
-
-# Release notes of actions/runner (the GitHub API; $GITHUB_TOKEN raises the rate limit).
-release_json() { # latest | tags/vX.Y.Z
-  set -- "https://api.github.com/repos/actions/runner/releases/$1"
-  if [ -n "${GITHUB_TOKEN:-}" ]; then
-    curl -fsSL --retry 3 -H "Authorization: Bearer $GITHUB_TOKEN" "$1"
-  else
-    curl -fsSL --retry 3 "$1"
-  fi
-}
-
-runner_args=
-if [ -n "$runner_version" ]; then
-  command -v jq >/dev/null || die "jq is needed to read the runner's release notes"
-  case $runner_version in
-    latest) json=$(release_json latest) ;;
-    *) json=$(release_json "tags/v${runner_version#v}") ;;
-  esac
-  runner_version=$(printf '%s' "$json" | jq -r .tag_name | sed 's/^v//')
-  notes=$(printf '%s' "$json" | jq -r .body)
-  sha_x64=$(release_sha "$notes" x64)
-  sha_arm64=$(release_sha "$notes" arm64)
-  if [ -z "$sha_x64" ] || [ -z "$sha_arm64" ]; then
-    die "the notes of actions/runner v$runner_version list no linux checksums"
-  fi
-  runner_args="--build-arg RUNNER_VERSION=$runner_version --build-arg RUNNER_SHA256_X64=$sha_x64 --build-arg RUNNER_SHA256_ARM64=$sha_arm64"
-fi
-
 labels=
 if [ -n "${GITHUB_REPOSITORY:-}" ]; then
   labels="--label org.opencontainers.image.source=${GITHUB_SERVER_URL:-https://github.com}/$GITHUB_REPOSITORY"
@@ -145,26 +102,21 @@ for distro in $distros; do
     # shellcheck disable=SC2086 # $labels is a list of options
     buildah build --platform "$platform" --pull=newer $labels \
       -f "$here/$distro/Containerfile.base" -t "$base" "$here"
-    echo "build.sh: $distro runner for $platform" >&2
-    # shellcheck disable=SC2086 # $labels and $runner_args are lists of options
-    buildah build --platform "$platform" --pull=never $labels $runner_args \
+    echo "build.sh: $distro runner layer for $platform" >&2
+    # shellcheck disable=SC2086 # $labels is a list of options
+    buildah build --platform "$platform" --pull=never $labels \
       --build-arg "BASE=$base" \
       -f "$here/$distro/Containerfile" -t "$runner" "$here"
     buildah manifest add "$base_list" "containers-storage:$base" >/dev/null
     buildah manifest add "$runner_list" "containers-storage:$runner" >/dev/null
   done
 
-  # The runner version the image got (for its tag).
-  version=$(buildah inspect --type image \
-    --format '{{index .OCIv1.Config.Labels "krunner.runner-version"}}' "$runner") || version=
-  case $version in *[!0-9.]* | "") version= ;; esac
-
   if [ "$push" = 1 ]; then
     for tag in $tags; do
       echo "build.sh: pushing $repo/runner-$distro-base:$tag" >&2
       buildah manifest push --all "$base_list" "docker://$repo/runner-$distro-base:$tag"
     done
-    for tag in $tags $version; do
+    for tag in $tags; do
       echo "build.sh: pushing $repo/runner-$distro:$tag" >&2
       buildah manifest push --all "$runner_list" "docker://$repo/runner-$distro:$tag"
     done

@@ -10,6 +10,7 @@ set -eu
 deb_fpr=9DC858229FC7DD38854AE2D88D81803C0EBFCD88
 rpm_fpr=060A61C51B558A7F742B77AAC52FEB6B621E9F35
 
+# shellcheck source=/dev/null # the build image's, not ours
 . /etc/os-release
 case $ID in
   ubuntu | debian)

@@ -11,12 +11,14 @@ use std::str::FromStr;
 use oci_client::Reference;
 
 /// The default repository prefix that the short names `ubuntu` and `fedora` live under:
-/// `ghcr.io/krunner-dev`, or `KRUNNER_DEFAULT_IMAGE_REPO` at build time. The release workflow
-/// sets that to `ghcr.io/<owner>`, where the same repository's images workflow pushes, so a
-/// fork's released binaries use the fork's images.
+/// `ghcr.io/krunner`, where the images workflow of github.com/krunner/krunner (Cargo.toml's
+/// `repository`) pushes them, or `KRUNNER_DEFAULT_IMAGE_REPO` at build time. The release
+/// workflow sets that to `ghcr.io/<owner>`, where the same repository's images workflow
+/// pushes, so a fork's released binaries use the fork's images. `tests/it/images.rs` checks
+/// that this default, Cargo.toml and the images workflow name the same owner.
 pub const DEFAULT_IMAGE_REPO: &str = match option_env!("KRUNNER_DEFAULT_IMAGE_REPO") {
     Some(repo) => repo,
-    None => "ghcr.io/krunner-dev",
+    None => "ghcr.io/krunner",
 };
 
 /// The short names that resolve to krunner's runner images.
@@ -293,7 +295,11 @@ mod tests {
         let r = resolve("ubuntu", "127.0.0.1:5000/ci").unwrap();
         assert_eq!(r.whole(), "127.0.0.1:5000/ci/runner-ubuntu:latest");
         let r = resolve("fedora:41", DEFAULT_IMAGE_REPO).unwrap();
-        assert_eq!(r.whole(), "ghcr.io/krunner-dev/runner-fedora:41");
+        assert_eq!(r.whole(), format!("{DEFAULT_IMAGE_REPO}/runner-fedora:41"));
+        if option_env!("KRUNNER_DEFAULT_IMAGE_REPO").is_none() {
+            assert_eq!(DEFAULT_IMAGE_REPO, "ghcr.io/krunner");
+            assert_eq!(r.whole(), "ghcr.io/krunner/runner-fedora:41");
+        }
     }
 
     #[test]

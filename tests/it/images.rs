@@ -1093,8 +1093,76 @@ fn containerfile_lint_catches_mistakes() {
     }
 }
 
+/// The words of a Containerfile's `RUN` instructions: package names among them.
+fn run_words(ins: &[Instruction]) -> Vec<String> {
+    ins.iter()
+        .filter(|i| i.keyword == "RUN")
+        .flat_map(|i| {
+            i.args
+                .split(|c: char| c.is_whitespace() || c == ';')
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// The `RUN` instructions of a Containerfile, one per line.
+fn run_text(ins: &[Instruction]) -> String {
+    ins.iter()
+        .filter(|i| i.keyword == "RUN")
+        .map(|i| i.args.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What fetching or installing the actions runner in an image looks like. Comments may talk
+/// about the runner; the code of an image must not fetch it: krunner provides it.
+const RUNNER_DOWNLOAD: &[&str] = &[
+    "actions-runner-linux",
+    "actions/runner/releases",
+    "repos/actions/runner",
+    "RUNNER_VERSION",
+    "RUNNER_SHA256",
+    "runner-version",
+    "runner_version",
+    "install-runner.sh",
+    "installdependencies.sh",
+    "config.sh",
+    "Runner.Listener",
+];
+
+/// The lines of a script or workflow that are not comments.
+fn code_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().filter(|l| !l.trim_start().starts_with('#'))
+}
+
+/// The [`RUNNER_DOWNLOAD`] needles in the code of `text`.
+fn runner_download_in(text: &str) -> Vec<&'static str> {
+    RUNNER_DOWNLOAD
+        .iter()
+        .copied()
+        .filter(|n| code_lines(text).any(|l| l.contains(n)))
+        .collect()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
-fn runner_containerfiles_pin_the_runner_and_take_the_base_as_an_argument() {
+fn runner_containerfiles_take_the_base_as_an_argument_and_bake_no_runner() {
     for distro in ["ubuntu", "fedora"] {
         let path = images_dir().join(distro).join("Containerfile");
         let ins = lint_containerfile(&path, &images_dir());
@@ -1106,59 +1174,415 @@ fn runner_containerfiles_pin_the_runner_and_take_the_base_as_an_argument() {
         let base = arg_default(&ins, "BASE").expect("ARG BASE with a default");
         assert_eq!(
             base,
-            format!("ghcr.io/krunner-dev/runner-{distro}-base:latest"),
-            "{distro}"
+            format!("{}/runner-{distro}-base:latest", expected_image_repo()),
+            "{distro}: the base under krunner's image repository"
         );
-        assert!(has_arg(&ins, "TARGETARCH"), "{distro}: ARG TARGETARCH");
-        let version = arg_default(&ins, "RUNNER_VERSION").expect("RUNNER_VERSION default");
-        let parts: Vec<u32> = version
-            .split('.')
-            .map(|p| p.parse().unwrap_or_else(|_| panic!("version {version}")))
-            .collect();
-        assert_eq!(parts.len(), 3, "{distro}: RUNNER_VERSION {version}");
-        assert!(
-            parts[0] == 2 && parts[1] >= 330,
-            "{distro}: runner {version} is too old for GitHub"
-        );
-        for a in ["RUNNER_SHA256_X64", "RUNNER_SHA256_ARM64"] {
-            let sum = arg_default(&ins, a).unwrap_or_default();
+        for a in ["RUNNER_VERSION", "RUNNER_SHA256_X64", "RUNNER_SHA256_ARM64"] {
+            assert!(!has_arg(&ins, a), "{distro}: ARG {a}: no runner to pin");
+        }
+        for i in &ins {
+            let at = format!(
+                "{distro}/Containerfile:{}: {} {}",
+                i.line, i.keyword, i.args
+            );
             assert!(
-                sum.len() == 64 && sum.chars().all(|c| c.is_ascii_hexdigit()),
-                "{distro}: {a} must be a SHA-256, not {sum:?}"
+                i.keyword != "ADD",
+                "{at}: the runner layer adds nothing from outside"
+            );
+            assert!(
+                !i.args.contains("/opt/actions-runner"),
+                "{at}: /opt/actions-runner is krunner's to provide"
+            );
+            if i.keyword == "RUN" {
+                for fetch in ["curl", "wget", "http://", "https://"] {
+                    assert!(!i.args.contains(fetch), "{at}: downloads ({fetch})");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn no_image_file_downloads_the_runner() {
+    assert!(
+        !images_dir().join("common/install-runner.sh").exists(),
+        "install-runner.sh is gone: krunner provides the runner"
+    );
+    let mut checked = 0;
+    for f in files_under(&images_dir()) {
+        let name = f.display().to_string();
+        if name.ends_with(".md") {
+            continue;
+        }
+        let text = fs::read_to_string(&f).unwrap();
+        let is_containerfile = f
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("Containerfile"));
+        let code = if is_containerfile {
+            let ins = parse_containerfile(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            ins.iter()
+                .map(|i| format!("{} {}", i.keyword, i.args))
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            text
+        };
+        let found = runner_download_in(&code);
+        assert!(found.is_empty(), "{name} fetches the runner: {found:?}");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} files under images/");
+    let workflow = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/images.yml"),
+    )
+    .unwrap();
+    let found = runner_download_in(&workflow);
+    assert!(found.is_empty(), "images.yml fetches the runner: {found:?}");
+
+    // The check can fail: what the old runner layer did is caught.
+    let old = "RUN TARGETARCH=amd64 RUNNER_VERSION=2.337.0 /usr/local/lib/krunner/install-runner.sh\n\
+               curl -fsSL -o r.tgz https://github.com/actions/runner/releases/download/v2.337.0/actions-runner-linux-x64-2.337.0.tar.gz";
+    assert!(
+        runner_download_in(old).len() >= 4,
+        "{:?}",
+        runner_download_in(old)
+    );
+    assert!(
+        runner_download_in("# no actions-runner-linux here, in a comment\nls\n").is_empty(),
+        "comments may talk about the runner"
+    );
+}
+
+/// The ICU package of each Ubuntu release krunner's image may be built on.
+const UBUNTU_ICU: &[(&str, &str)] = &[("22.04", "libicu70"), ("24.04", "libicu74")];
+
+#[test]
+fn runner_layers_install_what_the_provided_runner_needs() {
+    // Ubuntu names ICU by its version, which follows the release.
+    let ubuntu_version = arg_default(
+        &lint_containerfile(
+            &images_dir().join("ubuntu/Containerfile.base"),
+            &images_dir(),
+        ),
+        "UBUNTU_VERSION",
+    )
+    .expect("UBUNTU_VERSION");
+    let icu = UBUNTU_ICU
+        .iter()
+        .find(|(v, _)| *v == ubuntu_version)
+        .map(|(_, p)| *p)
+        .unwrap_or_else(|| {
+            panic!(
+                "no ICU package known for Ubuntu {ubuntu_version}: \
+                 add it to UBUNTU_ICU and ubuntu/Containerfile"
+            )
+        });
+    let icu = [icu];
+    // Per distribution: groups of packages of which one must be installed, and how
+    // runner-env.sh is run (ImageOS).
+    let needs: &[(&str, Vec<&[&str]>, &str)] = &[
+        (
+            "ubuntu",
+            vec![
+                &icu,
+                &["libssl3t64", "libssl3"],
+                &["libkrb5-3"],
+                &["libgssapi-krb5-2"],
+                &["zlib1g"],
+                &["liblttng-ust1t64", "liblttng-ust1"],
+                &["ca-certificates"],
+                &["util-linux"],
+            ],
+            "RUNNER_IMAGE_OS=ubuntu24 ",
+        ),
+        (
+            "fedora",
+            vec![
+                &["libicu"],
+                &["openssl-libs"],
+                &["krb5-libs"],
+                &["zlib"],
+                &["lttng-ust"],
+                &["ca-certificates"],
+                &["util-linux"],
+            ],
+            "RUNNER_IMAGE_OS= ",
+        ),
+    ];
+    for (distro, packages, image_os) in needs {
+        let base = lint_containerfile(
+            &images_dir().join(distro).join("Containerfile.base"),
+            &images_dir(),
+        );
+        let layer = lint_containerfile(
+            &images_dir().join(distro).join("Containerfile"),
+            &images_dir(),
+        );
+        let words = run_words(&layer);
+        for one_of in packages {
+            assert!(
+                one_of.iter().any(|p| words.iter().any(|w| w == p)),
+                "{distro}: the runner layer installs none of {one_of:?}"
             );
         }
-        let run = ins.iter().find(|i| i.keyword == "RUN").expect("a RUN step");
+        // su (util-linux) and sudo for the runner user, and the user itself, in the base.
+        let base_words = run_words(&base);
+        for p in ["util-linux", "sudo"] {
+            assert!(
+                base_words.iter().any(|w| w == p),
+                "{distro}: the base lacks {p}"
+            );
+        }
+        let base_runs = run_text(&base);
         assert!(
-            run.args.contains("install-runner.sh"),
-            "{distro}: runs install-runner.sh"
+            base_runs.contains("/usr/local/lib/krunner/create-runner-user.sh"),
+            "{distro}: the base creates the runner user (uid 1001)"
+        );
+        // The layer: runner.env, then the check of everything the runner needs.
+        let copies: Vec<&str> = layer
+            .iter()
+            .filter(|i| i.keyword == "COPY")
+            .map(|i| i.args.as_str())
+            .collect();
+        for script in ["common/runner-env.sh", "common/check-runner-needs.sh"] {
+            assert!(
+                copies
+                    .iter()
+                    .any(|c| c.contains(script) && c.ends_with(" /usr/local/lib/krunner/")),
+                "{distro}: {script} is not copied to /usr/local/lib/krunner/"
+            );
+        }
+        let runs = run_text(&layer);
+        let env_at = runs
+            .find(&format!("{image_os}/usr/local/lib/krunner/runner-env.sh"))
+            .unwrap_or_else(|| panic!("{distro}: runs runner-env.sh with {image_os:?}"));
+        let check_at = runs
+            .find("/usr/local/lib/krunner/check-runner-needs.sh")
+            .unwrap_or_else(|| panic!("{distro}: runs check-runner-needs.sh"));
+        assert!(
+            env_at < check_at,
+            "{distro}: the check runs after runner.env is written"
+        );
+        let install_at = runs
+            .find(if *distro == "ubuntu" {
+                "apt-get install"
+            } else {
+                "dnf install"
+            })
+            .expect("a package install");
+        assert!(
+            install_at < check_at,
+            "{distro}: the check runs after the packages are installed"
         );
     }
-    // Both runner images get the same runner.
-    let u = lint_containerfile(&images_dir().join("ubuntu/Containerfile"), &images_dir());
-    let f = lint_containerfile(&images_dir().join("fedora/Containerfile"), &images_dir());
-    for a in ["RUNNER_VERSION", "RUNNER_SHA256_X64", "RUNNER_SHA256_ARM64"] {
-        assert_eq!(arg_default(&u, a), arg_default(&f, a), "{a} differs");
+
+    let user = fs::read_to_string(images_dir().join("common/create-runner-user.sh")).unwrap();
+    assert!(
+        user.contains("install -d -o runner -g runner -m 0755 /opt/hostedtoolcache"),
+        "the tool cache, owned by runner"
+    );
+}
+
+/// Runs `images/common/runner-env.sh` with `ROOT` = `root`; its exit code and stderr.
+fn run_runner_env(root: &Path, image_os: Option<&str>) -> (Option<i32>, String) {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg(images_dir().join("common/runner-env.sh"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("ROOT", root)
+        .stdin(Stdio::null());
+    if let Some(os) = image_os {
+        cmd.env("RUNNER_IMAGE_OS", os);
     }
-    // The install script: the runner's release asset for the architecture, checked, at
-    // /opt/actions-runner, with its dependencies, owned by runner.
-    let script = fs::read_to_string(images_dir().join("common/install-runner.sh")).unwrap();
-    for needle in [
-        "dir=/opt/actions-runner",
-        "actions-runner-linux-$arch-$RUNNER_VERSION.tar.gz",
-        "https://github.com/actions/runner/releases/download/v$RUNNER_VERSION/",
-        "sha256sum -c",
-        "amd64 | x86_64)",
-        "arch=x64",
-        "arm64 | aarch64)",
-        "arch=arm64",
-        "bin/installdependencies.sh",
-        "chown -R runner:runner \"$dir\"",
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn runner_env_holds_the_hosted_runner_environment() {
+    let td = TestDir::new("runner-env");
+    let root = td.join("root");
+    fs::create_dir_all(root.join("opt/hostedtoolcache")).unwrap();
+    let env_file = root.join("etc/krunner/runner.env");
+
+    let (code, err) = run_runner_env(&root, Some("ubuntu24"));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        fs::read_to_string(&env_file).unwrap(),
+        "LANG=C.UTF-8\n\
+         RUNNER_TOOL_CACHE=/opt/hostedtoolcache\n\
+         AGENT_TOOLSDIRECTORY=/opt/hostedtoolcache\n\
+         ImageOS=ubuntu24\n"
+    );
+    assert_eq!(
+        fs::metadata(&env_file).unwrap().permissions().mode() & 0o7777,
+        0o644,
+        "readable by the agent and the runner"
+    );
+    // KEY=VALUE lines, as the agent reads them.
+    for l in fs::read_to_string(&env_file).unwrap().lines() {
+        let (k, v) = l
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not KEY=VALUE: {l}"));
+        assert!(
+            !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !v.is_empty(),
+            "{l}"
+        );
+    }
+
+    // No ImageOS (Fedora): no such line; written anew, not appended.
+    let (code, err) = run_runner_env(&root, Some(""));
+    assert_eq!(code, Some(0), "{err}");
+    let text = fs::read_to_string(&env_file).unwrap();
+    assert!(!text.contains("ImageOS"), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+
+    // The tool cache comes with the runner user: without it, the build stops.
+    fs::remove_dir(root.join("opt/hostedtoolcache")).unwrap();
+    let (code, err) = run_runner_env(&root, None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/opt/hostedtoolcache"), "{err}");
+}
+
+/// A bench for `images/common/check-runner-needs.sh`: stand-ins for `id` and `ldconfig`, and a
+/// `ROOT` with the files an image of krunner's has.
+struct NeedsBench {
+    td: TestDir,
+    bin: PathBuf,
+    root: PathBuf,
+}
+
+const LDCACHE: &str = "5 libs found in cache `/etc/ld.so.cache'
+\tlibz.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libz.so.1
+\tlibssl.so.3 (libc6,x86-64) => /lib/x86_64-linux-gnu/libssl.so.3
+\tlibicuuc.so.74 (libc6,x86-64) => /lib/x86_64-linux-gnu/libicuuc.so.74
+\tlibgssapi_krb5.so.2 (libc6,x86-64) => /lib/x86_64-linux-gnu/libgssapi_krb5.so.2
+\tlibc.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libc.so.6
+";
+
+impl NeedsBench {
+    fn new() -> NeedsBench {
+        let td = TestDir::new("runner-needs");
+        let bin = td.join("bin");
+        let root = td.join("root");
+        fs::create_dir_all(&bin).unwrap();
+        fs::create_dir_all(root.join("etc/krunner")).unwrap();
+        fs::create_dir_all(root.join("opt/hostedtoolcache")).unwrap();
+        fs::write(root.join("etc/krunner/runner.env"), "LANG=C.UTF-8\n").unwrap();
+        let script = |name: &str, body: &str| {
+            let p = bin.join(name);
+            fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        script(
+            "id",
+            "case \"$*\" in\n\
+             \"-u runner\") [ -n \"$FAKE_UID\" ] || exit 1; echo \"$FAKE_UID\" ;;\n\
+             \"-nG runner\") [ -n \"$FAKE_UID\" ] || exit 1; echo \"$FAKE_GROUPS\" ;;\n\
+             *) exit 2 ;;\n\
+             esac\n",
+        );
+        script("ldconfig", "[ \"$1\" = -p ] && cat \"$FAKE_LDCACHE\"\n");
+        for t in ["su", "mount", "umount"] {
+            script(t, "exit 0\n");
+        }
+        for t in ["sh", "env", "grep", "cat"] {
+            let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|d| d.join(t))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| panic!("{t} on PATH"));
+            std::os::unix::fs::symlink(real, bin.join(t)).unwrap();
+        }
+        fs::write(td.join("ldcache"), LDCACHE).unwrap();
+        NeedsBench { td, bin, root }
+    }
+
+    /// Runs the check; its exit code and the lines it printed on stderr.
+    fn run(&self, uid: &str, groups: &str) -> (Option<i32>, Vec<String>) {
+        let out = Command::new("/bin/sh")
+            .arg(images_dir().join("common/check-runner-needs.sh"))
+            .env_clear()
+            .env("PATH", &self.bin)
+            .env("ROOT", &self.root)
+            .env("FAKE_UID", uid)
+            .env("FAKE_GROUPS", groups)
+            .env("FAKE_LDCACHE", self.td.join("ldcache"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(String::from)
+            .collect();
+        (out.status.code(), err)
+    }
+
+    /// Asserts that the check fails with exactly one complaint, mentioning `needle`.
+    #[track_caller]
+    fn fails_with(&self, uid: &str, groups: &str, needle: &str) {
+        let (code, err) = self.run(uid, groups);
+        assert_eq!(
+            code,
+            Some(1),
+            "expected a failure about {needle:?}: {err:?}"
+        );
+        assert!(
+            err.len() == 1 && err[0].contains(needle),
+            "expected one complaint about {needle:?}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn runner_needs_check_passes_a_good_image_and_names_what_is_missing() {
+    let b = NeedsBench::new();
+    let (code, err) = b.run("1001", "runner docker");
+    assert_eq!(code, Some(0), "a good image passes: {err:?}");
+    assert!(err.is_empty(), "{err:?}");
+
+    b.fails_with("1000", "runner docker", "uid 1001 (1000)");
+    b.fails_with("1001", "runner", "group docker");
+    let (code, err) = b.run("", "");
+    assert_eq!(code, Some(1));
+    assert!(err.iter().any(|l| l.contains("no such user")), "{err:?}");
+
+    for (lib, what) in [
+        ("libicuuc.so.74", "ICU"),
+        ("libssl.so.3", "OpenSSL"),
+        ("libgssapi_krb5.so.2", "Kerberos"),
+        ("libz.so.1", "zlib"),
     ] {
-        assert!(
-            script.contains(needle),
-            "install-runner.sh lacks {needle:?}"
-        );
+        let cache: String = if lib == "libssl.so.3" {
+            // OpenSSL 1.1 is not the one the runner's .NET wants.
+            LDCACHE.replace("libssl.so.3", "libssl.so.1.1")
+        } else {
+            LDCACHE
+                .lines()
+                .filter(|l| !l.contains(&format!("\t{lib} ")))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        fs::write(b.td.join("ldcache"), cache).unwrap();
+        b.fails_with("1001", "runner docker", what);
     }
+    fs::write(b.td.join("ldcache"), LDCACHE).unwrap();
+
+    fs::remove_file(b.bin.join("su")).unwrap();
+    b.fails_with("1001", "runner docker", "no su");
+    fs::write(b.bin.join("su"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(b.bin.join("su"), fs::Permissions::from_mode(0o755)).unwrap();
+
+    fs::create_dir_all(b.root.join("opt/actions-runner")).unwrap();
+    b.fails_with("1001", "runner docker", "/opt/actions-runner");
+    fs::remove_dir(b.root.join("opt/actions-runner")).unwrap();
+
+    fs::remove_file(b.root.join("etc/krunner/runner.env")).unwrap();
+    b.fails_with("1001", "runner docker", "runner.env");
 }
 
 #[test]
@@ -1326,9 +1750,10 @@ fn podman_is_configured_for_a_libkrun_guest() {
 // ---------------------------------------------------------------------------------------------
 
 /// A YAML value, for the subset GitHub workflows use: block mappings and sequences, flow
-/// sequences of scalars, plain and quoted scalars, `|` block scalars.
+/// sequences of scalars, plain and quoted scalars, `|` block scalars, empty values (null).
 #[derive(Debug, Clone, PartialEq)]
 enum Yaml {
+    Null,
     Str(String),
     List(Vec<Yaml>),
     Map(Vec<(String, Yaml)>),
@@ -1435,7 +1860,7 @@ impl YamlParser {
             let rest = rest.trim_start();
             if rest.is_empty() {
                 self.pos += 1;
-                items.push(self.nested(indent, n)?);
+                items.push(self.nested(indent)?);
             } else if is_mapping_entry(rest) {
                 // `- key: value` starts a mapping whose keys sit at indent + 2.
                 let inner = indent + (t.len() - rest.len());
@@ -1472,7 +1897,7 @@ impl YamlParser {
             }
             self.pos += 1;
             let value = if rest.is_empty() {
-                self.nested(indent, n)?
+                self.nested(indent)?
             } else if rest == "|" || rest == "|-" || rest == ">" {
                 self.block_scalar(indent)
             } else {
@@ -1483,16 +1908,16 @@ impl YamlParser {
         Ok(Yaml::Map(entries))
     }
 
-    /// The value of a `key:` (or `-`) with nothing after it: a deeper block, or a sequence at
-    /// the same indentation.
-    fn nested(&mut self, indent: usize, n: usize) -> Result<Yaml, String> {
+    /// The value of a `key:` (or `-`) with nothing after it: a deeper block, a sequence at
+    /// the same indentation, or else null (`workflow_dispatch:`).
+    fn nested(&mut self, indent: usize) -> Result<Yaml, String> {
         self.skip_blank();
         match self.lines.get(self.pos).cloned() {
             Some((_, ind, _)) if ind > indent => self.block(ind),
             Some((_, ind, t)) if ind == indent && (t.starts_with("- ") || t == "-") => {
                 self.list(indent)
             }
-            _ => Err(format!("line {n}: empty value")),
+            _ => Ok(Yaml::Null),
         }
     }
 
@@ -1598,10 +2023,14 @@ fn yaml_reader_reads_and_refuses() {
         "a: [1, 2\n",
         "a: \"x\n",
         "just text\n",
-        "a:\n",
     ] {
         assert!(Yaml::parse(bad).is_err(), "accepted {bad:?}");
     }
+    // An empty value is null, as in `workflow_dispatch:`; a deeper block is not empty.
+    let doc = Yaml::parse("a:\nb:\n  c: 1\nd:\n").unwrap();
+    assert_eq!(doc.get("a"), Some(&Yaml::Null));
+    assert_eq!(doc.get("b").unwrap().get("c").unwrap().as_str(), Some("1"));
+    assert_eq!(doc.get("d"), Some(&Yaml::Null));
 }
 
 #[test]
@@ -1662,9 +2091,477 @@ fn images_workflow_is_well_formed() {
         "multi-arch: linux/amd64 and linux/arm64"
     );
     assert!(text.contains("qemu-user-static"), "arm64 through qemu");
-    // The names krunner's short names resolve to.
+    // The names krunner's short names resolve to (and where, see
+    // one_owner_names_the_repository_the_default_image_repo_and_the_pushed_images).
     let build = fs::read_to_string(images_dir().join("build.sh")).unwrap();
     assert!(build.contains("$repo/runner-$distro:$tag"));
     assert!(text.contains("--repo \"ghcr.io/$owner\""));
+    // No runner in the images, so no runner version to build or tag: latest, the commit and
+    // the date of the packages.
     assert!(text.contains("--tag latest"));
+    assert!(text.contains("--tag \"$GITHUB_SHA\""));
+    assert!(text.contains("--tag \"$(date -u +%Y%m%d)\""));
+    for gone in ["runner-version", "runner_version", "inputs."] {
+        assert!(!text.contains(gone), "images.yml still has {gone}");
+    }
+    assert_eq!(
+        on.get("workflow_dispatch"),
+        Some(&Yaml::Null),
+        "workflow_dispatch takes no runner version"
+    );
+    assert!(
+        !text.contains("GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}"),
+        "build.sh asks GitHub's API nothing now: no token for it"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// One owner: the repository, krunner's default image repository, the images pushed
+// ---------------------------------------------------------------------------------------------
+
+/// `OWNER` of `https://github.com/OWNER/NAME`.
+fn github_owner(url: &str) -> Option<&str> {
+    let path = url
+        .strip_prefix("https://github.com/")?
+        .trim_end_matches('/');
+    let (owner, name) = path.split_once('/')?;
+    (!owner.is_empty() && !name.is_empty() && !name.contains('/')).then_some(owner)
+}
+
+/// `ghcr.io/<owner>` for the owner of Cargo.toml's `repository`: where the short names must
+/// resolve.
+fn expected_image_repo() -> String {
+    let repository = env!("CARGO_PKG_REPOSITORY");
+    let owner = github_owner(repository).unwrap_or_else(|| {
+        panic!("Cargo.toml: repository {repository:?} is not https://github.com/OWNER/NAME")
+    });
+    format!("ghcr.io/{}", owner.to_ascii_lowercase())
+}
+
+/// The default of `option` in a command's `--help`: the `[default: …]` of its block.
+fn help_default(help: &str, option: &str) -> Option<String> {
+    let mut lines = help
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&format!("{option} ")));
+    lines.next()?;
+    for l in lines {
+        let t = l.trim();
+        if t.starts_with('-') {
+            return None; // the next option
+        }
+        if let Some(d) = t
+            .strip_prefix("[default: ")
+            .and_then(|d| d.strip_suffix(']'))
+        {
+            return Some(d.to_string());
+        }
+    }
+    None
+}
+
+/// The default `--image-repo` that the built krunner shows.
+fn krunner_default_image_repo() -> String {
+    let td = TestDir::new("default-image-repo");
+    let out = Krunner::new(&td).args(["pull", "--help"]).run();
+    out.success();
+    help_default(&out.stdout, "--image-repo")
+        .unwrap_or_else(|| panic!("no [default: …] for --image-repo in\n{out}"))
+}
+
+/// Stand-ins for `buildah` (records its arguments) and `sudo` (drops its options, runs the
+/// rest), to see what images/build.sh and the images workflow would push.
+struct PushBench {
+    td: TestDir,
+    bin: PathBuf,
+}
+
+impl PushBench {
+    fn new() -> PushBench {
+        let td = TestDir::new("image-push");
+        let bin = td.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        for (name, body) in [
+            ("buildah", "printf '%s\\n' \"$*\" >>\"$BUILDAH_LOG\"\n"),
+            (
+                "sudo",
+                "while [ $# -gt 0 ]; do case $1 in -*) shift ;; *) break ;; esac; done\nexec \"$@\"\n",
+            ),
+        ] {
+            let p = bin.join(name);
+            fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        PushBench { td, bin }
+    }
+
+    /// Runs `program args…` from the repository's root with `env`; returns the references
+    /// (`REPO/NAME:TAG`) that `buildah manifest push` was given.
+    fn pushes(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+        let log = self.td.join("buildah.log");
+        let _ = fs::remove_file(&log);
+        let path = format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_clear()
+            .env("PATH", path)
+            .env("BUILDAH_LOG", &log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_tool(&mut cmd);
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("manifest push "))
+            .map(|l| {
+                let target = l.rsplit(' ').next().unwrap();
+                target
+                    .strip_prefix("docker://")
+                    .unwrap_or_else(|| panic!("not a docker:// target: {l}"))
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+/// The `run:` script of the images workflow's step that runs images/build.sh.
+fn workflow_build_script(text: &str) -> String {
+    let doc = Yaml::parse(text).unwrap_or_else(|e| panic!("images.yml: {e}"));
+    let jobs = doc.get("jobs").and_then(Yaml::as_map).expect("jobs:");
+    let scripts: Vec<&str> = jobs
+        .iter()
+        .filter_map(|(_, job)| job.get("steps").and_then(Yaml::as_list))
+        .flatten()
+        .filter_map(|step| step.get("run").and_then(Yaml::as_str))
+        .filter(|run| run.contains("images/build.sh"))
+        .collect();
+    assert_eq!(scripts.len(), 1, "one step runs images/build.sh");
+    scripts[0].to_string()
+}
+
+/// What the images workflow's build step pushes for both distributions when it runs on
+/// `event` in a repository of `owner`, as GitHub runs a `run:` script (bash -e -o pipefail).
+fn workflow_pushes(b: &PushBench, script: &str, owner: &str, event: &str) -> Vec<String> {
+    let mut all = Vec::new();
+    for distro in ["ubuntu", "fedora"] {
+        all.extend(b.pushes(
+            "bash",
+            &["--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+            &[
+                ("GITHUB_REPOSITORY_OWNER", owner),
+                ("GITHUB_REPOSITORY", &format!("{owner}/krunner")),
+                ("GITHUB_SERVER_URL", "https://github.com"),
+                ("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567"),
+                ("EVENT", event),
+                ("DISTRO", distro),
+            ],
+        ));
+    }
+    all
+}
+
+/// Where each piece names the owner of krunner's images.
+#[derive(Debug, Clone)]
+struct Owners {
+    /// Cargo.toml's `repository`.
+    repository: String,
+    /// The `--image-repo` default that krunner shows.
+    default_image_repo: String,
+    /// What the images workflow pushes (`REPO/NAME:TAG`) when it runs in that repository.
+    workflow_pushes: Vec<String>,
+    /// What `images/build.sh --push` pushes without `--repo`.
+    build_sh_pushes: Vec<String>,
+    /// The runner Containerfiles' default `BASE`.
+    containerfile_bases: Vec<String>,
+}
+
+/// Checks that every piece names the owner of the repository; returns `ghcr.io/<owner>`.
+fn check_one_owner(o: &Owners) -> Result<String, String> {
+    let owner = github_owner(&o.repository)
+        .ok_or_else(|| format!("repository {:?} is not on github.com", o.repository))?;
+    let repo = format!("ghcr.io/{}", owner.to_ascii_lowercase());
+    if o.default_image_repo != repo {
+        return Err(format!(
+            "krunner's default --image-repo is {}, but the repository is {}: expected {repo}",
+            o.default_image_repo, o.repository
+        ));
+    }
+    for (what, pushes) in [
+        ("the images workflow", &o.workflow_pushes),
+        ("images/build.sh", &o.build_sh_pushes),
+    ] {
+        if let Some(p) = pushes.iter().find(|p| !p.starts_with(&format!("{repo}/"))) {
+            return Err(format!("{what} pushes {p}, not under {repo}"));
+        }
+        for name in ["runner-ubuntu", "runner-fedora"] {
+            if !pushes
+                .iter()
+                .any(|p| p.starts_with(&format!("{repo}/{name}:latest")))
+            {
+                return Err(format!(
+                    "{what} does not push {repo}/{name}:latest: {pushes:?}"
+                ));
+            }
+        }
+    }
+    if let Some(b) = o
+        .containerfile_bases
+        .iter()
+        .find(|b| !b.starts_with(&format!("{repo}/runner-")))
+    {
+        return Err(format!(
+            "a runner Containerfile builds on {b}, not under {repo}"
+        ));
+    }
+    Ok(repo)
+}
+
+/// The pieces as they are in the repository.
+fn owners(b: &PushBench, workflow_script: &str) -> Owners {
+    let repository = env!("CARGO_PKG_REPOSITORY").to_string();
+    let owner = github_owner(&repository).unwrap_or_default().to_string();
+    let mut default_image_repo = krunner_default_image_repo();
+    if let Some(built_with) = option_env!("KRUNNER_DEFAULT_IMAGE_REPO") {
+        // A build for a fork's release names the fork's images on purpose.
+        assert_eq!(default_image_repo, built_with);
+        eprintln!("KRUNNER_DEFAULT_IMAGE_REPO={built_with} at build time: not compared");
+        default_image_repo = expected_image_repo();
+    }
+    Owners {
+        repository,
+        default_image_repo,
+        workflow_pushes: workflow_pushes(b, workflow_script, &owner, "push"),
+        build_sh_pushes: b.pushes(
+            "sh",
+            &[
+                "images/build.sh",
+                "--push",
+                "-p",
+                "linux/amd64",
+                "ubuntu",
+                "fedora",
+            ],
+            &[],
+        ),
+        containerfile_bases: ["ubuntu", "fedora"]
+            .iter()
+            .map(|d| {
+                let ins =
+                    lint_containerfile(&images_dir().join(d).join("Containerfile"), &images_dir());
+                arg_default(&ins, "BASE").unwrap_or_default()
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn one_owner_names_the_repository_the_default_image_repo_and_the_pushed_images() {
+    let b = PushBench::new();
+    let text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/images.yml"),
+    )
+    .unwrap();
+    let script = workflow_build_script(&text);
+    let o = owners(&b, &script);
+    let repo = check_one_owner(&o).unwrap_or_else(|e| panic!("{e}\n{o:#?}"));
+    assert_eq!(repo, "ghcr.io/krunner", "github.com/krunner/krunner");
+    assert_eq!(o.repository, "https://github.com/krunner/krunner");
+
+    // The workflow pushes both images and their bases, multi-arch, under three tags each.
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    for name in [
+        "runner-ubuntu",
+        "runner-ubuntu-base",
+        "runner-fedora",
+        "runner-fedora-base",
+    ] {
+        let tags: Vec<&str> = o
+            .workflow_pushes
+            .iter()
+            .filter_map(|p| p.strip_prefix(&format!("{repo}/{name}:")))
+            .collect();
+        assert_eq!(tags.len(), 3, "{name}: {tags:?}");
+        assert_eq!(tags[..2], ["latest", sha], "{name}");
+        assert!(
+            tags[2].len() == 8 && tags[2].bytes().all(|c| c.is_ascii_digit()),
+            "{name}: the third tag is the date, YYYYMMDD: {}",
+            tags[2]
+        );
+    }
+    // ghcr.io wants lower case: an owner spelt with capitals still pushes there.
+    let pushes = workflow_pushes(&b, &script, "KRunner", "push");
+    assert!(
+        !pushes.is_empty() && pushes.iter().all(|p| p.starts_with("ghcr.io/krunner/")),
+        "{pushes:?}"
+    );
+    // Pull requests build without pushing.
+    assert_eq!(
+        workflow_pushes(&b, &script, "krunner", "pull_request"),
+        Vec::<String>::new()
+    );
+
+    // The documentation names the same default, and no other owner.
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("| `KRUNNER_IMAGE_REPO` | `{repo}` |")),
+        "README.md: the --image-repo row shows the default {repo}"
+    );
+    let images_readme = fs::read_to_string(images_dir().join("README.md")).unwrap();
+    assert!(
+        images_readme.contains(&format!("The default repository is `{repo}`")),
+        "images/README.md names the default {repo}"
+    );
+    // Wherever krunner's images are named, they are under that owner; the old owner is gone.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = files_under(&images_dir());
+    files.extend(files_under(&root.join(".github/workflows")));
+    files.extend(files_under(&root.join("src")));
+    files.extend(files_under(&root.join("tests/it")));
+    files.extend(["README.md", "Cargo.toml"].map(|f| root.join(f)));
+    let mut named = 0;
+    for f in files {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        if f.ends_with("tests/it/images.rs") {
+            continue; // names other owners on purpose, to see the checks fail
+        }
+        assert!(
+            !text.contains("ghcr.io/krunner-dev"),
+            "{} still names ghcr.io/krunner-dev",
+            f.display()
+        );
+        named += krunner_images_named(&text)
+            .into_iter()
+            .inspect(|(owner, image)| {
+                assert_eq!(
+                    format!("ghcr.io/{owner}"),
+                    repo,
+                    "{} names {image} under another owner",
+                    f.display()
+                )
+            })
+            .count();
+    }
+    assert!(named >= 3, "krunner's images are named only {named} times");
+}
+
+/// `(owner, ghcr.io/OWNER/runner-…)` for each of krunner's images named in `text`, but for
+/// placeholders (`ghcr.io/$owner/…`, `ghcr.io/<owner>/…`, `ghcr.io/YOU/…`).
+fn krunner_images_named(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("ghcr.io/") {
+        let rest = &text[i + "ghcr.io/".len()..];
+        // GitHub owners: letters, digits, hyphens.
+        let owner: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        let Some(image) = rest[owner.len()..].strip_prefix('/') else {
+            continue;
+        };
+        let is_krunners = ["runner-ubuntu", "runner-fedora"]
+            .iter()
+            .any(|n| image.starts_with(n));
+        if is_krunners && !owner.is_empty() && !["you", "YOU"].contains(&owner.as_str()) {
+            let name: String = image
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "-_.:".contains(*c))
+                .collect();
+            out.push((owner.clone(), format!("ghcr.io/{owner}/{name}")));
+        }
+    }
+    out
+}
+
+#[test]
+fn one_owner_check_fails_when_they_disagree() {
+    let b = PushBench::new();
+    let text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/images.yml"),
+    )
+    .unwrap();
+    let script = workflow_build_script(&text);
+    let good = owners(&b, &script);
+    check_one_owner(&good).unwrap();
+
+    let mut o = good.clone();
+    o.default_image_repo = "ghcr.io/krunner-dev".into();
+    assert!(
+        check_one_owner(&o).is_err(),
+        "a default under another owner"
+    );
+
+    let mut o = good.clone();
+    o.repository = "https://github.com/someone-else/krunner".into();
+    assert!(
+        check_one_owner(&o).is_err(),
+        "a repository of another owner"
+    );
+
+    // A workflow that pushes elsewhere, run as the real one is.
+    let elsewhere = script.replace("ghcr.io/$owner", "ghcr.io/krunner-dev");
+    assert_ne!(elsewhere, script);
+    let mut o = good.clone();
+    o.workflow_pushes = workflow_pushes(&b, &elsewhere, "krunner", "push");
+    let e = check_one_owner(&o).expect_err("a workflow pushing under another owner");
+    assert!(e.contains("ghcr.io/krunner-dev/runner-"), "{e}");
+
+    let mut o = good.clone();
+    o.workflow_pushes.retain(|p| !p.contains("/runner-fedora:"));
+    let e = check_one_owner(&o).expect_err("a workflow that does not push runner-fedora");
+    assert!(e.contains("runner-fedora"), "{e}");
+
+    let mut o = good.clone();
+    o.build_sh_pushes = b.pushes(
+        "sh",
+        &[
+            "images/build.sh",
+            "--push",
+            "-p",
+            "linux/amd64",
+            "ubuntu",
+            "fedora",
+        ],
+        &[("KRUNNER_IMAGE_REPO", "ghcr.io/krunner-dev")],
+    );
+    assert!(check_one_owner(&o).is_err(), "build.sh pushing elsewhere");
+
+    let mut o = good;
+    o.containerfile_bases[1] = "ghcr.io/krunner-dev/runner-fedora-base:latest".into();
+    assert!(check_one_owner(&o).is_err(), "a base under another owner");
+
+    assert_eq!(
+        krunner_images_named(
+            "FROM ghcr.io/krunner-dev/runner-fedora-base:latest, ghcr.io/$owner/runner-ubuntu, \
+             ghcr.io/actions/actions-runner, ghcr.io/YOU/runner-ubuntu, ghcr.io/org/img"
+        ),
+        [(
+            "krunner-dev".to_string(),
+            "ghcr.io/krunner-dev/runner-fedora-base:latest".to_string()
+        )],
+        "the scan sees krunner's images under another owner, and only them"
+    );
+    assert_eq!(
+        help_default(
+            "      --image-repo <PREFIX>\n          Prefix\n\n          [env: X=]\n          [default: ghcr.io/x]\n\n      --next <N>\n          [default: 4]\n",
+            "--image-repo"
+        )
+        .as_deref(),
+        Some("ghcr.io/x")
+    );
+    assert_eq!(
+        help_default(
+            "      --image-repo <PREFIX>\n      --next <N>\n          [default: 4]\n",
+            "--image-repo"
+        ),
+        None,
+        "another option's default is not this one's"
+    );
 }
