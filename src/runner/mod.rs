@@ -220,9 +220,9 @@ pub enum RunnerError {
         version: Version,
         /// The tarball.
         asset: String,
-        /// Why.
+        /// Why (boxed: it is large, and rare).
         #[source]
-        source: crate::image::unpack::UnpackError,
+        source: Box<crate::image::unpack::UnpackError>,
     },
     /// A runner tarball without `bin/Runner.Listener`.
     #[error("runner {version}: {asset} holds no bin/Runner.Listener")]

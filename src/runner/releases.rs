@@ -130,7 +130,7 @@ pub fn parse_listing(bytes: &[u8]) -> Result<Vec<Release>, String> {
             })
         })
         .collect();
-    out.sort_by(|a, b| b.version.cmp(&a.version));
+    out.sort_by_key(|r| std::cmp::Reverse(r.version));
     Ok(out)
 }
 

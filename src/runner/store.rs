@@ -284,7 +284,7 @@ fn unpack_tree(
     .map_err(|source| RunnerError::Unpack {
         version: d.version,
         asset: d.asset.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let listener = root.join("bin/Runner.Listener");
     if !fs::symlink_metadata(&listener).is_ok_and(|m| m.is_file()) {

@@ -53,18 +53,18 @@ fn image(tag: &str, own: Option<&str>, icu: bool) -> String {
             layer.push(Entry::dir("opt"));
             layer.push(Entry::dir(r).owner(1001, 1001));
         }
-        layer.push(Entry::dir(&format!("{r}/bin")).owner(1001, 1001));
+        layer.push(Entry::dir(format!("{r}/bin")).owner(1001, 1001));
         layer.push(
             Entry::file(
-                &format!("{r}/bin/Runner.Listener"),
+                format!("{r}/bin/Runner.Listener"),
                 listener(&format!("image-{r}")),
             )
             .mode(0o755)
             .owner(1001, 1001),
         );
-        layer.push(Entry::file(&format!("{r}/image-only"), "from the image"));
+        layer.push(Entry::file(format!("{r}/image-only"), "from the image"));
         layer.push(Entry::file(
-            &format!("{r}/bin/Runner.Listener.deps.json"),
+            format!("{r}/bin/Runner.Listener.deps.json"),
             "{\"libraries\": {\"Runner.Listener/2.300.0\": {}}}",
         ));
     }
