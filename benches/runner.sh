@@ -12,12 +12,14 @@
 #   KRUNNER     krunner binary         [target/release/krunner, built if absent]
 #   BENCH_DIR   work dir               [/var/tmp/krunner-bench]
 #   ROUNDS      rounds per variant     [10]
+#   PER_START   runs per krunner start [5]: the per-run figure is a start's wall time over these
 set -euo pipefail
 export LC_ALL=C
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-/var/tmp/krunner-bench}
 ROUNDS=${ROUNDS:-10}
+PER_START=${PER_START:-5}
 TAG=bench
 REBUILD_IMAGE=0
 VERSION=2.330.0
@@ -62,17 +64,18 @@ os_image() {
 	rm -rf "$b"
 }
 
-# one_run VARIANT IMAGE ARGS…: one `krunner run -n 1 -r 1`, its wall time recorded.
+# one_run VARIANT RUNS IMAGE ARGS…: one `krunner run -n 1 -r RUNS`, its wall time over RUNS
+# recorded.
 one_run() {
-	local variant=$1 image=$2 t0 t1
-	shift 2
+	local variant=$1 runs=$2 image=$3 t0 t1
+	shift 3
 	now_us t0
 	KRUNNER_TOKEN=bench-pat "$KRUNNER" --cache-dir "$WORK/cache" -q run --backend namespace \
-		-n 1 -r 1 --pull never --api-url "http://127.0.0.1:$SIM_PORT" -p bench/repo -i "$image" \
+		-n 1 -r "$runs" --pull never --api-url "http://127.0.0.1:$SIM_PORT" -p bench/repo -i "$image" \
 		--name-prefix "bench-$variant" --runner-releases-url "$RELEASES" "$@" \
 		>"$WORK/krunner.log" 2>&1 || { tail -20 "$WORK/krunner.log" >&2; die "krunner run ($variant) failed"; }
 	now_us t1
-	record "$variant" run "$((t1 - t0))"
+	record "$variant" run "$(((t1 - t0) / runs))"
 }
 
 main() {
@@ -112,30 +115,37 @@ main() {
 	"$KRUNNER" --cache-dir "$WORK/cache" -q pull "$baked" >/dev/null
 
 	log "first provided run: downloads, verifies and unpacks the runner"
-	one_run first "$os" --runner provided
-	one_run warm-baked "$baked" --runner image
+	one_run first 1 "$os" --runner provided
+	one_run warm-baked 1 "$baked" --runner image
 	local i
 	for ((i = 1; i <= ROUNDS; i++)); do
 		log "round $i/$ROUNDS"
-		one_run baked "$baked" --runner image
-		one_run provided "$os" --runner provided
+		one_run baked 1 "$baked" --runner image
+		one_run provided 1 "$os" --runner provided
+		one_run baked-n "$PER_START" "$baked" --runner image
+		one_run provided-n "$PER_START" "$os" --runner provided
 	done
-	local b p
+	local b p bn pn
 	b=$(med_ms baked run)
 	p=$(med_ms provided run)
+	bn=$(med_ms baked-n run)
+	pn=$(med_ms provided-n run)
 	echo
 	echo "== the provided runner against a baked one (namespace backend, GitHub simulator) =="
 	echo "krunner:  $KRUNNER ($("$KRUNNER" --version 2>/dev/null | head -1 || echo '?'))"
 	echo "host:     $(nproc) CPUs, $(uname -r); load average $(loadavg); cache on $(fstype "$WORK")"
-	echo "rounds:   $ROUNDS per variant, alternating; one run = krunner run -n 1 -r 1 (start, register, guest, job, cleanup)"
+	echo "rounds:   $ROUNDS per variant, alternating; a start = krunner run -n 1 -r N (start, then per run: register, guest, job, cleanup)"
 	echo
-	printf '%-56s %9s ms\n' "runner baked into the image (--runner image), median" "$b"
-	printf '%-56s %9s ms\n' "runner provided by the host (--runner provided), median" "$p"
-	printf '%-56s %9s\n' "ratio provided / baked" "$(awk -v a="$p" -v b="$b" 'BEGIN { printf "%.3f", a / b }')"
-	printf '%-56s %9s ms\n' "first provided run (download + verify + unpack)" "$(med_ms first run)"
+	printf '%-60s %9s ms\n' "-r 1, whole start: runner baked into the image, median" "$b"
+	printf '%-60s %9s ms\n' "-r 1, whole start: runner provided by the host, median" "$p"
+	printf '%-60s %9s\n' "  ratio provided / baked" "$(awk -v a="$p" -v b="$b" 'BEGIN { printf "%.3f", a / b }')"
+	printf '%-60s %9s ms\n' "-r $PER_START, per run: runner baked into the image, median" "$bn"
+	printf '%-60s %9s ms\n' "-r $PER_START, per run: runner provided by the host, median" "$pn"
+	printf '%-60s %9s\n' "  ratio provided / baked" "$(awk -v a="$pn" -v b="$bn" 'BEGIN { printf "%.3f", a / b }')"
+	printf '%-60s %9s ms\n' "first provided start (download + verify + unpack), -r 1" "$(med_ms first run)"
 	echo
-	printf '%-56s %9s MB\n' "the runner tree in the cache (once per version)" "$(mb "$(du -sb "$WORK/cache/runners" | cut -f1)")"
-	printf '%-56s %9s MB\n' "the stand-in tarball" "$(mb "$(stat -c %s "$WORK/$asset")")"
+	printf '%-60s %9s KB\n' "the runner tree in the cache (once per version)" "$(du -sk "$WORK/cache/runners" | cut -f1)"
+	printf '%-60s %9s KB\n' "the stand-in tarball" "$(($(stat -c %s "$WORK/$asset") / 1024))"
 	echo "note: a provided runner is an overlay layer: nothing of it is copied per run, whatever its size"
 	echo "      (the real runner is ~200 MB unpacked; this stand-in is a few KB)."
 }

@@ -474,11 +474,11 @@ async fn runner_plan(
             let current = supply.current();
             tracing::info!(
                 "guests run the provided actions runner {} ({})",
-                current.version,
-                current.arch
+                current.installed.version,
+                current.installed.arch
             );
             // Versions no run or other krunner uses any more go now; later, at each update.
-            let gone = tokio::task::spawn_blocking(move || runners.prune(&[&current.sha256]))
+            let gone = tokio::task::spawn_blocking(move || runners.prune(&[&current.installed.sha256]))
                 .await
                 .context("runner prune task")??;
             for g in gone {

@@ -20,6 +20,7 @@
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cgroup::{self, Limits, RunCgroup};
@@ -37,7 +38,7 @@ use crate::jail::egress::EgressPolicy;
 use crate::jail::netns::NetJail;
 use crate::jail::{JailError, Tools};
 use crate::rootfs::{self, CloneMethod};
-use crate::runner::store::Installed;
+use crate::runner::supply::Current;
 
 /// What can go wrong around a run (not inside the guest: that is [`VmExit`]).
 #[derive(Debug, thiserror::Error)]
@@ -215,8 +216,9 @@ pub struct RunRequest {
     /// The guest's network: a jail of its own with an egress policy, or the host's.
     pub egress: EgressPolicy,
     /// A provided actions runner to present at `/opt/actions-runner` (a layer above the
-    /// image; a copy when the clone is one). The run holds it in use.
-    pub runner: Option<Installed>,
+    /// image; a copy when the clone is one). It is held in use (its lock, shared) for as long
+    /// as the request lives, so no update prunes it under the run.
+    pub runner: Option<Arc<Current>>,
 }
 
 /// What the guest agent runs.
@@ -419,11 +421,19 @@ impl Launcher {
         };
         // Reading what the guest wrote and removing the run directory are blocking file work.
         let id = run_id.clone();
-        tokio::task::spawn_blocking(move || claimed.collect(run_id, exit, output, &clock, cgroup))
-            .await
-            .map_err(|e| {
-                LaunchError::io(&id, "collect the run's outcome")(std::io::Error::other(e))
-            })?
+        let log = match &req.output {
+            Output::File(p) => Some(p.clone()),
+            _ => None,
+        };
+        tokio::task::spawn_blocking(move || {
+            let outcome = claimed.collect(run_id, exit, output, &clock, cgroup)?;
+            if let Some(log) = log {
+                note_end(&log, &outcome);
+            }
+            Ok(outcome)
+        })
+        .await
+        .map_err(|e| LaunchError::io(&id, "collect the run's outcome")(std::io::Error::other(e)))?
     }
 
     /// Takes the image's rootfs lock shared (so `prune` keeps it) and the run's own lock, and
@@ -432,14 +442,6 @@ impl Launcher {
         let image_lock = match &req.manifest {
             Some(m) => Some(
                 self.lock(LockName::Rootfs(m.clone()), LockMode::Shared)
-                    .await
-                    .map_err(LaunchError::cache(run_id))?,
-            ),
-            None => None,
-        };
-        let runner_lock = match &req.runner {
-            Some(r) => Some(
-                self.lock(LockName::Runner(r.sha256.clone()), LockMode::Shared)
                     .await
                     .map_err(LaunchError::cache(run_id))?,
             ),
@@ -462,7 +464,6 @@ impl Launcher {
             dir,
             _run_lock: run_lock,
             _image_lock: image_lock,
-            _runner_lock: runner_lock,
         })
     }
 
@@ -478,7 +479,7 @@ impl Launcher {
         cgroup: Option<PathBuf>,
     ) -> Result<Staged, LaunchError> {
         let t = Instant::now();
-        let runner = req.runner.as_ref().map(|r| r.tree.as_path());
+        let runner = req.runner.as_ref().map(|r| r.installed.tree.as_path());
         let root = rootfs::make_clone(self.clone_method, &req.rootfs, runner, run_dir)
             .map_err(LaunchError::clone_failed(run_id))?;
         let clone = t.elapsed();
@@ -598,8 +599,6 @@ struct ClaimedRun {
     _run_lock: LockGuard,
     /// The image's rootfs lock, shared: `prune` keeps the image.
     _image_lock: Option<LockGuard>,
-    /// The provided runner's lock, shared: no update prunes it under the run.
-    _runner_lock: Option<LockGuard>,
 }
 
 impl ClaimedRun {
@@ -629,6 +628,23 @@ impl ClaimedRun {
             out_of_memory,
             timings,
         })
+    }
+}
+
+/// Ends the run's log with how the run ended, in krunner's words: the guest's own last lines
+/// cannot say that it was killed for lack of memory or outlived its lifetime.
+fn note_end(log: &Path, outcome: &RunOutcome) {
+    let line = format!(
+        "krunner: run {} ended: {}\n",
+        outcome.run_id,
+        outcome.describe_exit()
+    );
+    let res = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = res {
+        tracing::warn!(run = %outcome.run_id, "cannot note the run's end in {}: {e}", log.display());
     }
 }
 

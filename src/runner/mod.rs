@@ -261,8 +261,9 @@ pub enum Plan {
 }
 
 impl Plan {
-    /// The runner's directory in the guest, and the layer to present there (provided only).
-    pub fn for_next_guest(&self) -> (String, Option<store::Installed>) {
+    /// The runner's directory in the guest, and the layer to present there (provided only),
+    /// held in use while the caller keeps it.
+    pub fn for_next_guest(&self) -> (String, Option<std::sync::Arc<supply::Current>>) {
         match self {
             Plan::Image { root } => (root.clone(), None),
             Plan::Provided(s) => (PROVIDED_ROOT.to_string(), Some(s.current())),

@@ -172,7 +172,7 @@ impl RunnerStore {
             if keep.contains(&i.sha256.as_str()) {
                 continue;
             }
-            let Some(_g) = self
+            let Some(guard) = self
                 .cache
                 .try_lock(&LockName::Runner(i.sha256.clone()), LockMode::Exclusive)?
             else {
@@ -186,6 +186,8 @@ impl RunnerStore {
                 cache::random_suffix()
             ));
             fs::rename(&dir, &aside).map_err(io("move aside", &dir))?;
+            // Out of sight now: the lock can go before the slow part.
+            drop(guard);
             cache::remove_tree(&aside)?;
             gone.push(i);
         }

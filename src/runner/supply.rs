@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::releases::{self, Release};
+use super::releases::{self, Download, Release};
 use super::store::{Installed, RunnerStore};
 use super::{Arch, RunnerError, Wanted};
 use crate::image::cache::LockGuard;
@@ -43,9 +43,10 @@ pub struct Supply {
 }
 
 impl Supply {
-    /// The runner to give the next guest.
-    pub fn current(&self) -> Installed {
-        self.rx.borrow().installed.clone()
+    /// The runner to give the next guest; it stays held while the returned value lives, even
+    /// after an update has moved on.
+    pub fn current(&self) -> Arc<Current> {
+        self.rx.borrow().clone()
     }
 }
 
@@ -57,33 +58,35 @@ pub async fn provision(
     http: &reqwest::Client,
     src: &Source,
 ) -> Result<(Supply, Updater), RunnerError> {
-    let cached = || store.newest(src.arch, src.wanted.exact());
-    let installed = if src.offline {
-        cached().ok_or(RunnerError::NotCached {
+    let cached = || -> Result<Option<Current>, RunnerError> {
+        match store.newest(src.arch, src.wanted.exact()) {
+            Some(i) => hold(store, &i.sha256),
+            None => Ok(None),
+        }
+    };
+    let current = if src.offline {
+        cached()?.ok_or(RunnerError::NotCached {
             wanted: src.wanted,
             arch: src.arch,
         })?
     } else {
-        match fetch_and_install(store, http, src).await {
-            Ok(i) => i,
-            Err(e) => match cached() {
-                Some(i) => {
+        match fetch_and_hold(store, http, src).await {
+            Ok(c) => c,
+            Err(e) => match cached()? {
+                Some(c) => {
                     tracing::warn!(
                         "cannot get the runner {} ({}); the cache's {} serves meanwhile",
                         src.wanted,
                         crate::error_chain(&e),
-                        i.version
+                        c.installed.version
                     );
-                    i
+                    c
                 }
                 None => return Err(e),
             },
         }
     };
-    let current = Arc::new(Current {
-        _hold: store.hold(&installed)?,
-        installed,
-    });
+    let current = Arc::new(current);
     let (tx, rx) = watch::channel(current);
     Ok((
         Supply { rx },
@@ -113,24 +116,57 @@ pub async fn wanted_release(http: &reqwest::Client, src: &Source) -> Result<Rele
     }
 }
 
-async fn fetch_and_install(
+/// The installed runner `sha256`, held; None if it is not installed (or was pruned while
+/// the lock was awaited).
+fn hold(store: &RunnerStore, sha256: &str) -> Result<Option<Current>, RunnerError> {
+    let Some(i) = store.get(sha256) else {
+        return Ok(None);
+    };
+    let guard = store.hold(&i)?;
+    Ok(store.get(sha256).map(|installed| Current {
+        installed,
+        _hold: guard,
+    }))
+}
+
+/// The wanted release, installed if it is not yet, and held.
+async fn fetch_and_hold(
     store: &RunnerStore,
     http: &reqwest::Client,
     src: &Source,
-) -> Result<Installed, RunnerError> {
+) -> Result<Current, RunnerError> {
     let release = wanted_release(http, src).await?;
     let download = release.download(src.arch)?;
-    if let Some(i) = store.get(&download.sha256) {
-        return Ok(i);
+    install_and_hold(store, http, &download, src.arch).await
+}
+
+/// `download`, installed if it is not yet, and held.
+async fn install_and_hold(
+    store: &RunnerStore,
+    http: &reqwest::Client,
+    download: &Download,
+    arch: Arch,
+) -> Result<Current, RunnerError> {
+    // A prune by another krunner may remove it between the install and the hold: try again.
+    for _ in 0..3 {
+        if let Some(c) = hold(store, &download.sha256)? {
+            return Ok(c);
+        }
+        tracing::info!(
+            "downloading the actions runner {} ({})",
+            download.version,
+            download.asset
+        );
+        let i = store.install(http, download, arch).await?;
+        tracing::info!("runner {} ready in the cache", i.version);
     }
-    tracing::info!(
-        "downloading the actions runner {} ({})",
-        download.version,
-        download.asset
-    );
-    let i = store.install(http, &download, src.arch).await?;
-    tracing::info!("runner {} ready in the cache", i.version);
-    Ok(i)
+    Err(RunnerError::Http {
+        url: download.url.clone(),
+        reason: format!(
+            "runner {} was removed from the cache as soon as it was installed",
+            download.version
+        ),
+    })
 }
 
 /// Moves new guests to new releases (`--runner-version latest`, online).
@@ -146,19 +182,18 @@ impl Updater {
     /// One check: install the wanted release if it is new, switch to it, prune what nothing
     /// uses. On an error the current runner keeps serving. Returns whether it switched.
     pub async fn check(&self) -> Result<bool, RunnerError> {
-        let installed = fetch_and_install(&self.store, &self.http, &self.src).await?;
-        let switched = installed.sha256 != self.tx.borrow().installed.sha256;
+        let release = wanted_release(&self.http, &self.src).await?;
+        let download = release.download(self.src.arch)?;
+        let switched = download.sha256 != self.tx.borrow().installed.sha256;
         if switched {
+            let current =
+                install_and_hold(&self.store, &self.http, &download, self.src.arch).await?;
             tracing::info!(
                 "new guests get the actions runner {} (was {})",
-                installed.version,
+                current.installed.version,
                 self.tx.borrow().installed.version
             );
-            let hold = self.store.hold(&installed)?;
-            self.tx.send_replace(Arc::new(Current {
-                installed,
-                _hold: hold,
-            }));
+            self.tx.send_replace(Arc::new(current));
         }
         let keep = self.tx.borrow().installed.sha256.clone();
         let store = self.store.clone();

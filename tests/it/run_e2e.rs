@@ -169,6 +169,13 @@ fn three_loops_twice_each_give_six_jit_runners_and_leave_no_registration() {
         f.sim.runners()
     );
     assert_eq!(names(&f.td.join("logs")).len(), 6, "one log per run\n{ctx}");
+    for l in names(&f.td.join("logs")) {
+        let text = std::fs::read_to_string(f.td.join("logs").join(&l)).unwrap();
+        assert!(
+            text.trim_end().ends_with("ended: exited 0") && text.contains("krunner: run "),
+            "krunner notes how the run ended at the end of {l}:\n{text}"
+        );
+    }
     assert!(names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
 }
 

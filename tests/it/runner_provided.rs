@@ -381,7 +381,7 @@ fn the_arm64_tarball_is_chosen_for_an_arm64_guest() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let http = krunner::runner::releases::client().unwrap();
     let (supply, _updater) = rt.block_on(provision(&store, &http, &src)).unwrap();
-    let got = supply.current();
+    let got = supply.current().installed.clone();
     assert_eq!(got.arch, Arch::Arm64);
     assert_eq!(
         sim.asset_downloads(&runner_asset_name("linux-arm64", "2.330.0")),
