@@ -507,6 +507,20 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_PULL", value_enum, default_value_t = PullPolicy::Missing)]
     pub pull: PullPolicy,
 
+    /// Serve the runner scale set NAME on demand instead of keeping -n runners: guests start
+    /// when GitHub assigns jobs to the set (`runs-on: NAME`), up to --max, with --min-idle
+    /// kept waiting. The set is created in --group if it does not exist.
+    #[arg(long, env = "KRUNNER_SCALE_SET", value_name = "NAME", conflicts_with_all = ["runners", "repeat"])]
+    pub scale_set: Option<String>,
+
+    /// With --scale-set: runners kept waiting for jobs.
+    #[arg(long, env = "KRUNNER_MIN_IDLE", value_name = "N", default_value_t = 0, requires = "scale_set")]
+    pub min_idle: u32,
+
+    /// With --scale-set: guests at most.
+    #[arg(long, env = "KRUNNER_MAX", value_name = "N", default_value_t = 4, requires = "scale_set", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max: u32,
+
     /// Which actions runner guests run: `auto` the image's own when it has one (at
     /// /opt/actions-runner or /home/runner), else one krunner provides; `provided` always
     /// the provided one (at /opt/actions-runner, over the image's); `image` only the image's.

@@ -23,7 +23,9 @@ use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
 use crate::launcher::spec::{check_outside_cache, Share};
 use crate::metrics::Metrics;
+use crate::github::actions::Actions;
 use crate::orchestrator::identity;
+use crate::orchestrator::scaleset::{self, ScaleSetConfig};
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
 use crate::orchestrator::{BackoffPolicy, Pool, PoolConfig, RegistrationMode, Shutdown, SlotStop};
 use crate::runner::releases;
@@ -43,6 +45,14 @@ const RUNNER_STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs the command.
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.scale_set.is_some() {
+        if args.registration == RegistrationKind::Token {
+            bail!("--scale-set registers scale-set runners with JIT configs: --registration token cannot go with it");
+        }
+        if args.min_idle > args.max {
+            bail!("--min-idle {} is more than --max {}", args.min_idle, args.max);
+        }
+    }
     let auth = auth(&args)?;
     let scope = Scope::parse(args.scope.as_str(), &args.principal)?;
     let base = api_base(args.github_host.as_deref(), args.api_url.as_deref())?;
@@ -87,6 +97,8 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     // Before the launcher sweeps anything: a second instance with this prefix stops here.
     let _instance_lock = InstanceLock::acquire(cache.root(), &prefix)?;
     let state_file = state::state_path(cache.root(), &prefix);
+    // The scale set's id, session and last message (never a token): what a restart needs.
+    let scaleset_state = state_file.with_extension("scaleset.json");
     if let Some(dir) = state_file.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
@@ -129,6 +141,61 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             let interval = Duration::from_secs(args.runner_check_interval);
             tokio::spawn(u.run(interval, shutdown.drain.clone()));
         }
+        let template = RunRequest {
+            backend: args.guest.backend,
+            rootfs: image.rootfs.clone(),
+            manifest: Some(image.manifest.clone()),
+            cpus: args.guest.cpus,
+            memory_mib: args.guest.memory,
+            shares,
+            workload: Workload::Command(Vec::new()),
+            env: Vec::new(),
+            workdir: "/".into(),
+            hostname: prefix.clone(),
+            dns: args.guest.dns.clone(),
+            max_lifetime: (args.guest.max_lifetime > 0)
+                .then(|| Duration::from_secs(args.guest.max_lifetime)),
+            stop_grace: RUNNER_STOP_GRACE,
+            output: Output::Capture,
+            krun_log_level: args.guest.krun_log_level,
+            libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
+            nofile: 1 << 20,
+            egress: egress.clone(),
+            runner: None,
+        };
+        if let Some(set) = args.scale_set.clone() {
+            let cfg = ScaleSetConfig {
+                name: set,
+                labels: args.labels.clone(),
+                runner_group: args.group.clone(),
+                min_idle: args.min_idle,
+                max: args.max,
+                name_prefix: prefix.clone(),
+                owner: instance.clone(),
+                state_file: scaleset_state,
+                log_dir,
+                drain_timeout: Duration::from_secs(args.drain_timeout),
+                template,
+                runner,
+            };
+            let actions = Actions::new(github.clone(), &base, web_url(&base, &scope)?)?;
+            tracing::info!(
+                "serving scale set {} (min idle {}, max {}) for {} from {}",
+                cfg.name,
+                cfg.min_idle,
+                cfg.max,
+                args.principal,
+                image.reference
+            );
+            let report = scaleset::run(cfg, actions, launcher, &shutdown).await?;
+            tracing::info!(
+                runs = report.runs,
+                failures = report.failures,
+                peak = report.peak,
+                "the scale set's runners ended"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         // A stalled or rate-limiting API must not keep a stop signal from ending the start.
         let prepared = tokio::select! {
             p = prepare(&github, &args, &base, &scope, &prefix, &instance) => p?,
@@ -164,28 +231,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             boot_window: Duration::from_secs(15),
             log_dir,
             keep_logs: KEEP_LOGS,
-            template: RunRequest {
-                backend: args.guest.backend,
-                rootfs: image.rootfs.clone(),
-                manifest: Some(image.manifest.clone()),
-                cpus: args.guest.cpus,
-                memory_mib: args.guest.memory,
-                shares,
-                workload: Workload::Command(Vec::new()),
-                env: Vec::new(),
-                workdir: "/".into(),
-                hostname: prefix.clone(),
-                dns: args.guest.dns.clone(),
-                max_lifetime: (args.guest.max_lifetime > 0)
-                    .then(|| Duration::from_secs(args.guest.max_lifetime)),
-                stop_grace: RUNNER_STOP_GRACE,
-                output: Output::Capture,
-                krun_log_level: args.guest.krun_log_level,
-                libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
-                nofile: 1 << 20,
-                egress: egress.clone(),
-                runner: None,
-            },
+            template,
             runner,
         };
         tracing::info!(

@@ -16,6 +16,7 @@
 //!    without its runner using the registration. Servers without JIT use
 //!    [`GitHub::registration_token`] and [`GitHub::remove_token`].
 
+pub mod actions;
 mod auth;
 mod error;
 mod http;

@@ -23,6 +23,7 @@
 pub mod backoff;
 pub mod deleter;
 pub mod identity;
+pub mod scaleset;
 pub mod slot;
 pub mod state;
 
