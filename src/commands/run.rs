@@ -98,7 +98,14 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let _instance_lock = InstanceLock::acquire(cache.root(), &prefix)?;
     let state_file = state::state_path(cache.root(), &prefix);
     // The scale set's id, session and last message (never a token): what a restart needs.
-    let scaleset_state = state_file.with_extension("scaleset.json");
+    // In a directory of its own: `krunner status` reads every JSON file of the state dir.
+    let scaleset_state = state::state_dir(cache.root())
+        .join("scalesets")
+        .join(state_file.file_name().unwrap_or_default());
+    if let Some(dir) = scaleset_state.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
     if let Some(dir) = state_file.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
@@ -175,6 +182,9 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 state_file: scaleset_state,
                 log_dir,
                 drain_timeout: Duration::from_secs(args.drain_timeout),
+                // Tests shorten it.
+                min_idle_age: env_ms("KRUNNER_SCALESET_MIN_IDLE_AGE_MS")
+                    .unwrap_or(scaleset::MIN_IDLE_AGE),
                 template,
                 runner,
             };

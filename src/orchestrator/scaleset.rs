@@ -38,7 +38,7 @@ use crate::launcher::run::{LaunchError, Launcher, Output, RunOutcome, RunRequest
 /// How often the reconciler looks again without a message.
 const TICK: Duration = Duration::from_secs(5);
 /// An idle runner younger than this is never removed: a job may have just been given to it.
-const MIN_IDLE_AGE: Duration = Duration::from_secs(30);
+pub const MIN_IDLE_AGE: Duration = Duration::from_secs(30);
 /// The longest wait between two tries after an error of the poller or the reconciler.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a session conflict (another or a dead listener's session) is waited out.
@@ -67,6 +67,8 @@ pub struct ScaleSetConfig {
     pub log_dir: PathBuf,
     /// How long busy runners may finish after the first signal.
     pub drain_timeout: Duration,
+    /// How long a runner waits before it may be removed as surplus ([`MIN_IDLE_AGE`]).
+    pub min_idle_age: Duration,
     /// The request every guest starts from.
     pub template: RunRequest,
     /// Which actions runner guests get.
@@ -509,7 +511,7 @@ impl Reconciler<'_> {
         let idle: Vec<(String, u64)> = self
             .guests
             .iter()
-            .filter(|(_, g)| !g.busy && g.started.elapsed() >= MIN_IDLE_AGE)
+            .filter(|(_, g)| !g.busy && g.started.elapsed() >= self.cfg.min_idle_age)
             .map(|(n, g)| (n.clone(), g.id))
             .collect();
         for (name, id) in idle {
