@@ -1,0 +1,271 @@
+//! `krunner run --scale-set` under the namespace backend against the simulator's Actions
+//! service: the scale set is created, its session opened, and guests follow the jobs the test
+//! queues on the set. The stand-in scale-set runner (`SCALESET_LISTENER`) reports online,
+//! asks the simulator for a job, runs it for `/mode/busy` seconds and exits.
+
+use std::time::{Duration, Instant};
+
+use crate::util::github_sim::{GitHubSim, SimJobState, SimSessionState, SCALESET_LISTENER};
+use crate::util::registry::Registry;
+use crate::util::*;
+
+const NEEDS: &[Need] = &[
+    Need::Root,
+    Need::Tool("docker-registry"),
+    Need::Tool("skopeo"),
+    Need::Tool("busybox"),
+];
+
+const SET: &str = "krun-small";
+
+fn image() -> String {
+    static PUSHED: std::sync::Once = std::sync::Once::new();
+    crate::util::oci::runner_image(
+        Registry::shared(),
+        &PUSHED,
+        "scaleset-runner:v1",
+        SCALESET_LISTENER,
+        None,
+    )
+}
+
+struct Fixture {
+    td: TestDir,
+    sim: GitHubSim,
+    mode: std::path::PathBuf,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let td = TestDir::new(name);
+    let sim = GitHubSim::start();
+    let repo = sim.add_repo("owner/repo");
+    sim.add_pat("ss-token", &[&repo]);
+    // Short long-polls: the test needs no 50 s waits.
+    sim.set_poll_wait(Duration::from_secs(1));
+    let mode = td.join("mode");
+    std::fs::create_dir_all(&mode).unwrap();
+    std::fs::set_permissions(&mode, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    Fixture { td, sim, mode }
+}
+
+fn krunner(f: &Fixture, extra: &[&str]) -> Krunner {
+    let mut k = f.td.krunner();
+    k.env("KRUNNER_TOKEN", "ss-token")
+        .env("KRUNNER_SCALESET_MIN_IDLE_AGE_MS", "1000")
+        .args([
+            "run",
+            "--backend",
+            "namespace",
+            "--api-url",
+            &f.sim.api_url(),
+            "-p",
+            "owner/repo",
+            "-i",
+            &image(),
+            "--name-prefix",
+            "ss",
+            "--log-dir",
+            f.td.join("logs").to_str().unwrap(),
+            "-M",
+            &format!("{}:/mode:ro", f.mode.display()),
+            "--scale-set",
+            SET,
+        ]);
+    k.args(extra);
+    k
+}
+
+/// Waits up to `secs` for `cond`, panicking with `what` and the simulator's log.
+fn wait_for(f: &Fixture, secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\nsim log:\n{}",
+            f.sim.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn set_id(f: &Fixture) -> u64 {
+    wait_for(f, 60, "the scale set", || {
+        f.sim.scale_sets().iter().any(|s| s.name == SET)
+    });
+    f.sim
+        .scale_sets()
+        .iter()
+        .rev()
+        .find(|s| s.name == SET)
+        .map(|s| s.id)
+        .unwrap()
+}
+
+fn alive_session(f: &Fixture, id: u64) -> bool {
+    f.sim
+        .sessions(id)
+        .iter()
+        .any(|s| s.state == SimSessionState::Alive && !s.stale)
+}
+
+fn done(f: &Fixture, id: u64) -> usize {
+    f.sim
+        .scale_set_jobs(id)
+        .iter()
+        .filter(|j| j.state == SimJobState::Completed)
+        .count()
+}
+
+fn sigint(running: &Running) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+}
+
+#[test]
+fn six_jobs_on_a_set_of_at_most_three_all_finish_and_it_shrinks_back() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("ss-six");
+    std::fs::write(f.mode.join("busy"), "2").unwrap();
+    let running = krunner(&f, &["--max", "3"]).spawn();
+    let id = set_id(&f);
+    wait_for(&f, 60, "the session", || alive_session(&f, id));
+    assert!(f.sim.runners().is_empty(), "min-idle 0: no runner before a job");
+    for _ in 0..6 {
+        f.sim.queue_job(id, &[SET]);
+    }
+    let mut peak = 0;
+    wait_for(&f, 180, "six jobs done", || {
+        peak = peak.max(f.sim.runners().len());
+        done(&f, id) == 6
+    });
+    assert!(peak <= 3, "at most --max 3 runners at once, saw {peak}");
+    assert!(peak >= 2, "the jobs ran side by side, saw {peak}");
+    wait_for(&f, 60, "the set back to min-idle 0", || {
+        f.sim.runners().is_empty()
+    });
+    assert!(f.sim.max_capacity_seen(id).is_some_and(|c| c <= 3));
+    sigint(&running);
+    let out = running.wait();
+    out.success().never_shows("ss-token");
+    assert!(
+        f.sim
+            .sessions(id)
+            .iter()
+            .all(|s| s.state == SimSessionState::Deleted),
+        "the session is closed at exit\n{out}"
+    );
+    assert!(names(&f.td.cache().join("runs")).is_empty(), "{out}");
+}
+
+#[test]
+fn min_idle_one_keeps_a_warm_runner_that_takes_the_first_job() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("ss-warm");
+    let running = krunner(&f, &["--min-idle", "1", "--max", "2"]).spawn();
+    let id = set_id(&f);
+    wait_for(&f, 90, "a warm runner online", || {
+        f.sim.runners().iter().any(|r| r.state() == crate::util::github_sim::RunnerState::Online)
+    });
+    let warm = f.sim.runners()[0].name.clone();
+    f.sim.queue_job(id, &[SET]);
+    wait_for(&f, 60, "the job done", || done(&f, id) == 1);
+    let job = &f.sim.scale_set_jobs(id)[0];
+    assert_eq!(job.runner_name.as_deref(), Some(warm.as_str()), "the warm runner took it");
+    wait_for(&f, 90, "a new warm runner", || {
+        f.sim.runners().iter().any(|r| r.name != warm && r.state() == crate::util::github_sim::RunnerState::Online)
+    });
+    sigint(&running);
+    running.wait().success();
+    wait_for(&f, 30, "no runner left", || f.sim.runners().is_empty());
+}
+
+#[test]
+fn a_crash_leaves_a_session_the_restart_closes_and_no_job_is_lost() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("ss-crash");
+    let first = krunner(&f, &["--max", "2"]).spawn();
+    let id = set_id(&f);
+    wait_for(&f, 60, "the session", || alive_session(&f, id));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = first.wait();
+    // Jobs arrive while no listener is there; the dead one's session is still alive.
+    f.sim.queue_job(id, &[SET]);
+    f.sim.queue_job(id, &[SET]);
+    let second = krunner(&f, &["--max", "2"]).spawn();
+    wait_for(&f, 120, "both jobs done after the restart", || done(&f, id) == 2);
+    let sessions = f.sim.sessions(id);
+    assert!(sessions.len() >= 2, "{sessions:?}");
+    assert_eq!(sessions[0].state, SimSessionState::Deleted, "the restart closed the dead one's session: {sessions:?}");
+    sigint(&second);
+    let out = second.wait();
+    out.success();
+    assert!(out.stderr.contains("closing the message session a previous krunner left open"), "{out}");
+}
+
+#[test]
+fn an_expired_queue_token_and_a_deleted_scale_set_are_survived() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("ss-faults");
+    let running = krunner(&f, &["--max", "2"]).spawn();
+    let id = set_id(&f);
+    wait_for(&f, 60, "the session", || alive_session(&f, id));
+    f.sim.expire_queue_tokens();
+    f.sim.queue_job(id, &[SET]);
+    wait_for(&f, 90, "a job after the token expired", || done(&f, id) == 1);
+    assert!(
+        f.sim.sessions(id).iter().any(|s| s.refreshes > 0),
+        "the session was refreshed: {:?}",
+        f.sim.sessions(id)
+    );
+    assert!(f.sim.delete_scale_set(id));
+    wait_for(&f, 90, "the scale set re-created", || {
+        f.sim.scale_sets().iter().any(|s| s.name == SET && s.id != id)
+    });
+    let new = set_id(&f);
+    wait_for(&f, 60, "a session on the new set", || alive_session(&f, new));
+    f.sim.queue_job(new, &[SET]);
+    wait_for(&f, 90, "a job on the re-created set", || done(&f, new) == 1);
+    sigint(&running);
+    let out = running.wait();
+    out.success();
+    assert!(out.stderr.contains("re-creating"), "{out}");
+}
+
+#[test]
+fn bad_scale_set_flags_are_usage_errors() {
+    let td = TestDir::new("ss-flags");
+    for args in [
+        &["run", "-p", "o/r", "--scale-set", "s", "-n", "2"][..],
+        &["run", "-p", "o/r", "--max", "2"][..],
+        &["run", "-p", "o/r", "--scale-set", "s", "--max", "0"][..],
+    ] {
+        let out = td.krunner().args(args).run();
+        assert_eq!(out.code, Some(2), "{args:?}\n{out}");
+    }
+    let out = td
+        .krunner()
+        .env("KRUNNER_TOKEN", "t")
+        .args(["run", "-p", "o/r", "--scale-set", "s", "--min-idle", "3", "--max", "2"])
+        .run();
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("--min-idle 3 is more than --max 2"), "{out}");
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    list_names(dir)
+}
