@@ -6,6 +6,7 @@
 //!     [--app-id 42 --app-public-key app.pub.pem] [--base-path /api/v3] [--latency-ms 20]
 //!     [--dead-after SECS]  (a runner silent that long is offline; default a day)
 //!     [--runner-release VERSION]...  (serve a stand-in actions/runner release)
+//!     [--poll-wait-ms N]  (how long an empty scale-set queue poll waits; default 50000)
 //! ```
 //!
 //! It prints `listening on 127.0.0.1:PORT` (then, with an app, `installation ID`) and serves
@@ -13,6 +14,30 @@
 //! `GET /_sim/requests`, `POST /_sim/runners`, `POST /_sim/faults`, `DELETE /_sim/faults`, and
 //! the stand-in runner's `POST /_sim/runners/{id}/{online,job-started,job-finished,offline}`
 //! (see `tests/it/util/github_sim.rs`).
+//!
+//! It also serves runner scale sets (the Actions service, as `actions/scaleset` speaks to it):
+//! `POST {BASE}/actions/runner-registration` (`RemoteAuth` with a registration token from
+//! `POST {BASE}/{repos/o/r|orgs/o|enterprises/e}/actions/runners/registration-token`) answers the
+//! service URL `http://127.0.0.1:PORT/_services/actions/` and an admin JWT; the service's routes
+//! (runner groups, scale sets, scale-set JIT configs, sessions, `acquirejobs`, agents) and the
+//! message queues at `http://127.0.0.1:PORT/_sim/scaleset-queue/{id}` follow (see
+//! `tests/it/util/github_sim_scaleset.rs`). Jobs and failures are steered over HTTP:
+//!
+//! - `POST /_sim/scalesets/{id}/jobs` with `{"labels": [...], "repository": "r",
+//!   "displayName": "d"}` (all optional) queues a job on scale set `id` and assigns it to the
+//!   set (a `JobAssigned` message): 201 `{jobId, runnerRequestId}`, 404 without such a set;
+//! - `GET /_sim/scalesets` (each set with its statistics, sessions, acknowledged message ids and
+//!   the last `X-ScaleSetMaxCapacity`), `GET /_sim/scalesets/{id}/jobs` (each job's state,
+//!   runner and result);
+//! - `POST /_sim/scalesets/{id}/delete` (GitHub deleting an idle set),
+//!   `POST /_sim/scalesets/{id}/stale-session` (a crashed listener's session: the next create
+//!   gets 409), `POST /_sim/expire-queue-tokens`, `POST /_sim/expire-admin-tokens`;
+//! - a stand-in scale-set runner asks `GET /_sim/runners/{id}/job?secret=SECRET` for work (200
+//!   `{jobId}` once given a job, else 204) and then reports `job-started` and `job-finished` as
+//!   the other stand-ins do (`SCALESET_LISTENER` in that file is one).
+//!
+//! Faults (`POST /_sim/faults`) apply to `/_services/actions/…` and `/_sim/scaleset-queue/…`
+//! paths too.
 //!
 //! Each `--runner-release VERSION` (repeatable) serves a stand-in actions/runner release at
 //! `http://127.0.0.1:PORT{BASE}/repos/actions/runner/releases` (krunner's
@@ -35,7 +60,7 @@ use github_sim::{stand_in_release, GitHubSim, SimScope};
 const USAGE: &str =
     "usage: github_sim [--port N] [--base-path /api/v3] --scope repo|org|enterprise \
 --principal NAME [--token PAT]... [--app-id N --app-public-key PEM_FILE] [--latency-ms N] [--dead-after SECS] \
-[--runner-release VERSION]...";
+[--runner-release VERSION]... [--poll-wait-ms N]";
 
 /// The `bin/Runner.Listener` of `--runner-release` tarballs (busybox is enough): it reads its
 /// JIT config (`ACTIONS_RUNNER_INPUT_JITCONFIG`, or `--jitconfig`), reports online, runs a
@@ -81,6 +106,7 @@ fn run() -> Result<(), String> {
     // for dead (the library's default is 8 s without one).
     let mut dead_after_s = 86_400u64;
     let mut releases: Vec<String> = Vec::new();
+    let mut poll_wait_ms: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -99,6 +125,7 @@ fn run() -> Result<(), String> {
             "--app-public-key" => app_key = Some(value),
             "--latency-ms" => latency_ms = value.parse().map_err(bad)?,
             "--dead-after" => dead_after_s = value.parse().map_err(bad)?,
+            "--poll-wait-ms" => poll_wait_ms = Some(value.parse().map_err(bad)?),
             "--runner-release" => {
                 if version_key(&value).is_none() {
                     return Err(format!("{flag} {value}: not a version like 2.330.0"));
@@ -121,6 +148,9 @@ fn run() -> Result<(), String> {
     }
     sim.set_latency(Duration::from_millis(latency_ms));
     sim.set_dead_after(Duration::from_secs(dead_after_s));
+    if let Some(ms) = poll_wait_ms {
+        sim.set_poll_wait(Duration::from_millis(ms));
+    }
     let installation = match (app_id, app_key) {
         (Some(id), Some(path)) => {
             let pem = std::fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;

@@ -19,7 +19,9 @@
 //! - `POST /_sim/runners/{id}/job-finished`: it is idle again, and an ephemeral runner is
 //!   deleted, as GitHub does;
 //! - `POST /_sim/runners/{id}/offline`: it went away without a job;
-//! - `POST /_sim/runners/{id}/heartbeat`: it is still alive (the stand-in sends one a second).
+//! - `POST /_sim/runners/{id}/heartbeat`: it is still alive (the stand-in sends one a second);
+//! - `GET /_sim/runners/{id}/job?secret=…`: a scale-set runner asks for work (200 `{jobId}` or
+//!   204; see `github_sim_scaleset.rs`).
 //!
 //! Like GitHub, the simulator notices a dead runner only after a while: a runner that has
 //! reported `online` and then sends no heartbeat for [`GitHubSim::set_dead_after`] (default
@@ -57,6 +59,11 @@
 //! [`GitHubSim::asset_downloads`] counts the ones that were sent whole.
 //! [`runner_tarball`] and [`stand_in_release`] build stand-in releases with the real layout and
 //! checksum blocks.
+//!
+//! It also plays the Actions service side of runner scale sets (the bootstrap
+//! `POST {api}/actions/runner-registration`, the service under `{server}/_services/actions/`,
+//! message sessions and their long-polled queue, jobs and the stand-in runners that take them):
+//! see `github_sim_scaleset.rs` next to this file, whose items are re-exported here.
 
 // A fixture library shared by several tests and a standalone binary: not every helper has a
 // user in every build that includes this file.
@@ -71,6 +78,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
+
+// Runner scale sets (the Actions service): a sibling file, so both users of this file (the
+// integration tests' `util` and `examples/github_sim.rs`) get it through this one.
+#[path = "github_sim_scaleset.rs"]
+mod scaleset;
+// Not every build that includes this file uses every item.
+#[allow(unused_imports)]
+pub use scaleset::{
+    SimJob, SimJobState, SimScaleSet, SimSession, SimSessionState, ACTIONS_API_VERSION,
+    ACTIONS_SERVICE_PREFIX, DEFAULT_ADMIN_TOKEN_TTL, DEFAULT_POLL_WAIT, DEFAULT_REASSIGN_AFTER,
+    DEFAULT_SESSION_TTL, MAX_REASSIGNMENTS, RUNNER_REGISTRATION_PATH, SCALESET_LISTENER,
+    SCALESET_QUEUE_PREFIX,
+};
 
 /// The only REST API version the simulator accepts.
 pub const API_VERSION: &str = "2022-11-28";
@@ -188,6 +208,8 @@ pub struct SimRunner {
     pub work_folder: String,
     /// The secret its JIT config carries (for the `/_sim/runners/{id}/…` endpoints).
     pub secret: String,
+    /// The runner scale set it belongs to (created through the scale set's generatejitconfig).
+    pub scale_set_id: Option<u64>,
     label_ids: Vec<u64>,
     /// The last report or heartbeat of its process; `None` until it reported once.
     last_seen: Option<Instant>,
@@ -294,6 +316,12 @@ pub enum AuthKind {
     Installation,
     /// Something that was rejected with 401.
     Invalid,
+    /// `RemoteAuth <registration token>` (the scale-set bootstrap).
+    RemoteAuth,
+    /// `Bearer <admin JWT>` of the Actions service.
+    ActionsAdmin,
+    /// `Bearer <message queue token>` of a scale-set message session.
+    MessageQueue,
 }
 
 /// One request as the simulator saw it, logged when it arrives and completed when answered.
@@ -498,6 +526,8 @@ struct State {
     next_asset_id: u64,
     /// Asset file name to the number of times it was sent whole.
     asset_downloads: HashMap<String, usize>,
+    /// Runner scale sets, their sessions, queues and jobs (`github_sim_scaleset.rs`).
+    scale: scaleset::Actions,
 }
 
 /// The simulator; stops accepting connections when dropped.
@@ -553,6 +583,7 @@ impl GitHubSim {
             next_release_id: 270_000_001,
             next_asset_id: 310_000_001,
             asset_downloads: HashMap::new(),
+            scale: scaleset::Actions::default(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -903,15 +934,25 @@ impl Drop for GitHubSim {
 }
 
 impl State {
-    /// Turns runners whose process went silent for `dead_after` offline and idle.
+    /// Turns runners whose process went silent for `dead_after` offline and idle (a scale-set
+    /// runner's job fails with it), then lets time pass for scale sets (sessions expire, jobs
+    /// nobody took are reassigned).
     fn reap(&mut self) {
         let dead_after = self.dead_after;
+        let mut dead = Vec::new();
         for r in self.runners.values_mut() {
             if r.last_seen.is_some_and(|t| t.elapsed() > dead_after) {
                 r.set_state(RunnerState::Offline);
                 r.last_seen = None;
+                if r.scale_set_id.is_some() {
+                    dead.push(r.id);
+                }
             }
         }
+        for id in dead {
+            scaleset::runner_lost(self, id);
+        }
+        scaleset::tick(self);
     }
 
     fn add_fault(&mut self, method: &str, prefix: &str, trigger: Trigger, fault: Fault) {
@@ -965,6 +1006,7 @@ impl State {
                 jit,
                 work_folder: work_folder.into(),
                 secret: random_token("", 40),
+                scale_set_id: None,
                 label_ids,
                 last_seen: None,
             },
@@ -1189,6 +1231,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         201 => "Created",
+        202 => "Accepted",
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -1274,16 +1317,15 @@ fn handle(state: &Mutex<State>, req: &Request) -> Outcome {
             }
             _ => req.path.clone(),
         };
-        let fault =
-            if api_path.starts_with("/_sim/") && !api_path.starts_with(RUNNER_DOWNLOAD_PREFIX) {
-                None
-            } else {
-                let method = req.method.as_str();
-                st.faults
-                    .iter_mut()
-                    .find_map(|f| (f.matches(method, &api_path) && f.fire()).then_some(&*f))
-                    .map(|f| (f.fault.clone(), f.reset_epoch))
-            };
+        let fault = if sim_control(&api_path) {
+            None
+        } else {
+            let method = req.method.as_str();
+            st.faults
+                .iter_mut()
+                .find_map(|f| (f.matches(method, &api_path) && f.fire()).then_some(&*f))
+                .map(|f| (f.fault.clone(), f.reset_epoch))
+        };
         st.seq += 1;
         let seq = st.seq;
         st.log.push(Logged {
@@ -1296,7 +1338,9 @@ fn handle(state: &Mutex<State>, req: &Request) -> Outcome {
             fault: fault.as_ref().map(|(f, _)| f.describe()),
             at: arrived,
             wall,
-            bearer: bearer(req).map(str::to_string),
+            bearer: bearer(req)
+                .or_else(|| scaleset::remote_auth(req))
+                .map(str::to_string),
             user_agent: req.header("user-agent").map(str::to_string),
         });
         (st.latency, fault, api_path, seq)
@@ -1308,9 +1352,20 @@ fn handle(state: &Mutex<State>, req: &Request) -> Outcome {
         std::thread::sleep(*d);
     }
 
-    let mut st = state.lock().unwrap();
     let download = api_path.starts_with(RUNNER_DOWNLOAD_PREFIX);
-    let (outcome, auth) = if api_path.starts_with("/_sim/") && !download {
+    let service = api_path.starts_with(ACTIONS_SERVICE_PREFIX);
+    let queue = api_path.starts_with(SCALESET_QUEUE_PREFIX);
+    let passes_through = fault.as_ref().is_none_or(|(f, _)| {
+        matches!(
+            f,
+            Fault::Slow(_) | Fault::ResetAfterProcessing | Fault::CutBody { .. }
+        )
+    });
+    // A message-queue poll may wait for a message: it takes the state only while it looks.
+    let polled = (queue && req.method == "GET" && passes_through)
+        .then(|| scaleset::poll_queue(state, req, &api_path));
+    let mut st = state.lock().unwrap();
+    let (outcome, auth) = if sim_control(&api_path) {
         (
             Outcome::Reply(sim_endpoint(&mut st, req, &api_path)),
             AuthKind::None,
@@ -1318,22 +1373,23 @@ fn handle(state: &Mutex<State>, req: &Request) -> Outcome {
     } else {
         match &fault {
             Some((Fault::Reset, _)) => {
-                let (auth, _) = classify_auth(&mut st, req);
+                let (auth, _) = fault_auth(&mut st, req, &api_path);
                 (Outcome::Close, auth)
             }
-            Some((f, reset_epoch))
-                if !matches!(
-                    f,
-                    Fault::Slow(_) | Fault::ResetAfterProcessing | Fault::CutBody { .. }
-                ) =>
-            {
-                let (auth, key) = classify_auth(&mut st, req);
+            Some((f, reset_epoch)) if !passes_through => {
+                let (auth, key) = fault_auth(&mut st, req, &api_path);
                 let budget = st.peek(&key);
                 (Outcome::Reply(fault_reply(f, *reset_epoch, &budget)), auth)
             }
             _ => {
-                let (mut reply, auth) = if download {
+                let (mut reply, auth) = if let Some(polled) = polled {
+                    polled
+                } else if download {
                     (download_asset(&st, req, &api_path), AuthKind::None)
+                } else if service {
+                    scaleset::service(&mut st, req, &api_path)
+                } else if queue {
+                    scaleset::queue_request(&mut st, req, &api_path)
                 } else {
                     api(&mut st, req, &api_path)
                 };
@@ -1362,6 +1418,24 @@ fn handle(state: &Mutex<State>, req: &Request) -> Outcome {
                 .header("x-github-request-id", format!("SIM:{seq:X}")),
         ),
         Outcome::Close => Outcome::Close,
+    }
+}
+
+/// A `/_sim/` endpoint that steers the simulator or takes a stand-in runner's report: never
+/// faulted. Asset downloads and scale-set message queues are under `/_sim/` too but are
+/// served like API requests (faults apply).
+fn sim_control(api_path: &str) -> bool {
+    api_path.starts_with("/_sim/")
+        && !api_path.starts_with(RUNNER_DOWNLOAD_PREFIX)
+        && !api_path.starts_with(SCALESET_QUEUE_PREFIX)
+}
+
+/// How a request that meets a fault authenticated: (kind, rate-limit budget key).
+fn fault_auth(st: &mut State, req: &Request, api_path: &str) -> (AuthKind, String) {
+    if scaleset::is_scaleset_path(api_path) {
+        (scaleset::classify(st, req, api_path), "anonymous".into())
+    } else {
+        classify_auth(st, req)
     }
 }
 
@@ -1542,6 +1616,10 @@ fn api(st: &mut State, req: &Request, path: &str) -> (Reply, AuthKind) {
     if !st.base.is_empty() && !req.path.starts_with(&format!("{}/", st.base)) {
         return (Reply::not_found(), AuthKind::None);
     }
+    // The scale-set bootstrap takes `RemoteAuth` and, like GitHub, no API version header.
+    if path == RUNNER_REGISTRATION_PATH {
+        return scaleset::runner_registration(st, req);
+    }
     let accept = req.header("accept").unwrap_or("");
     if !(accept.contains("application/vnd.github") || accept.contains("application/json")) {
         let msg =
@@ -1703,6 +1781,7 @@ fn route(st: &mut State, req: &Request, path: &str, caller: &Caller) -> Reply {
             ),
             Some(r) => {
                 let id = r.id;
+                scaleset::runner_removed(st, id);
                 st.runners.remove(&id);
                 Reply::empty(204)
             }
@@ -2144,6 +2223,7 @@ fn sim_endpoint(st: &mut State, req: &Request, path: &str) -> Reply {
                     let mut v = r.json();
                     v["scope"] = json!(r.scope.tag());
                     v["jit"] = json!(r.jit);
+                    v["scale_set_id"] = json!(r.scale_set_id);
                     v
                 })
                 .collect();
@@ -2205,25 +2285,26 @@ fn sim_endpoint(st: &mut State, req: &Request, path: &str) -> Reply {
             st.faults.clear();
             Reply::empty(204)
         }
+        ("GET" | "POST", ["runners", id, "job"]) => scaleset::runner_job(st, req, id),
+        (_, ["scalesets", ..] | ["expire-queue-tokens" | "expire-admin-tokens"]) => {
+            scaleset::sim_endpoint(st, req, &segs[1..])
+        }
         ("POST", ["runners", id, event]) => {
-            let Some(r) = id
+            let Some(id) = id
                 .parse::<u64>()
                 .ok()
-                .and_then(|id| st.runners.get_mut(&id))
+                .filter(|id| st.runners.contains_key(id))
             else {
                 return Reply::not_found();
             };
-            // The secret comes as the whole body (`--post-data=SECRET`), as `secret=…`, or as
-            // `?secret=…`.
-            let body = String::from_utf8_lossy(&req.body).trim().to_string();
-            let given = body
-                .strip_prefix("secret=")
-                .map(percent_decode)
-                .or_else(|| req.query_param("secret"))
-                .unwrap_or(body);
-            if given != r.secret {
+            if runner_secret(req) != st.runners[&id].secret {
                 return Reply::error(403, "wrong runner secret");
             }
+            if st.runners[&id].scale_set_id.is_some() {
+                // Its job (JobStarted, JobCompleted) before its state changes.
+                scaleset::runner_event(st, req, id, event);
+            }
+            let r = st.runners.get_mut(&id).unwrap();
             r.last_seen = Some(Instant::now());
             match *event {
                 "online" => r.set_state(RunnerState::Online),
@@ -2248,6 +2329,16 @@ fn sim_endpoint(st: &mut State, req: &Request, path: &str) -> Reply {
         }
         _ => Reply::not_found(),
     }
+}
+
+/// The secret a stand-in runner sent: the whole body (`--post-data=SECRET`), `secret=…` in the
+/// body, or `?secret=…`.
+fn runner_secret(req: &Request) -> String {
+    let body = String::from_utf8_lossy(&req.body).trim().to_string();
+    body.strip_prefix("secret=")
+        .map(percent_decode)
+        .or_else(|| req.query_param("secret"))
+        .unwrap_or(body)
 }
 
 /// `{"method":"POST","path_prefix":"/orgs/","times":2,"probability":0.5,"seed":1,
@@ -2557,20 +2648,20 @@ mod tests {
     use super::*;
     use aws_lc_rs::signature::KeyPair as _;
 
-    struct Resp {
-        status: u16,
-        headers: HashMap<String, String>,
-        body: Value,
-        bytes: Vec<u8>,
+    pub(super) struct Resp {
+        pub(super) status: u16,
+        pub(super) headers: HashMap<String, String>,
+        pub(super) body: Value,
+        pub(super) bytes: Vec<u8>,
     }
 
-    const STD_HEADERS: [(&str, &str); 3] = [
+    pub(super) const STD_HEADERS: [(&str, &str); 3] = [
         ("accept", "application/vnd.github+json"),
         ("x-github-api-version", API_VERSION),
         ("user-agent", "sim-self-test"),
     ];
 
-    fn raw(
+    pub(super) fn raw(
         addr: &str,
         method: &str,
         path: &str,
@@ -2613,7 +2704,7 @@ mod tests {
         })
     }
 
-    fn call(
+    pub(super) fn call(
         sim: &GitHubSim,
         method: &str,
         path: &str,
@@ -2634,7 +2725,7 @@ mod tests {
         json!({"name": name, "runner_group_id": group, "labels": ["krunner"], "work_folder": "_work"})
     }
 
-    fn decode_jit(encoded: &str) -> HashMap<String, Value> {
+    pub(super) fn decode_jit(encoded: &str) -> HashMap<String, Value> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let files: HashMap<String, String> =
             serde_json::from_slice(&b64.decode(encoded).unwrap()).unwrap();
