@@ -514,7 +514,13 @@ pub struct RunArgs {
     pub scale_set: Option<String>,
 
     /// With --scale-set: runners kept waiting for jobs.
-    #[arg(long, env = "KRUNNER_MIN_IDLE", value_name = "N", default_value_t = 0, requires = "scale_set")]
+    #[arg(
+        long,
+        env = "KRUNNER_MIN_IDLE",
+        value_name = "N",
+        default_value_t = 0,
+        requires = "scale_set"
+    )]
     pub min_idle: u32,
 
     /// With --scale-set: guests at most.

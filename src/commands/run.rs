@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use url::Url;
 
 use crate::cli::{GlobalArgs, PullPolicy, RegistrationKind, RunArgs};
+use crate::github::actions::Actions;
 use crate::github::{
     api_base, default_name_prefix, instance_label, validate_name_prefix, Auth, ClientConfig,
     GitHub, RetryPolicy, Scope,
@@ -23,7 +24,6 @@ use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
 use crate::launcher::spec::{check_outside_cache, Share};
 use crate::metrics::Metrics;
-use crate::github::actions::Actions;
 use crate::orchestrator::identity;
 use crate::orchestrator::scaleset::{self, ScaleSetConfig};
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
@@ -50,7 +50,11 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             bail!("--scale-set registers scale-set runners with JIT configs: --registration token cannot go with it");
         }
         if args.min_idle > args.max {
-            bail!("--min-idle {} is more than --max {}", args.min_idle, args.max);
+            bail!(
+                "--min-idle {} is more than --max {}",
+                args.min_idle,
+                args.max
+            );
         }
     }
     let auth = auth(&args)?;

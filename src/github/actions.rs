@@ -63,14 +63,18 @@ pub enum ActionsError {
     },
     /// No registration token for the bootstrap.
     #[error("cannot get a registration token for the Actions service")]
-    Token(#[source] GitHubError),
+    Token(#[source] Box<GitHubError>),
 }
 
 impl ActionsError {
-    /// The service's `typeName`, if it sent one.
+    /// The service's `typeName` without its namespace and assembly, if it sent one (it may
+    /// send `GitHub.Actions.Runtime.WebApi.X, GitHub.Actions.Runtime.WebApi` or just `X`).
     pub fn type_name(&self) -> Option<&str> {
         match self {
-            ActionsError::Service { type_name, .. } if !type_name.is_empty() => Some(type_name),
+            ActionsError::Service { type_name, .. } if !type_name.is_empty() => {
+                let t = type_name.split(',').next().unwrap_or(type_name).trim();
+                Some(t.rsplit('.').next().unwrap_or(t))
+            }
             _ => None,
         }
     }
@@ -282,7 +286,10 @@ fn jwt_exp(token: &str) -> Option<u64> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    serde_json::from_slice::<Value>(&bytes).ok()?.get("exp")?.as_u64()
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_u64()
 }
 
 /// The service's error body: `{typeName, message}`, maybe after a UTF-8 BOM.
@@ -316,7 +323,11 @@ fn decode<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, ActionsErro
 impl Actions {
     /// A client for `github`'s scope; `api_base` is the REST base and `config_url` the
     /// scope's web URL. Sends nothing yet.
-    pub fn new(github: GitHub, api_base: &Url, config_url: String) -> Result<Actions, ActionsError> {
+    pub fn new(
+        github: GitHub,
+        api_base: &Url,
+        config_url: String,
+    ) -> Result<Actions, ActionsError> {
         let mut registration_url = api_base.clone();
         let path = format!(
             "{}/actions/runner-registration",
@@ -370,11 +381,14 @@ impl Actions {
                 .github
                 .registration_token()
                 .await
-                .map_err(ActionsError::Token)?;
+                .map_err(|e| ActionsError::Token(Box::new(e)))?;
             let resp = self
                 .http
                 .post(self.registration_url.clone())
-                .header("Authorization", format!("RemoteAuth {}", reg.token.expose()))
+                .header(
+                    "Authorization",
+                    format!("RemoteAuth {}", reg.token.expose()),
+                )
                 .header("Accept", "application/json")
                 .timeout(CALL_TIMEOUT)
                 .json(&json!({"url": self.config_url, "runner_event": "register"}))
@@ -621,13 +635,20 @@ impl Actions {
 
     /// The scope's runner named `name`, if any.
     pub async fn find_agent(&self, name: &str) -> Result<Option<Agent>, ActionsError> {
-        Ok(self.agents(Some(name)).await?.into_iter().find(|a| a.name == name))
+        Ok(self
+            .agents(Some(name))
+            .await?
+            .into_iter()
+            .find(|a| a.name == name))
     }
 
     /// The scope's runners (all, or the one named `name`).
     pub async fn agents(&self, name: Option<&str>) -> Result<Vec<Agent>, ActionsError> {
         let what = "listing the runners".to_string();
-        let q: Vec<(&str, String)> = name.map(|n| ("agentName", n.to_string())).into_iter().collect();
+        let q: Vec<(&str, String)> = name
+            .map(|n| ("agentName", n.to_string()))
+            .into_iter()
+            .collect();
         let (_, bytes) = self
             .call(
                 Method::GET,
@@ -735,7 +756,10 @@ impl Actions {
             .http
             .get(url)
             .bearer_auth(session.queue_token.expose())
-            .header("Accept", format!("application/json; api-version={API_VERSION}"))
+            .header(
+                "Accept",
+                format!("application/json; api-version={API_VERSION}"),
+            )
             .header("X-ScaleSetMaxCapacity", capacity.to_string())
             .timeout(POLL_TIMEOUT)
             .send()
@@ -797,7 +821,8 @@ impl Actions {
                 what: what.into(),
                 reason: e.to_string(),
             })?;
-        url.query_pairs_mut().append_pair("api-version", API_VERSION);
+        url.query_pairs_mut()
+            .append_pair("api-version", API_VERSION);
         let resp = self
             .http
             .post(url)
@@ -841,7 +866,10 @@ mod tests {
             b"\xef\xbb\xbf{\"typeName\":\"RunnerScaleSetSessionConflictException\",\"message\":\"busy\"}",
         );
         assert!(e.session_conflict());
-        assert_eq!(e.type_name(), Some("RunnerScaleSetSessionConflictException"));
+        assert_eq!(
+            e.type_name(),
+            Some("RunnerScaleSetSessionConflictException")
+        );
         assert!(e.to_string().contains("busy"));
         let gone = service_error(
             "x",
@@ -849,6 +877,12 @@ mod tests {
             b"{\"typeName\":\"RunnerScaleSetNotFoundException\",\"message\":\"no\"}",
         );
         assert!(gone.scale_set_gone() && !gone.session_conflict());
+        let qualified = service_error(
+            "x",
+            StatusCode::BAD_REQUEST,
+            b"{\"typeName\":\"GitHub.Actions.Runtime.WebApi.JobStillRunningException, GitHub.Actions.Runtime.WebApi\"}",
+        );
+        assert_eq!(qualified.type_name(), Some("JobStillRunningException"));
     }
 
     #[test]

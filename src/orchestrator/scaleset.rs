@@ -23,6 +23,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +35,9 @@ use super::Shutdown;
 use crate::github::actions::{Actions, ActionsError, Message, Session, Statistics};
 use crate::guest::{Registration, RunnerJob};
 use crate::image::Cancel;
-use crate::launcher::run::{LaunchError, Launcher, Output, RunOutcome, RunRequest, VmExit, Workload};
+use crate::launcher::run::{
+    LaunchError, Launcher, Output, RunOutcome, RunRequest, VmExit, Workload,
+};
 
 /// How often the reconciler looks again without a message.
 const TICK: Duration = Duration::from_secs(5);
@@ -132,7 +136,10 @@ fn save(path: &Path, p: &Persisted) {
         .and_then(|b| std::fs::write(&tmp, b))
         .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = res {
-        tracing::warn!("cannot save the scale set's state to {}: {e}", path.display());
+        tracing::warn!(
+            "cannot save the scale set's state to {}: {e}",
+            path.display()
+        );
     }
 }
 
@@ -180,15 +187,15 @@ pub async fn run(
     };
     let (events_tx, events_rx) = mpsc::channel(16);
     let (capacity_tx, capacity_rx) = watch::channel(cfg.max);
-    events_tx
-        .send(Event::Demand(session.statistics))
-        .await
-        .ok();
+    // The poller re-creates a scale set GitHub deleted; the reconciler registers runners in
+    // whichever set is current.
+    let current_set = Arc::new(AtomicU64::new(set_id));
+    events_tx.send(Event::Demand(session.statistics)).await.ok();
     let poller = tokio::spawn(poll(
         actions.clone(),
         cfg.clone(),
         group,
-        set_id,
+        current_set.clone(),
         session,
         state,
         events_tx,
@@ -199,7 +206,7 @@ pub async fn run(
         cfg: &cfg,
         actions: &actions,
         launcher: &launcher,
-        set_id,
+        set_id: current_set,
         guests: HashMap::new(),
         tasks: JoinSet::new(),
         assigned: 0,
@@ -226,7 +233,9 @@ async fn ensure_set(
         Some(s) => s,
         None => {
             tracing::info!(set = %cfg.name, "creating the scale set");
-            actions.create_scale_set(group, &cfg.name, &cfg.labels).await?
+            actions
+                .create_scale_set(group, &cfg.name, &cfg.labels)
+                .await?
         }
     };
     if state.set_id != set.id {
@@ -253,7 +262,9 @@ async fn sweep_offline(actions: &Actions, cfg: &ScaleSetConfig, set_id: u64) {
             match actions.remove_agent(a.id).await {
                 Ok(true) => tracing::info!(runner = %a.name, "removed a runner left offline"),
                 Ok(false) => {}
-                Err(e) => tracing::warn!(runner = %a.name, "cannot remove it: {}", crate::error_chain(&e)),
+                Err(e) => {
+                    tracing::warn!(runner = %a.name, "cannot remove it: {}", crate::error_chain(&e))
+                }
             }
         }
     }
@@ -316,7 +327,7 @@ async fn poll(
     actions: Actions,
     cfg: ScaleSetConfig,
     group: u64,
-    mut set_id: u64,
+    current_set: Arc<AtomicU64>,
     mut session: Session,
     mut state: Persisted,
     events: mpsc::Sender<Event>,
@@ -324,7 +335,9 @@ async fn poll(
     stop: Cancel,
 ) {
     let mut wait = Duration::from_secs(1);
+    let mut set_id = current_set.load(Ordering::SeqCst);
     loop {
+        current_set.store(set_id, Ordering::SeqCst);
         let cap = *capacity.borrow();
         let got = tokio::select! {
             r = actions.get_message(&session, state.last_message_id, cap) => r,
@@ -355,7 +368,10 @@ async fn poll(
                 state.last_message_id = id;
                 save(&cfg.state_file, &state);
                 if let Err(e) = actions.ack(&session, id).await {
-                    tracing::warn!("cannot acknowledge message {id}: {}", crate::error_chain(&e));
+                    tracing::warn!(
+                        "cannot acknowledge message {id}: {}",
+                        crate::error_chain(&e)
+                    );
                 }
             }
             Ok(None) => {
@@ -365,8 +381,20 @@ async fn poll(
                 match actions.refresh_session(set_id, &session.id).await {
                     Ok(s) => session = s,
                     Err(e2) => {
-                        tracing::warn!("cannot refresh the session ({}); opening a new one", crate::error_chain(&e2));
-                        if let Some(s) = reopen(&actions, &cfg, group, &mut set_id, &mut state, &events).await {
+                        tracing::warn!(
+                            "cannot refresh the session ({}); opening a new one",
+                            crate::error_chain(&e2)
+                        );
+                        if let Some(s) = reopen(
+                            &actions,
+                            &cfg,
+                            group,
+                            (&mut set_id, &current_set),
+                            &mut state,
+                            &events,
+                        )
+                        .await
+                        {
                             session = s;
                         }
                     }
@@ -374,7 +402,16 @@ async fn poll(
             }
             Err(e) if e.scale_set_gone() || e.status() == Some(404) => {
                 tracing::warn!(set = %cfg.name, "the scale set or its session is gone; re-creating");
-                if let Some(s) = reopen(&actions, &cfg, group, &mut set_id, &mut state, &events).await {
+                if let Some(s) = reopen(
+                    &actions,
+                    &cfg,
+                    group,
+                    (&mut set_id, &current_set),
+                    &mut state,
+                    &events,
+                )
+                .await
+                {
                     session = s;
                 }
             }
@@ -389,7 +426,10 @@ async fn poll(
         }
     }
     if let Err(e) = actions.delete_session(set_id, &session.id).await {
-        tracing::warn!("cannot close the message session: {}", crate::error_chain(&e));
+        tracing::warn!(
+            "cannot close the message session: {}",
+            crate::error_chain(&e)
+        );
     } else {
         state.session_id = None;
         save(&cfg.state_file, &state);
@@ -401,7 +441,7 @@ async fn reopen(
     actions: &Actions,
     cfg: &ScaleSetConfig,
     group: u64,
-    set_id: &mut u64,
+    (set_id, current): (&mut u64, &AtomicU64),
     state: &mut Persisted,
     events: &mpsc::Sender<Event>,
 ) -> Option<Session> {
@@ -414,6 +454,7 @@ async fn reopen(
         }
     };
     *set_id = id;
+    current.store(id, Ordering::SeqCst);
     state.session_id = None;
     match actions.create_session(id, &cfg.owner).await {
         Ok(s) => {
@@ -435,7 +476,8 @@ struct Reconciler<'a> {
     cfg: &'a ScaleSetConfig,
     actions: &'a Actions,
     launcher: &'a Launcher,
-    set_id: u64,
+    /// The current scale set's id (the poller changes it when it re-creates the set).
+    set_id: Arc<AtomicU64>,
     guests: HashMap<String, Guest>,
     tasks: JoinSet<(String, Result<RunOutcome, LaunchError>)>,
     assigned: u64,
@@ -531,7 +573,9 @@ impl Reconciler<'_> {
                         g.busy = true;
                     }
                 }
-                Err(e) => tracing::warn!(runner = %name, "cannot remove it: {}", crate::error_chain(&e)),
+                Err(e) => {
+                    tracing::warn!(runner = %name, "cannot remove it: {}", crate::error_chain(&e))
+                }
             }
         }
     }
@@ -545,7 +589,8 @@ impl Reconciler<'_> {
             crate::image::cache::now_secs() % 1_000_000,
             self.seq
         );
-        let jit = match self.actions.generate_jit(self.set_id, &name).await {
+        let set = self.set_id.load(Ordering::SeqCst);
+        let jit = match self.actions.generate_jit(set, &name).await {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(runner = %name, "cannot register it: {}", crate::error_chain(&e));

@@ -78,6 +78,11 @@ mod run_token;
 /// globalization without libicu.
 mod runner_provided;
 
+/// `krunner run --scale-set` against the simulator's Actions service: six jobs on a set of at
+/// most three, a warm runner with --min-idle 1, a crash whose session the restart closes, an
+/// expired queue token and a deleted scale set, and bad flags.
+mod scaleset;
+
 /// The krun backend in real libkrun guests: `doctor`, `exec` and `run` end to end. Ignored
 /// here; `cargo test --test l1` runs them inside the emulated KVM host (tests/l1.sh).
 mod krun_guest;

@@ -134,7 +134,10 @@ fn six_jobs_on_a_set_of_at_most_three_all_finish_and_it_shrinks_back() {
     let running = krunner(&f, &["--max", "3"]).spawn();
     let id = set_id(&f);
     wait_for(&f, 60, "the session", || alive_session(&f, id));
-    assert!(f.sim.runners().is_empty(), "min-idle 0: no runner before a job");
+    assert!(
+        f.sim.runners().is_empty(),
+        "min-idle 0: no runner before a job"
+    );
     for _ in 0..6 {
         f.sim.queue_job(id, &[SET]);
     }
@@ -168,18 +171,29 @@ fn min_idle_one_keeps_a_warm_runner_that_takes_the_first_job() {
         return;
     }
     let f = fixture("ss-warm");
-    let running = krunner(&f, &["--min-idle", "1", "--max", "2"]).spawn();
+    // --max 1: no second guest can start for the job, so the warm one must take it.
+    let running = krunner(&f, &["--min-idle", "1", "--max", "1"]).spawn();
     let id = set_id(&f);
     wait_for(&f, 90, "a warm runner online", || {
-        f.sim.runners().iter().any(|r| r.state() == crate::util::github_sim::RunnerState::Online)
+        f.sim
+            .runners()
+            .iter()
+            .any(|r| r.state() == crate::util::github_sim::RunnerState::Online)
     });
     let warm = f.sim.runners()[0].name.clone();
     f.sim.queue_job(id, &[SET]);
     wait_for(&f, 60, "the job done", || done(&f, id) == 1);
     let job = &f.sim.scale_set_jobs(id)[0];
-    assert_eq!(job.runner_name.as_deref(), Some(warm.as_str()), "the warm runner took it");
+    assert_eq!(
+        job.runner_name.as_deref(),
+        Some(warm.as_str()),
+        "the warm runner took it"
+    );
     wait_for(&f, 90, "a new warm runner", || {
-        f.sim.runners().iter().any(|r| r.name != warm && r.state() == crate::util::github_sim::RunnerState::Online)
+        f.sim
+            .runners()
+            .iter()
+            .any(|r| r.name != warm && r.state() == crate::util::github_sim::RunnerState::Online)
     });
     sigint(&running);
     running.wait().success();
@@ -205,14 +219,24 @@ fn a_crash_leaves_a_session_the_restart_closes_and_no_job_is_lost() {
     f.sim.queue_job(id, &[SET]);
     f.sim.queue_job(id, &[SET]);
     let second = krunner(&f, &["--max", "2"]).spawn();
-    wait_for(&f, 120, "both jobs done after the restart", || done(&f, id) == 2);
+    wait_for(&f, 120, "both jobs done after the restart", || {
+        done(&f, id) == 2
+    });
     let sessions = f.sim.sessions(id);
     assert!(sessions.len() >= 2, "{sessions:?}");
-    assert_eq!(sessions[0].state, SimSessionState::Deleted, "the restart closed the dead one's session: {sessions:?}");
+    assert_eq!(
+        sessions[0].state,
+        SimSessionState::Deleted,
+        "the restart closed the dead one's session: {sessions:?}"
+    );
     sigint(&second);
     let out = second.wait();
     out.success();
-    assert!(out.stderr.contains("closing the message session a previous krunner left open"), "{out}");
+    assert!(
+        out.stderr
+            .contains("closing the message session a previous krunner left open"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -226,7 +250,9 @@ fn an_expired_queue_token_and_a_deleted_scale_set_are_survived() {
     wait_for(&f, 60, "the session", || alive_session(&f, id));
     f.sim.expire_queue_tokens();
     f.sim.queue_job(id, &[SET]);
-    wait_for(&f, 90, "a job after the token expired", || done(&f, id) == 1);
+    wait_for(&f, 90, "a job after the token expired", || {
+        done(&f, id) == 1
+    });
     assert!(
         f.sim.sessions(id).iter().any(|s| s.refreshes > 0),
         "the session was refreshed: {:?}",
@@ -234,10 +260,15 @@ fn an_expired_queue_token_and_a_deleted_scale_set_are_survived() {
     );
     assert!(f.sim.delete_scale_set(id));
     wait_for(&f, 90, "the scale set re-created", || {
-        f.sim.scale_sets().iter().any(|s| s.name == SET && s.id != id)
+        f.sim
+            .scale_sets()
+            .iter()
+            .any(|s| s.name == SET && s.id != id)
     });
     let new = set_id(&f);
-    wait_for(&f, 60, "a session on the new set", || alive_session(&f, new));
+    wait_for(&f, 60, "a session on the new set", || {
+        alive_session(&f, new)
+    });
     f.sim.queue_job(new, &[SET]);
     wait_for(&f, 90, "a job on the re-created set", || done(&f, new) == 1);
     sigint(&running);
@@ -260,10 +291,23 @@ fn bad_scale_set_flags_are_usage_errors() {
     let out = td
         .krunner()
         .env("KRUNNER_TOKEN", "t")
-        .args(["run", "-p", "o/r", "--scale-set", "s", "--min-idle", "3", "--max", "2"])
+        .args([
+            "run",
+            "-p",
+            "o/r",
+            "--scale-set",
+            "s",
+            "--min-idle",
+            "3",
+            "--max",
+            "2",
+        ])
         .run();
     assert_ne!(out.code, Some(0), "{out}");
-    assert!(out.stderr.contains("--min-idle 3 is more than --max 2"), "{out}");
+    assert!(
+        out.stderr.contains("--min-idle 3 is more than --max 2"),
+        "{out}"
+    );
 }
 
 fn names(dir: &std::path::Path) -> Vec<String> {
