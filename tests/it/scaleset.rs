@@ -313,3 +313,33 @@ fn bad_scale_set_flags_are_usage_errors() {
 fn names(dir: &std::path::Path) -> Vec<String> {
     list_names(dir)
 }
+
+#[test]
+fn jobs_offered_as_available_are_acquired_then_run() {
+    if skip(NEEDS) {
+        return;
+    }
+    // GHES's older flow: JobAvailable first; only an acquired job is assigned.
+    let f = fixture("ss-available");
+    f.sim.set_job_available_flow(true);
+    let running = krunner(&f, &["--max", "1"]).spawn();
+    let id = set_id(&f);
+    wait_for(&f, 60, "the session", || alive_session(&f, id));
+    f.sim.queue_job(id, &[SET]);
+    wait_for(&f, 90, "the job done", || done(&f, id) == 1);
+    assert!(
+        f.sim
+            .count("POST", "/_services/actions/_apis/runtime/runnerscalesets")
+            >= 1
+    );
+    assert!(
+        f.sim
+            .requests()
+            .iter()
+            .any(|l| l.path.contains("/acquirejobs") && l.status == 200),
+        "krunner acquired the job\n{}",
+        f.sim.log_text()
+    );
+    sigint(&running);
+    running.wait().success();
+}
