@@ -513,6 +513,21 @@ pub struct RunArgs {
     #[arg(long, env = "KRUNNER_SCALE_SET", value_name = "NAME", conflicts_with_all = ["runners", "repeat"])]
     pub scale_set: Option<String>,
 
+    /// Serve the scale sets of a pools file (TOML: each `[[pool]]` with its name, image,
+    /// guest size, labels, group, min_idle and max; see README) from one host budget.
+    #[arg(long, env = "KRUNNER_CONFIG", value_name = "FILE", conflicts_with_all = ["runners", "repeat", "scale_set"])]
+    pub config: Option<PathBuf>,
+
+    /// vCPUs all guests of the scale sets may take together [default: the host's, less one
+    /// of four or more].
+    #[arg(long, env = "KRUNNER_HOST_CPUS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub host_cpus: Option<u32>,
+
+    /// RAM in MiB all guests of the scale sets may take together [default: the host's, less
+    /// an eighth or 1 GiB, whichever is more].
+    #[arg(long, env = "KRUNNER_HOST_MEMORY", value_name = "MIB", value_parser = clap::value_parser!(u64).range(128..))]
+    pub host_memory: Option<u64>,
+
     /// With --scale-set: runners kept waiting for jobs.
     #[arg(
         long,

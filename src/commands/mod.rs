@@ -8,6 +8,7 @@ mod images;
 mod prune;
 mod pull;
 mod run;
+mod scaleset;
 mod status;
 
 use std::io::IsTerminal;

@@ -15,7 +15,6 @@ use anyhow::{bail, Context};
 use url::Url;
 
 use crate::cli::{GlobalArgs, PullPolicy, RegistrationKind, RunArgs};
-use crate::github::actions::Actions;
 use crate::github::{
     api_base, default_name_prefix, instance_label, validate_name_prefix, Auth, ClientConfig,
     GitHub, RetryPolicy, Scope,
@@ -25,7 +24,6 @@ use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
 use crate::launcher::spec::{check_outside_cache, Share};
 use crate::metrics::Metrics;
 use crate::orchestrator::identity;
-use crate::orchestrator::scaleset::{self, ScaleSetConfig};
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
 use crate::orchestrator::{BackoffPolicy, Pool, PoolConfig, RegistrationMode, Shutdown, SlotStop};
 use crate::runner::releases;
@@ -45,9 +43,9 @@ const RUNNER_STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs the command.
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
-    if args.scale_set.is_some() {
+    if args.scale_set.is_some() || args.config.is_some() {
         if args.registration == RegistrationKind::Token {
-            bail!("--scale-set registers scale-set runners with JIT configs: --registration token cannot go with it");
+            bail!("scale sets register their runners with JIT configs: --registration token cannot go with --scale-set or --config");
         }
         if args.min_idle > args.max {
             bail!(
@@ -101,15 +99,15 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     // Before the launcher sweeps anything: a second instance with this prefix stops here.
     let _instance_lock = InstanceLock::acquire(cache.root(), &prefix)?;
     let state_file = state::state_path(cache.root(), &prefix);
-    // The scale set's id, session and last message (never a token): what a restart needs.
+    // Each scale set's id, session and last message (never a token): what a restart needs.
     // In a directory of its own: `krunner status` reads every JSON file of the state dir.
-    let scaleset_state = state::state_dir(cache.root())
-        .join("scalesets")
-        .join(state_file.file_name().unwrap_or_default());
-    if let Some(dir) = scaleset_state.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-    }
+    let scaleset_state_dir = state::state_dir(cache.root()).join("scalesets");
+    std::fs::create_dir_all(&scaleset_state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            scaleset_state_dir.display()
+        )
+    })?;
     if let Some(dir) = state_file.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
@@ -132,9 +130,28 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 crate::metrics::serve(addr, reporter.metrics().clone(), github.clone()).await?;
             reporter.set_metrics_addr(bound.to_string());
         }
+        if args.scale_set.is_some() || args.config.is_some() {
+            let ctx = super::scaleset::Ctx {
+                global,
+                args: &args,
+                store: &store,
+                github: &github,
+                base: &base,
+                scope: &scope,
+                prefix: &prefix,
+                instance: &instance,
+                shares,
+                egress,
+                log_dir,
+                state_dir: scaleset_state_dir,
+                launcher,
+                shutdown: &shutdown,
+            };
+            return super::scaleset::serve(ctx).await;
+        }
         let pull_cancel = Cancel::default();
         let image = tokio::select! {
-            i = pull_image(global, &args, &store, &pull_cancel) => i?,
+            i = pull_image(global, &args, &args.image, &store, &pull_cancel) => i?,
             _ = shutdown.drain.cancelled() => {
                 pull_cancel.cancel();
                 tracing::info!("stopped before the image was ready");
@@ -152,64 +169,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             let interval = Duration::from_secs(args.runner_check_interval);
             tokio::spawn(u.run(interval, shutdown.drain.clone()));
         }
-        let template = RunRequest {
-            backend: args.guest.backend,
-            rootfs: image.rootfs.clone(),
-            manifest: Some(image.manifest.clone()),
-            cpus: args.guest.cpus,
-            memory_mib: args.guest.memory,
-            shares,
-            workload: Workload::Command(Vec::new()),
-            env: Vec::new(),
-            workdir: "/".into(),
-            hostname: prefix.clone(),
-            dns: args.guest.dns.clone(),
-            max_lifetime: (args.guest.max_lifetime > 0)
-                .then(|| Duration::from_secs(args.guest.max_lifetime)),
-            stop_grace: RUNNER_STOP_GRACE,
-            output: Output::Capture,
-            krun_log_level: args.guest.krun_log_level,
-            libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
-            nofile: 1 << 20,
-            egress: egress.clone(),
-            runner: None,
-        };
-        if let Some(set) = args.scale_set.clone() {
-            let cfg = ScaleSetConfig {
-                name: set,
-                labels: args.labels.clone(),
-                runner_group: args.group.clone(),
-                min_idle: args.min_idle,
-                max: args.max,
-                name_prefix: prefix.clone(),
-                owner: instance.clone(),
-                state_file: scaleset_state,
-                log_dir,
-                drain_timeout: Duration::from_secs(args.drain_timeout),
-                // Tests shorten it.
-                min_idle_age: env_ms("KRUNNER_SCALESET_MIN_IDLE_AGE_MS")
-                    .unwrap_or(scaleset::MIN_IDLE_AGE),
-                template,
-                runner,
-            };
-            let actions = Actions::new(github.clone(), &base, web_url(&base, &scope)?)?;
-            tracing::info!(
-                "serving scale set {} (min idle {}, max {}) for {} from {}",
-                cfg.name,
-                cfg.min_idle,
-                cfg.max,
-                args.principal,
-                image.reference
-            );
-            let report = scaleset::run(cfg, actions, launcher, &shutdown).await?;
-            tracing::info!(
-                runs = report.runs,
-                failures = report.failures,
-                peak = report.peak,
-                "the scale set's runners ended"
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
+        let template = template(&args, &image, shares, egress.clone(), &prefix);
         // A stalled or rate-limiting API must not keep a stop signal from ending the start.
         let prepared = tokio::select! {
             p = prepare(&github, &args, &base, &scope, &prefix, &instance) => p?,
@@ -359,7 +319,7 @@ struct Prepared {
 ///   ([`BackoffPolicy`]);
 /// - `KRUNNER_STATUS_POLL_MS`: the least time between the status polls behind
 ///   `krunner status`'s idle and busy states ([`state::POLL_INTERVAL`]).
-fn env_ms(name: &str) -> Option<Duration> {
+pub(super) fn env_ms(name: &str) -> Option<Duration> {
     let v = std::env::var(name).ok()?;
     match v.trim().parse::<u64>() {
         Ok(ms) => Some(Duration::from_millis(ms)),
@@ -448,14 +408,15 @@ fn labels(given: &[String], image: &str, instance: &str) -> Vec<String> {
 }
 
 /// The image per `--pull`.
-async fn pull_image(
+pub(super) async fn pull_image(
     global: &GlobalArgs,
     args: &RunArgs,
+    reference: &str,
     store: &ImageStore,
     cancel: &Cancel,
 ) -> anyhow::Result<crate::image::PulledImage> {
     let opts = |offline| super::pull::pull_options(global, &args.registry, offline);
-    let what = || format!("cannot get the image {}", args.image);
+    let what = || format!("cannot get the image {reference}");
     let policy = if args.offline {
         PullPolicy::Never
     } else {
@@ -463,17 +424,17 @@ async fn pull_image(
     };
     match policy {
         PullPolicy::Always => store
-            .pull(&args.image, &opts(false), cancel)
+            .pull(reference, &opts(false), cancel)
             .await
             .with_context(what),
         PullPolicy::Never => store
-            .pull(&args.image, &opts(true), cancel)
+            .pull(reference, &opts(true), cancel)
             .await
             .with_context(what),
-        PullPolicy::Missing => match store.pull(&args.image, &opts(true), cancel).await {
+        PullPolicy::Missing => match store.pull(reference, &opts(true), cancel).await {
             Ok(i) => Ok(i),
             Err(_) => store
-                .pull(&args.image, &opts(false), cancel)
+                .pull(reference, &opts(false), cancel)
                 .await
                 .with_context(what),
         },
@@ -482,7 +443,7 @@ async fn pull_image(
 
 /// Which runner guests get (`--runner`), and for a provided one the runner ready in the cache
 /// and what keeps it current.
-async fn runner_plan(
+pub(super) async fn runner_plan(
     args: &RunArgs,
     image: &crate::image::PulledImage,
     store: &ImageStore,
@@ -569,6 +530,39 @@ async fn warn_if_too_old(http: &reqwest::Client, url: &str, version: runner::Ver
     }
 }
 
+/// The request every guest of `image` starts from; per run the orchestrator sets the
+/// workload, output, host name and provided runner.
+pub(super) fn template(
+    args: &RunArgs,
+    image: &crate::image::PulledImage,
+    shares: Vec<Share>,
+    egress: crate::jail::egress::EgressPolicy,
+    prefix: &str,
+) -> RunRequest {
+    RunRequest {
+        backend: args.guest.backend,
+        rootfs: image.rootfs.clone(),
+        manifest: Some(image.manifest.clone()),
+        cpus: args.guest.cpus,
+        memory_mib: args.guest.memory,
+        shares,
+        workload: Workload::Command(Vec::new()),
+        env: Vec::new(),
+        workdir: "/".into(),
+        hostname: prefix.to_string(),
+        dns: args.guest.dns.clone(),
+        max_lifetime: (args.guest.max_lifetime > 0)
+            .then(|| Duration::from_secs(args.guest.max_lifetime)),
+        stop_grace: RUNNER_STOP_GRACE,
+        output: Output::Capture,
+        krun_log_level: args.guest.krun_log_level,
+        libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
+        nofile: 1 << 20,
+        egress,
+        runner: None,
+    }
+}
+
 /// SIGINT/SIGTERM: the first drains, the second forces.
 fn watch_signals(shutdown: Shutdown) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -593,7 +587,7 @@ fn watch_signals(shutdown: Shutdown) -> anyhow::Result<()> {
 
 /// The scope's web address for `config.sh --url`: github.com for api.github.com, the GHES
 /// host for `…/api/v3`, the API base itself otherwise.
-fn web_url(api: &Url, scope: &Scope) -> anyhow::Result<String> {
+pub(super) fn web_url(api: &Url, scope: &Scope) -> anyhow::Result<String> {
     let mut web = api.clone();
     // github.com and GHE.com (data residency, `api.SUBDOMAIN.ghe.com`) serve the API on an
     // `api.` host; GHES serves it under `/api/v3` on the web host itself.

@@ -21,8 +21,10 @@
 //! behind them writes the state file `krunner status` reads and feeds the metrics.
 
 pub mod backoff;
+pub mod budget;
 pub mod deleter;
 pub mod identity;
+pub mod pools;
 pub mod scaleset;
 pub mod slot;
 pub mod state;

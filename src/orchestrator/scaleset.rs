@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use super::budget::{Budget, Lease, Size};
 use super::Shutdown;
 use crate::github::actions::{Actions, ActionsError, Message, Session, Statistics};
 use crate::guest::{Registration, RunnerJob};
@@ -77,6 +78,9 @@ pub struct ScaleSetConfig {
     pub template: RunRequest,
     /// Which actions runner guests get.
     pub runner: crate::runner::Plan,
+    /// The host's capacity, shared with the other pools: a guest starts only with a lease of
+    /// its size (`template.cpus`, `template.memory_mib`).
+    pub budget: Arc<Budget>,
 }
 
 /// What the scale set's run did.
@@ -157,6 +161,8 @@ struct Guest {
     started: Instant,
     busy: bool,
     stop: Cancel,
+    /// Its share of the host, given back when the guest is gone.
+    _lease: Lease,
 }
 
 /// Runs the scale set until shutdown.
@@ -514,16 +520,28 @@ impl Reconciler<'_> {
                 },
                 Some(r) = self.tasks.join_next(), if !self.tasks.is_empty() => self.on_exit(r).await,
                 _ = tick.tick() => if !shutdown.requested() { self.reconcile().await },
+                // Another pool's guest ended: room for one of ours, maybe.
+                _ = self.cfg.budget.freed(), if !shutdown.requested() => self.reconcile().await,
                 _ = shutdown.drain.cancelled(), if !shutdown.requested() => {}
             }
+            // What this pool can take now: guests it has that are free, plus what still fits.
             let busy = self.guests.values().filter(|g| g.busy).count() as u32;
-            capacity.send_replace(self.cfg.max.saturating_sub(busy));
+            let have = self.guests.len() as u32;
+            let can = (have + self.cfg.budget.fits(self.size())).min(self.cfg.max);
+            capacity.send_replace(can.saturating_sub(busy));
             if shutdown.requested() {
                 break;
             }
         }
         self.drain(shutdown).await;
         self.report
+    }
+
+    fn size(&self) -> Size {
+        Size {
+            cpus: u32::from(self.cfg.template.cpus),
+            memory_mib: u64::from(self.cfg.template.memory_mib),
+        }
     }
 
     fn on_message(&mut self, m: &Message) {
@@ -582,6 +600,10 @@ impl Reconciler<'_> {
 
     /// Registers and launches one guest; false if it could not (backing off).
     async fn start_guest(&mut self) -> bool {
+        // Without room on the host, wait: a lease given back wakes the reconciler.
+        let Some(lease) = self.cfg.budget.try_take(self.size()) else {
+            return false;
+        };
         self.seq += 1;
         let name = format!(
             "{}-{}-{}",
@@ -625,6 +647,7 @@ impl Reconciler<'_> {
                 started: Instant::now(),
                 busy: false,
                 stop,
+                _lease: lease,
             },
         );
         self.report.peak = self.report.peak.max(self.guests.len());

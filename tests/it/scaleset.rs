@@ -49,6 +49,14 @@ fn fixture(name: &str) -> Fixture {
 }
 
 fn krunner(f: &Fixture, extra: &[&str]) -> Krunner {
+    let mut k = krunner_base(f);
+    k.args(["--scale-set", SET]);
+    k.args(extra);
+    k
+}
+
+/// `krunner run` against the simulator, without a pool.
+fn krunner_base(f: &Fixture) -> Krunner {
     let mut k = f.td.krunner();
     k.env("KRUNNER_TOKEN", "ss-token")
         .env("KRUNNER_SCALESET_MIN_IDLE_AGE_MS", "1000")
@@ -68,10 +76,7 @@ fn krunner(f: &Fixture, extra: &[&str]) -> Krunner {
             f.td.join("logs").to_str().unwrap(),
             "-M",
             &format!("{}:/mode:ro", f.mode.display()),
-            "--scale-set",
-            SET,
         ]);
-    k.args(extra);
     k
 }
 
@@ -130,7 +135,8 @@ fn six_jobs_on_a_set_of_at_most_three_all_finish_and_it_shrinks_back() {
         return;
     }
     let f = fixture("ss-six");
-    std::fs::write(f.mode.join("busy"), "2").unwrap();
+    // Long enough that the guests overlap even on a loaded machine.
+    std::fs::write(f.mode.join("busy"), "5").unwrap();
     let running = krunner(&f, &["--max", "3"]).spawn();
     let id = set_id(&f);
     wait_for(&f, 60, "the session", || alive_session(&f, id));
@@ -342,4 +348,77 @@ fn jobs_offered_as_available_are_acquired_then_run() {
     );
     sigint(&running);
     running.wait().success();
+}
+
+#[test]
+fn two_pools_on_one_budget_a_burst_borrows_the_others_room_and_gives_it_back() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("ss-pools");
+    std::fs::write(f.mode.join("busy"), "4").unwrap();
+    let file = f.td.join("pools.toml");
+    std::fs::write(
+        &file,
+        "[host]\ncpus = 2\nmemory_mib = 4096\n\n\
+         [[pool]]\nname = \"pool-a\"\ncpus = 1\nmemory_mib = 256\nmax = 2\n\n\
+         [[pool]]\nname = \"pool-b\"\ncpus = 1\nmemory_mib = 256\nmax = 2\n",
+    )
+    .unwrap();
+    let running = krunner_base(&f)
+        .args(["--config", file.to_str().unwrap()])
+        .spawn();
+    let id = |name: &str| {
+        f.sim
+            .scale_sets()
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.id)
+    };
+    wait_for(
+        &f,
+        60,
+        "both sets with a session",
+        || matches!((id("pool-a"), id("pool-b")), (Some(a), Some(b)) if alive_session(&f, a) && alive_session(&f, b)),
+    );
+    let (a, b) = (id("pool-a").unwrap(), id("pool-b").unwrap());
+    let running_jobs = |set| {
+        f.sim
+            .scale_set_jobs(set)
+            .iter()
+            .filter(|j| j.state == SimJobState::Running)
+            .count()
+    };
+    // A burst on pool A takes the whole host: B is idle, so A may use B's share too.
+    f.sim.queue_job(a, &["pool-a"]);
+    f.sim.queue_job(a, &["pool-a"]);
+    wait_for(&f, 60, "both of A's jobs running at once", || {
+        running_jobs(a) == 2
+    });
+    // B's job must wait for room: it starts only once one of A's guests is gone.
+    f.sim.queue_job(b, &["pool-b"]);
+    let mut peak = 0;
+    wait_for(&f, 90, "B's job running", || {
+        peak = peak.max(f.sim.runners().len());
+        running_jobs(b) == 1 || done(&f, b) == 1
+    });
+    assert!(
+        done(&f, a) >= 1,
+        "B started only after A gave room back: A done {}",
+        done(&f, a)
+    );
+    wait_for(&f, 90, "every job done", || {
+        done(&f, a) == 2 && done(&f, b) == 1
+    });
+    assert!(
+        peak <= 2,
+        "the host budget of 2 CPUs holds two 1-CPU guests, saw {peak}"
+    );
+    sigint(&running);
+    let out = running.wait();
+    out.success();
+    assert!(
+        out.stderr.contains("host budget for all pools: 2 CPUs"),
+        "{out}"
+    );
 }
