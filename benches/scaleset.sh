@@ -75,7 +75,7 @@ one_round() {
 	KRUNNER_TOKEN=bench-pat KRUNNER_SCALESET_MIN_IDLE_AGE_MS=1000 "$KRUNNER" --cache-dir "$WORK/cache" -q \
 		run --backend namespace --pull never --api-url "http://127.0.0.1:$SIM_PORT" -p bench/repo \
 		-i "$IMAGE" --name-prefix "b$variant" -M "$rec:/record" --scale-set bench-set \
-		--min-idle "$min_idle" --max "$MAX" >"$WORK/krunner-$variant.log" 2>&1 &
+		--min-idle "$min_idle" --max "$MAX" -c 1 --host-cpus "$MAX" >"$WORK/krunner-$variant.log" 2>&1 &
 	KPID=$!
 	for _ in $(seq 300); do
 		id=$(curl -fsS "http://127.0.0.1:$SIM_PORT/_sim/scalesets" | jq -r '.[] | select(.name == "bench-set") | .id' | tail -1)

@@ -50,7 +50,8 @@ fn fixture(name: &str) -> Fixture {
 
 fn krunner(f: &Fixture, extra: &[&str]) -> Krunner {
     let mut k = krunner_base(f);
-    k.args(["--scale-set", SET]);
+    // One CPU per guest from a budget of four, whatever this machine has: up to four guests.
+    k.args(["--scale-set", SET, "-c", "1", "--host-cpus", "4"]);
     k.args(extra);
     k
 }
