@@ -33,7 +33,6 @@ for cmd in docker-registry skopeo umoci busybox curl; do
 	command -v "$cmd" >/dev/null 2>&1 || die "missing $cmd"
 done
 
-SIM_PID=
 KPID=
 WORK=
 cleanup() {
@@ -105,25 +104,13 @@ main() {
 	WORK=$(mktemp -d "$BENCH_DIR/api.XXXXXX")
 	trap cleanup EXIT
 	trap 'exit 130' INT TERM
-	local sim_bin=$repo/target/release/examples/github_sim
-	if [[ ! -x $sim_bin ]]; then
-		log "building the GitHub simulator (cargo build --release --example github_sim)"
-		(cd "$repo" && cargo build --release --example github_sim) >&2
-	fi
 	log "building the stand-in runner image"
 	build_runner_image "$WORK/layout" >/dev/null
 	start_registry
 	REF=127.0.0.1:$PORT/bench/runner:latest
 	skopeo copy -q --dest-tls-verify=false "oci:$WORK/layout:$TAG" "docker://$REF" >/dev/null
-	"$sim_bin" --port 0 --scope repo --principal bench/repo --token bench-pat >"$WORK/sim.out" 2>&1 &
-	SIM_PID=$!
-	SIM_PORT=''
-	for _ in $(seq 100); do
-		SIM_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/sim.out")
-		[[ -n $SIM_PORT ]] && break
-		sleep 0.1
-	done
-	[[ -n $SIM_PORT ]] || die "the simulator did not start"
+	# shellcheck disable=SC2119 # start_sim takes simulator options; none needed here
+	start_sim
 	"$KRUNNER" --cache-dir "$WORK/cache" -q pull "$REF" >/dev/null
 
 	local idle busy jobs n finished per_job

@@ -218,3 +218,28 @@ standin_image() {
 	umoci repack --image "$layout:$TAG" "$b"
 	rm -rf "$b"
 }
+
+# ---------------------------------------------------------------- the GitHub API simulator
+# start_sim ARGS…: builds the simulator example when missing, starts it on a free port as
+# --scope repo --principal bench/repo --token bench-pat plus ARGS (output in $WORK/sim.out),
+# and sets SIM_PID (the caller's cleanup kills it) and SIM_PORT.
+SIM_PID=
+SIM_PORT=
+start_sim() {
+	local sim_bin=$repo/target/release/examples/github_sim
+	if [[ ! -x $sim_bin ]]; then
+		log "building the GitHub simulator (cargo build --release --example github_sim)"
+		(cd "$repo" && cargo build --release --example github_sim) >&2
+	fi
+	"$sim_bin" --port 0 --scope repo --principal bench/repo --token bench-pat "$@" >"$WORK/sim.out" 2>&1 &
+	# shellcheck disable=SC2034 # the caller kills it
+	SIM_PID=$!
+	SIM_PORT=
+	for _ in $(seq 100); do
+		SIM_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/sim.out")
+		[[ -n $SIM_PORT ]] && return
+		sleep 0.1
+	done
+	cat "$WORK/sim.out" >&2
+	die "the simulator did not start"
+}

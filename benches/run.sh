@@ -29,7 +29,6 @@ for cmd in docker-registry skopeo umoci busybox; do
 	command -v "$cmd" >/dev/null 2>&1 || die "missing $cmd (apt-get install ${cmd/busybox/busybox-static})"
 done
 
-SIM_PID=
 WORK=
 cleanup() {
 	stop_registry
@@ -77,11 +76,6 @@ main() {
 	WORK=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
 	trap cleanup EXIT
 	trap 'exit 130' INT TERM
-	local sim_bin=$repo/target/release/examples/github_sim
-	if [[ ! -x $sim_bin ]]; then
-		log "building the GitHub simulator (cargo build --release --example github_sim)"
-		(cd "$repo" && cargo build --release --example github_sim) >&2
-	fi
 
 	log "building the stand-in runner image"
 	build_runner_image "$WORK/layout" >/dev/null
@@ -89,27 +83,20 @@ main() {
 	local ref=127.0.0.1:$PORT/bench/runner:latest
 	skopeo copy -q --dest-tls-verify=false "oci:$WORK/layout:$TAG" "docker://$ref" >/dev/null
 
-	"$sim_bin" --port 0 --scope repo --principal bench/repo --token bench-pat >"$WORK/sim.out" 2>&1 &
-	SIM_PID=$!
-	local sim_port=''
-	for _ in $(seq 100); do
-		sim_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/sim.out")
-		[[ -n $sim_port ]] && break
-		sleep 0.1
-	done
-	[[ -n $sim_port ]] || { cat "$WORK/sim.out" >&2; die "the simulator did not start"; }
+	# shellcheck disable=SC2119 # start_sim takes simulator options; none needed here
+	start_sim
 
 	local rec=$WORK/record cache=$WORK/cache
 	mkdir -p "$rec"
 	chmod 777 "$rec"
 	echo "$JOB_SECS" >"$rec/job-secs"
 	"$KRUNNER" --cache-dir "$cache" -q pull "$ref" >/dev/null
-	log "krunner run -n $SLOTS -r $REPEAT (namespace backend, simulator on 127.0.0.1:$sim_port)"
+	log "krunner run -n $SLOTS -r $REPEAT (namespace backend, simulator on 127.0.0.1:$SIM_PORT)"
 	local t0 t1
 	now_us t0
 	KRUNNER_TOKEN=bench-pat "$KRUNNER" --cache-dir "$cache" -q run --backend namespace \
 		-n "$SLOTS" -r "$REPEAT" --max-concurrent-boots "$SLOTS" --pull never \
-		--api-url "http://127.0.0.1:$sim_port" -p bench/repo -i "$ref" --name-prefix bench \
+		--api-url "http://127.0.0.1:$SIM_PORT" -p bench/repo -i "$ref" --name-prefix bench \
 		-M "$rec:/record" >"$WORK/krunner.log" 2>&1 &
 	local kpid=$! max_parent=0 max_total=0 max_pss=0 p t q
 	while kill -0 "$kpid" 2>/dev/null; do

@@ -32,7 +32,6 @@ for cmd in docker-registry skopeo umoci busybox curl; do
 	command -v "$cmd" >/dev/null 2>&1 || die "missing $cmd (apt-get install ${cmd/busybox/busybox-static})"
 done
 
-SIM_PID=
 WORK=
 cleanup() {
 	stop_registry
@@ -85,21 +84,7 @@ main() {
 	WORK=$(mktemp -d "$BENCH_DIR/runner.XXXXXX")
 	trap cleanup EXIT
 	trap 'exit 130' INT TERM
-	local sim_bin=$repo/target/release/examples/github_sim
-	if [[ ! -x $sim_bin ]]; then
-		log "building the GitHub simulator (cargo build --release --example github_sim)"
-		(cd "$repo" && cargo build --release --example github_sim) >&2
-	fi
-	"$sim_bin" --port 0 --scope repo --principal bench/repo --token bench-pat \
-		--runner-release "$VERSION" >"$WORK/sim.out" 2>&1 &
-	SIM_PID=$!
-	SIM_PORT=''
-	for _ in $(seq 100); do
-		SIM_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/sim.out")
-		[[ -n $SIM_PORT ]] && break
-		sleep 0.1
-	done
-	[[ -n $SIM_PORT ]] || { cat "$WORK/sim.out" >&2; die "the simulator did not start"; }
+	start_sim --runner-release "$VERSION"
 	RELEASES=http://127.0.0.1:$SIM_PORT/repos/actions/runner/releases
 	local asset=actions-runner-linux-x64-$VERSION.tar.gz
 	curl -fsS -o "$WORK/$asset" "http://127.0.0.1:$SIM_PORT/_sim/runner-releases/download/v$VERSION/$asset"
