@@ -72,6 +72,149 @@ pub struct Metrics {
     pub time_to_online: Summary,
     /// From guest start to guest end.
     pub vm_lifetime: Summary,
+    /// Per scale set: its latest status and how long its jobs waited.
+    pub pools: std::sync::Mutex<std::collections::BTreeMap<String, PoolMetrics>>,
+}
+
+/// The upper bounds of [`Histogram`]'s buckets, in seconds.
+pub const WAIT_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// A Prometheus histogram with [`WAIT_BUCKETS`].
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    /// Observations at or below each bound (not cumulative; summed when rendered).
+    counts: [u64; WAIT_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = WAIT_BUCKETS.iter().position(|b| s <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += s;
+        self.count += 1;
+    }
+}
+
+/// One scale set's metrics.
+#[derive(Debug, Default, Clone)]
+pub struct PoolMetrics {
+    /// Its latest status.
+    pub status: crate::orchestrator::state::PoolStatus,
+    /// From a job's assignment to the set to its start on a runner.
+    pub job_wait: Histogram,
+}
+
+impl Metrics {
+    /// Updates scale set `name`'s status.
+    pub fn pool_status(&self, status: &crate::orchestrator::state::PoolStatus) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.entry(status.name.clone()).or_default().status = status.clone();
+    }
+
+    /// Records how long one of `name`'s jobs waited for a runner.
+    pub fn pool_job_wait(&self, name: &str, d: Duration) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(name.to_string())
+            .or_default()
+            .job_wait
+            .observe(d);
+    }
+
+    fn render_pools(&self, out: &mut String) {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if pools.is_empty() {
+            return;
+        }
+        type Get = fn(&crate::orchestrator::state::PoolStatus) -> u64;
+        let gauges: [(&str, &str, Get); 8] = [
+            (
+                "krunner_pool_assigned_jobs",
+                "Jobs assigned to the scale set, running or waiting.",
+                |s| s.assigned_jobs,
+            ),
+            (
+                "krunner_pool_running_jobs",
+                "Jobs of the scale set running.",
+                |s| s.running_jobs,
+            ),
+            (
+                "krunner_pool_desired_runners",
+                "Guests wanted: min(min idle + assigned jobs, max).",
+                |s| s.desired,
+            ),
+            ("krunner_pool_runners", "Guests alive.", |s| s.actual),
+            (
+                "krunner_pool_idle_runners",
+                "Registered runners without a job.",
+                |s| s.idle,
+            ),
+            ("krunner_pool_busy_runners", "Runners with a job.", |s| {
+                s.busy
+            }),
+            (
+                "krunner_pool_booting_runners",
+                "Guests whose runner has not registered yet.",
+                |s| s.booting,
+            ),
+            (
+                "krunner_pool_runs_total",
+                "Guests of the scale set that ended well.",
+                |s| s.runs_done,
+            ),
+        ];
+        for (name, help, get) in gauges {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}
+# TYPE {name} {kind}"
+            );
+            for (pool, m) in pools.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{}\"}} {}",
+                    escape(pool),
+                    get(&m.status)
+                );
+            }
+        }
+        let name = "krunner_pool_job_wait_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} From a job's assignment to the scale set to its start on a runner.\n# TYPE {name} histogram"
+        );
+        for (pool, m) in pools.iter() {
+            let p = escape(pool);
+            let mut cum = 0;
+            for (b, c) in WAIT_BUCKETS.iter().zip(m.job_wait.counts) {
+                cum += c;
+                let _ = writeln!(out, "{name}_bucket{{pool=\"{p}\",le=\"{b}\"}} {cum}");
+            }
+            let h = &m.job_wait;
+            let _ = writeln!(out, "{name}_bucket{{pool=\"{p}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{{pool=\"{p}\"}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{pool=\"{p}\"}} {}", h.count);
+        }
+    }
+}
+
+/// A label value in the text format: `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// What the GitHub client knows about its own use, read at scrape time.
@@ -181,6 +324,7 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} summary\n{name}_sum {sum}\n{name}_count {count}\n"
             );
         }
+        self.render_pools(&mut out);
         out
     }
 }
@@ -275,6 +419,34 @@ fn route(request_line: &str, render: impl FnOnce() -> String) -> (&'static str, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_render_gauges_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.pool_status(&crate::orchestrator::state::PoolStatus {
+            name: "a\"b".into(),
+            assigned_jobs: 2,
+            ..Default::default()
+        });
+        for s in [0.3, 1.5, 1.5, 700.0] {
+            m.pool_job_wait("a\"b", Duration::from_secs_f64(s));
+        }
+        let out = m.render(ApiStats::default());
+        for want in [
+            "krunner_pool_assigned_jobs{pool=\"a\\\"b\"} 2",
+            "krunner_pool_job_wait_seconds_bucket{pool=\"a\\\"b\",le=\"0.5\"} 1",
+            "krunner_pool_job_wait_seconds_bucket{pool=\"a\\\"b\",le=\"2\"} 3",
+            "krunner_pool_job_wait_seconds_bucket{pool=\"a\\\"b\",le=\"600\"} 3",
+            "krunner_pool_job_wait_seconds_bucket{pool=\"a\\\"b\",le=\"+Inf\"} 4",
+            "krunner_pool_job_wait_seconds_count{pool=\"a\\\"b\"} 4",
+            "# TYPE krunner_pool_job_wait_seconds histogram",
+        ] {
+            assert!(out.contains(want), "{want}\n{out}");
+        }
+        assert!(!Metrics::default()
+            .render(ApiStats::default())
+            .contains("krunner_pool_"));
+    }
 
     #[test]
     fn renders_counters_gauges_and_summaries() {

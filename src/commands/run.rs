@@ -112,9 +112,15 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     }
+    let scale_sets = args.scale_set.is_some() || args.config.is_some();
     let reporter = Reporter::new(
         &prefix,
-        usize::from(args.runners),
+        // Scale sets have pools, not loops.
+        if scale_sets {
+            0
+        } else {
+            usize::from(args.runners)
+        },
         Some(state_file),
         Arc::new(Metrics::default()),
     );
@@ -146,6 +152,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 state_dir: scaleset_state_dir,
                 launcher,
                 shutdown: &shutdown,
+                reporter: reporter.clone(),
             };
             return super::scaleset::serve(ctx).await;
         }

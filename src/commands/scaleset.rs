@@ -41,6 +41,7 @@ pub(super) struct Ctx<'a> {
     pub(super) state_dir: PathBuf,
     pub(super) launcher: Launcher,
     pub(super) shutdown: &'a Shutdown,
+    pub(super) reporter: crate::orchestrator::state::Reporter,
 }
 
 /// The pools to serve, and the host budget they share.
@@ -151,6 +152,7 @@ pub(super) async fn serve(ctx: Ctx<'_>) -> anyhow::Result<ExitCode> {
             template,
             runner,
             budget: budget.clone(),
+            reporter: Some(ctx.reporter.clone()),
         });
     }
     tracing::info!(

@@ -75,6 +75,39 @@ fn table(found: &[FoundInstance], now: u64) -> String {
                 .map(|m| format!(", metrics at http://{m}/metrics"))
                 .unwrap_or_default()
         );
+        if !s.pools.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>8} {:>7} {:>13} {:>5} {:>5} {:>8} {:>5} {:>9}",
+                "SCALE SET",
+                "ASSIGNED",
+                "RUNNING",
+                "WANT/HAVE",
+                "IDLE",
+                "BUSY",
+                "BOOTING",
+                "RUNS",
+                "FAILURES"
+            );
+            for p in &s.pools {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:>8} {:>7} {:>13} {:>5} {:>5} {:>8} {:>5} {:>9}",
+                    p.name,
+                    p.assigned_jobs,
+                    p.running_jobs,
+                    format!("{}/{}", p.desired, p.actual),
+                    p.idle,
+                    p.busy,
+                    p.booting,
+                    p.runs_done,
+                    p.failures
+                );
+            }
+        }
+        if s.slots.is_empty() {
+            continue;
+        }
         let _ = writeln!(
             out,
             "  {:<4} {:<24} {:<12} {:>8} {:>5} {:>9}  LAST ERROR",
@@ -145,6 +178,7 @@ mod tests {
                     failures_total: 4,
                     last_error: Some("slot 0: boom".into()),
                 }],
+                pools: Vec::new(),
             },
         };
         let t = table(std::slice::from_ref(&f), 1100);
@@ -157,5 +191,43 @@ mod tests {
         let j = json(&f);
         assert_eq!(j["alive"], true);
         assert_eq!(j["slots"][0]["state"], "backing-off");
+    }
+
+    #[test]
+    fn scale_sets_get_a_table_of_their_own() {
+        let f = FoundInstance {
+            path: "/c/state/h.json".into(),
+            liveness: Liveness::Alive,
+            state: InstanceState {
+                pid: 7,
+                started: 1000,
+                name_prefix: "h".into(),
+                metrics: None,
+                slots: Vec::new(),
+                pools: vec![crate::orchestrator::state::PoolStatus {
+                    name: "krun-small".into(),
+                    set_id: 3,
+                    assigned_jobs: 5,
+                    running_jobs: 2,
+                    desired: 4,
+                    actual: 3,
+                    idle: 0,
+                    busy: 2,
+                    booting: 1,
+                    runs_done: 9,
+                    failures: 1,
+                }],
+            },
+        };
+        let t = table(std::slice::from_ref(&f), 1100);
+        assert!(t.contains("SCALE SET") && !t.contains("LOOP"), "{t}");
+        let row = t.lines().find(|l| l.contains("krun-small")).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            ["krun-small", "5", "2", "4/3", "0", "2", "1", "9", "1"],
+            "{t}"
+        );
+        assert_eq!(json(&f)["pools"][0]["assigned_jobs"], 5);
     }
 }

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::budget::{Budget, Lease, Size};
+use super::state::{PoolStatus, Reporter};
 use super::Shutdown;
 use crate::github::actions::{Actions, ActionsError, Message, Session, Statistics};
 use crate::guest::{Registration, RunnerJob};
@@ -81,6 +82,8 @@ pub struct ScaleSetConfig {
     /// The host's capacity, shared with the other pools: a guest starts only with a lease of
     /// its size (`template.cpus`, `template.memory_mib`).
     pub budget: Arc<Budget>,
+    /// Where the pool's status goes (`krunner status`, metrics).
+    pub reporter: Option<Reporter>,
 }
 
 /// What the scale set's run did.
@@ -216,6 +219,8 @@ pub async fn run(
         guests: HashMap::new(),
         tasks: JoinSet::new(),
         assigned: 0,
+        stats: Statistics::default(),
+        assigned_at: HashMap::new(),
         seq: 0,
         report: ScaleSetReport::default(),
         failures_in_a_row: 0,
@@ -487,6 +492,10 @@ struct Reconciler<'a> {
     guests: HashMap<String, Guest>,
     tasks: JoinSet<(String, Result<RunOutcome, LaunchError>)>,
     assigned: u64,
+    /// The service's last word on the set's runners and jobs.
+    stats: Statistics,
+    /// When each job still waiting for a runner was seen assigned (for the wait metric).
+    assigned_at: HashMap<String, Instant>,
     seq: u64,
     report: ScaleSetReport,
     failures_in_a_row: u32,
@@ -513,6 +522,7 @@ impl Reconciler<'_> {
                     }
                     Some(Event::Demand(s)) => {
                         self.assigned = s.total_assigned_jobs;
+                        self.stats = s;
                         self.reconcile().await;
                     }
                     // The poller ended (it only does on shutdown).
@@ -529,6 +539,7 @@ impl Reconciler<'_> {
             let have = self.guests.len() as u32;
             let can = (have + self.cfg.budget.fits(self.size())).min(self.cfg.max);
             capacity.send_replace(can.saturating_sub(busy));
+            self.publish();
             if shutdown.requested() {
                 break;
             }
@@ -546,13 +557,55 @@ impl Reconciler<'_> {
 
     fn on_message(&mut self, m: &Message) {
         self.assigned = m.statistics.total_assigned_jobs;
+        self.stats = m.statistics;
         for j in &m.jobs {
-            if j.message_type == "JobStarted" {
-                if let Some(g) = j.runner_name.as_ref().and_then(|n| self.guests.get_mut(n)) {
-                    g.busy = true;
+            let job = j.job_id.to_string();
+            match j.message_type.as_str() {
+                "JobAssigned" | "JobAvailable" => {
+                    self.assigned_at.entry(job).or_insert_with(Instant::now);
                 }
+                "JobStarted" => {
+                    if let Some(g) = j.runner_name.as_ref().and_then(|n| self.guests.get_mut(n)) {
+                        g.busy = true;
+                    }
+                    if let (Some(t), Some(r)) = (self.assigned_at.remove(&job), &self.cfg.reporter)
+                    {
+                        r.metrics().pool_job_wait(&self.cfg.name, t.elapsed());
+                    }
+                }
+                "JobCompleted" => {
+                    // Cancelled before a runner took it: it comes again as a new assignment.
+                    self.assigned_at.remove(&job);
+                }
+                _ => {}
             }
         }
+    }
+
+    /// Reports the pool's state (`krunner status`, metrics).
+    fn publish(&self) {
+        let Some(r) = &self.cfg.reporter else { return };
+        let actual = self.guests.len() as u64;
+        let busy = self.guests.values().filter(|g| g.busy).count() as u64;
+        let idle = self
+            .stats
+            .total_idle_runners
+            .min(actual.saturating_sub(busy));
+        let status = PoolStatus {
+            name: self.cfg.name.clone(),
+            set_id: self.set_id.load(Ordering::SeqCst),
+            assigned_jobs: self.assigned,
+            running_jobs: self.stats.total_running_jobs,
+            desired: (u64::from(self.cfg.min_idle) + self.assigned).min(u64::from(self.cfg.max)),
+            actual,
+            idle,
+            busy,
+            booting: actual.saturating_sub(busy + idle),
+            runs_done: self.report.runs,
+            failures: self.report.failures,
+        };
+        r.metrics().pool_status(&status);
+        r.pool(status);
     }
 
     /// Starts guests up to the target; removes surplus idle ones the service agrees are idle.

@@ -179,6 +179,36 @@ pub struct InstanceState {
     pub metrics: Option<String>,
     /// One entry per slot.
     pub slots: Vec<SlotStatus>,
+    /// One entry per scale set (`--scale-set`, `--config`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolStatus>,
+}
+
+/// One scale set in the state file: the demand and what krunner has to meet it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// The scale set's name.
+    pub name: String,
+    /// Its id at the Actions service.
+    pub set_id: u64,
+    /// Jobs assigned to the set (running or waiting), per the last message.
+    pub assigned_jobs: u64,
+    /// Jobs running.
+    pub running_jobs: u64,
+    /// Guests wanted: min(min idle + assigned, max).
+    pub desired: u64,
+    /// Guests alive.
+    pub actual: u64,
+    /// Of those, registered runners without a job (per the service).
+    pub idle: u64,
+    /// Runners with a job.
+    pub busy: u64,
+    /// Guests whose runner has not registered yet.
+    pub booting: u64,
+    /// Guests that ended well.
+    pub runs_done: u64,
+    /// Guests that did not.
+    pub failures: u64,
 }
 
 /// Unix seconds now.
@@ -352,6 +382,7 @@ impl Reporter {
                     last_error: None,
                 })
                 .collect(),
+            pools: Vec::new(),
         };
         let r = Reporter {
             shared: Arc::new(Mutex::new(Shared {
@@ -392,6 +423,16 @@ impl Reporter {
             reporter: self.clone(),
             index,
         }
+    }
+
+    /// Replaces scale set `status.name`'s entry (adding it the first time).
+    pub fn pool(&self, status: PoolStatus) {
+        self.update(
+            |s| match s.doc.pools.iter_mut().find(|p| p.name == status.name) {
+                Some(p) => *p = status,
+                None => s.doc.pools.push(status),
+            },
+        );
     }
 
     /// Stops writing and removes the state file (clean exit).

@@ -15,7 +15,7 @@ fn kill(pid: u32, sig: nix::sys::signal::Signal) {
 }
 
 /// `GET path` on `addr`: (status line, headers and body as one string).
-fn get(addr: &str, path: &str) -> std::io::Result<String> {
+pub(crate) fn get(addr: &str, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
@@ -25,7 +25,7 @@ fn get(addr: &str, path: &str) -> std::io::Result<String> {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

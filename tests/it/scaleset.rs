@@ -138,7 +138,8 @@ fn six_jobs_on_a_set_of_at_most_three_all_finish_and_it_shrinks_back() {
     let f = fixture("ss-six");
     // Long enough that the guests overlap even on a loaded machine.
     std::fs::write(f.mode.join("busy"), "5").unwrap();
-    let running = krunner(&f, &["--max", "3"]).spawn();
+    let addr = format!("127.0.0.1:{}", crate::run_status::free_port());
+    let running = krunner(&f, &["--max", "3", "--metrics", &addr]).spawn();
     let id = set_id(&f);
     wait_for(&f, 60, "the session", || alive_session(&f, id));
     assert!(
@@ -159,6 +160,30 @@ fn six_jobs_on_a_set_of_at_most_three_all_finish_and_it_shrinks_back() {
         f.sim.runners().is_empty()
     });
     assert!(f.sim.max_capacity_seen(id).is_some_and(|c| c <= 3));
+    // What krunner reports of the pool: the state file (`krunner status`) and the metrics.
+    // The guests end a moment after their runners deregistered.
+    let mut doc = serde_json::Value::Null;
+    wait_for(
+        &f,
+        60,
+        "krunner status to show six runs and no guest",
+        || {
+            let status = f.td.krunner().args(["status", "--json"]).run();
+            doc = serde_json::from_str(&status.stdout).unwrap_or_default();
+            let pool = &doc[0]["pools"][0];
+            pool["runs_done"] == 6 && pool["actual"] == 0
+        },
+    );
+    assert_eq!(doc[0]["pools"][0]["name"], SET, "{doc}");
+    let metrics = crate::run_status::get(&addr, "/metrics").unwrap();
+    for want in [
+        "krunner_pool_job_wait_seconds_count{pool=\"krun-small\"} 6",
+        "krunner_pool_runs_total{pool=\"krun-small\"} 6",
+        "krunner_pool_desired_runners{pool=\"krun-small\"} 0",
+        "krunner_pool_job_wait_seconds_bucket{pool=\"krun-small\",le=\"+Inf\"} 6",
+    ] {
+        assert!(metrics.contains(want), "{want} missing:\n{metrics}");
+    }
     sigint(&running);
     let out = running.wait();
     out.success().never_shows("ss-token");
