@@ -693,6 +693,10 @@ impl Reconciler<'_> {
             (n, out)
         });
         tracing::info!(runner = %name, "starting a scale-set runner");
+        if let Some(r) = &self.cfg.reporter {
+            r.metrics().runs_started.fetch_add(1, Ordering::Relaxed);
+            r.metrics().active_vms.fetch_add(1, Ordering::Relaxed);
+        }
         self.guests.insert(
             name,
             Guest {
@@ -726,6 +730,19 @@ impl Reconciler<'_> {
         let Some(guest) = self.guests.remove(&name) else {
             return;
         };
+        let ok =
+            matches!(&outcome, Ok(o) if o.exit == VmExit::Exited(0) || o.exit == VmExit::Stopped);
+        if let Some(r) = &self.cfg.reporter {
+            let m = r.metrics();
+            m.active_vms.fetch_sub(1, Ordering::Relaxed);
+            let counter = if ok {
+                &m.runs_succeeded
+            } else {
+                &m.runs_failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            m.vm_lifetime.observe(guest.started.elapsed());
+        }
         match &outcome {
             Ok(o) if o.exit == VmExit::Exited(0) || o.exit == VmExit::Stopped => {
                 tracing::info!(runner = %name, "runner finished");
