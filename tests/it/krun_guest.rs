@@ -885,6 +885,112 @@ fn run_a_provided_runner_serves_an_image_with_only_its_os() {
     assert_clean(&f, &ctx);
 }
 
+/// A scale-set runner in a real guest: the run group's stand-in, but it asks the simulator for
+/// a job (`GET …/job`, through `busybox nc`) before it starts one.
+const SCALESET_LISTENER: &str = r#"#!/bin/sh
+post() { # URL BODY: POST, succeed on a 2xx answer
+  hp=${1#http://}; path=/${hp#*/}; hp=${hp%%/*}
+  answer=$(printf 'POST %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %s\r\n\r\n%s' \
+    "$path" "$hp" "${#2}" "$2" | busybox nc "${hp%:*}" "${hp##*:}" | busybox head -n 1)
+  case "$answer" in *" 2"[0-9][0-9]" "*) return 0 ;; esac
+  echo "stand-in runner: POST $1 answered: $answer" >&2
+  return 1
+}
+get() { # URL: the whole answer
+  hp=${1#http://}; path=/${hp#*/}; hp=${hp%%/*}
+  printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$path" "$hp" |
+    busybox nc "${hp%:*}" "${hp##*:}"
+}
+cfg=${ACTIONS_RUNNER_INPUT_JITCONFIG:-}
+files=$(echo "$cfg" | busybox base64 -d)
+runner=$(echo "$files" | busybox sed 's/.*"\.runner":"\([^"]*\)".*/\1/' | busybox base64 -d)
+creds=$(echo "$files" | busybox sed 's/.*"\.credentials":"\([^"]*\)".*/\1/' | busybox base64 -d)
+url=$(echo "$runner" | busybox sed 's/.*"simRunnerUrl":"\([^"]*\)".*/\1/')
+name=$(echo "$runner" | busybox sed 's/.*"agentName":"\([^"]*\)".*/\1/')
+secret=$(echo "$creds" | busybox sed 's/.*"simSecret":"\([^"]*\)".*/\1/')
+echo "$url" > "/record/$name"
+busybox id -u > "/record/$name.uid"
+echo "stand-in scale-set runner $name starting"
+post "$url/online" "$secret" || exit 7
+i=0
+until get "$url/job?secret=$secret" | busybox grep -q '"jobId"'; do
+  i=$((i + 1))
+  [ "$i" -lt 600 ] || exit 6
+  busybox sleep 1
+done
+post "$url/job-started" "$secret" || exit 8
+busybox sleep 1
+post "$url/job-finished" "$secret" || exit 9
+echo done > "/record/$name.done"
+"#;
+
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn run_a_scale_set_starts_a_guest_for_a_queued_job_and_closes_its_session() {
+    static PUSHED: std::sync::Once = std::sync::Once::new();
+    let image = crate::util::oci::runner_image(
+        Registry::shared(),
+        &PUSHED,
+        "krun-scaleset:v1",
+        SCALESET_LISTENER,
+        None,
+    );
+    let f = fixture("krun-run-scaleset");
+    f.sim.set_poll_wait(Duration::from_secs(1));
+    let running = krunner_run(
+        &f,
+        &image,
+        &["--scale-set", "krun-set", "--max", "1", "--host-cpus", "2"],
+    )
+    .spawn();
+    let pid = running.pid();
+    let set = || {
+        f.sim
+            .scale_sets()
+            .iter()
+            .find(|s| s.name == "krun-set")
+            .map(|s| s.id)
+    };
+    let ok = wait_for(120, || {
+        set().is_some_and(|id| !f.sim.sessions(id).is_empty())
+    });
+    if !ok {
+        signal(pid, Signal::SIGKILL);
+    }
+    assert!(ok, "the scale set and its session\n{}", f.sim.log_text());
+    let id = set().unwrap();
+    assert!(f.sim.runners().is_empty(), "no guest before a job");
+    f.sim.queue_job(id, &["krun-set"]);
+    let done = wait_for(600, || {
+        f.sim
+            .scale_set_jobs(id)
+            .iter()
+            .any(|j| j.state == crate::util::github_sim::SimJobState::Completed)
+    });
+    signal(pid, Signal::SIGINT);
+    let out = exit_within(running, 120).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert!(done, "the job ran in a guest\n{ctx}");
+    out.success().never_shows("krun-pat-secret");
+    let name = f.sim.scale_set_jobs(id)[0]
+        .runner_name
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(
+        read(&f.record.join(format!("{name}.uid"))).trim(),
+        "1001",
+        "{ctx}"
+    );
+    assert!(
+        f.sim
+            .sessions(id)
+            .iter()
+            .all(|s| s.state == crate::util::github_sim::SimSessionState::Deleted),
+        "{ctx}"
+    );
+    assert_clean(&f, &ctx);
+}
+
 #[test]
 #[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
 fn run_token_mode_configures_and_cleans_up() {

@@ -206,5 +206,5 @@ fn krun_exec_in_real_guests() {
 /// `run` in JIT and token modes, shutdown (idle, drain, forced), SIGKILL and restart.
 #[test]
 fn krun_run_in_real_guests() {
-    group("krun_guest::run_", 7);
+    group("krun_guest::run_", 8);
 }
