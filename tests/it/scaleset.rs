@@ -448,3 +448,24 @@ fn two_pools_on_one_budget_a_burst_borrows_the_others_room_and_gives_it_back() {
         "{out}"
     );
 }
+
+#[test]
+fn a_job_reassigned_because_no_runner_took_it_in_time_still_runs() {
+    if skip(NEEDS) {
+        return;
+    }
+    let f = fixture("ss-reassign");
+    // The runner asks for work only after 3 s; GitHub takes the job back after 2 s and
+    // assigns it again (JobCompleted canceled, then JobAssigned), up to three times.
+    f.sim.set_reassign_after(Duration::from_secs(2));
+    std::fs::write(f.mode.join("job-delay"), "3").unwrap();
+    let running = krunner(&f, &["--max", "1"]).spawn();
+    let id = set_id(&f);
+    wait_for(&f, 60, "the session", || alive_session(&f, id));
+    f.sim.queue_job(id, &[SET]);
+    wait_for(&f, 90, "the job done", || done(&f, id) == 1);
+    let job = &f.sim.scale_set_jobs(id)[0];
+    assert!(job.reassignments >= 1, "it was reassigned: {job:?}");
+    sigint(&running);
+    running.wait().success();
+}

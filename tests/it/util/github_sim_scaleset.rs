@@ -150,7 +150,8 @@ const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 /// `/record/{name}` when `/record` exists, reports `online`, sends a heartbeat every second,
 /// asks `…/job` every 0.5 s until the simulator gives it a job, reports `job-started`, works
 /// for the seconds in `/mode/busy-{name}` or `/mode/busy` (else 1), reports `job-finished`
-/// (with `?result=` from `/mode/result` if that exists) and exits 0. SIGTERM ends it at once
+/// (with `?result=` from `/mode/result` if that exists) and exits 0. With `/mode/job-delay` it
+/// waits that many seconds before it first asks for a job. SIGTERM ends it at once
 /// with 0 (nothing reported, like a killed guest). If `…/job` fails ten times in a row (its
 /// runner was removed, or the scale set deleted) it exits 6. It uses `busybox wget`, like
 /// `run_e2e`'s stand-in: the namespace backend shares the host's network.
@@ -178,6 +179,8 @@ busybox wget -q -O /dev/null --post-data="$secret" "$url/online" || exit 7
 done) &
 hb=$!
 trap 'kill "$hb" 2>/dev/null' EXIT
+# A slow runner: it asks for a job only after /mode/job-delay seconds.
+[ -f /mode/job-delay ] && busybox sleep "$(busybox cat /mode/job-delay)"
 fails=0
 while :; do
   if out=$(busybox wget -q -O- "$url/job?secret=$secret" 2>/dev/null); then
