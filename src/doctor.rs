@@ -312,6 +312,8 @@ pub async fn test_boot(
         nofile: 1024,
         // It runs `true` and no network: the jail has a check of its own.
         egress: EgressPolicy::Open,
+        // The boot also proves the VMM's jail works on this host.
+        user_namespace: true,
         runner: None,
     };
     let outcome = launcher.run(&req, &Cancel::default()).await;

@@ -15,8 +15,8 @@
 #              so that running it never pages through 9p)
 #
 # What L1 sees: the host's whole root file system read-only at the same paths (9p, so the built
-# krunner, test binaries, python3, docker-registry, libkrunfw are all there), with fresh tmpfs on
-# /tmp, /run and /root (the working directory and --keep directories below them stay visible),
+# krunner, test binaries, python3, docker-registry, libkrunfw are all there), with a fresh ext4 disk on
+# /tmp and fresh tmpfs on /run and /root (the working directory and --keep directories below them stay visible),
 # its own /proc, /sys, /dev (with /dev/kvm),
 # loopback up and a dummy default route (no other network). CMD runs as root through `sh -c` in the same working
 # directory, with TMPDIR=/tmp and KRUNNER_IT_IN_L1=1. Its stdout and stderr are copied to ours
@@ -30,7 +30,9 @@ set -euo pipefail
 L1_DIR=${KRUNNER_L1_DIR:-/var/tmp/krunner-test/l1}
 # tun (pasta), nf_tables with reject (the guests' egress rules), veth (the jail tests' own
 # networks), dummy (L1's stand-in for an outside interface, below).
-modules=(virtio_pci 9pnet_virtio 9p overlay kvm_amd vsock tun nf_tables nft_reject_inet veth dummy)
+# virtio_blk and ext4 carry L1's /tmp: idmapped mounts (the VMM's user namespace) need a file
+# system that supports them, which tmpfs does only from Linux 6.3 on.
+modules=(virtio_pci 9pnet_virtio 9p overlay kvm_amd vsock tun nf_tables nft_reject_inet veth dummy virtio_blk ext4)
 
 die() {
   echo "tests/l1.sh: $*" >&2
@@ -40,7 +42,7 @@ die() {
 # missing: the tools L1 needs that this host lacks, one per line.
 missing() {
   local t
-  for t in qemu-system-x86_64 busybox cpio depmod modprobe apt-get dpkg; do
+  for t in qemu-system-x86_64 busybox cpio depmod modprobe apt-get dpkg mkfs.ext4; do
     command -v "$t" >/dev/null 2>&1 || echo "$t"
   done
   [[ -e /usr/share/qemu/qboot.rom || -e /usr/share/seabios/bios-256k.bin ]] || echo "qemu firmware"
@@ -155,7 +157,11 @@ mount -t tmpfs shm $h/dev/shm
 for d in /tmp /run /root; do
 	mkdir -p /saved$d
 	mount --bind $h$d /saved$d
-	mount -t tmpfs -o mode=1777 tmp $h$d
+	if [ $d = /tmp ] && mount -t ext4 -o noatime /dev/vda $h$d; then
+		chmod 1777 $h$d
+	else
+		mount -t tmpfs -o mode=1777 tmp $h$d
+	fi
 done
 chmod 0700 $h/root
 while read -r p; do
@@ -211,7 +217,10 @@ echo "l1: ready, /dev/kvm: $(ls /dev/kvm 2>&1)"
 		rm -f /job/dump
 	done
 ) &
-chroot $h /bin/sh "$jobdir/job.sh"
+# The host root becomes the job's `/` in a mount namespace of its own by a move, as switch_root
+# does, not by a plain chroot: the kernel refuses user namespaces (the VMM's jail) to a chrooted
+# process.
+unshare -m sh -c "mount --make-rprivate / && cd $h && mount --move . / && exec chroot . /bin/sh $jobdir/job.sh"
 sync
 poweroff -f
 EOF
@@ -264,6 +273,9 @@ run() {
     printf 'echo $? >%q\n' "$job/status"
   } >"$job/job.sh"
   : >"$job/output"
+  # /tmp's disk (see the module list): sparse, journal-less, thrown away with the job.
+  truncate -s 32G "$job/scratch.img"
+  mkfs.ext4 -q -F -O ^has_journal -m 0 "$job/scratch.img"
   local firmware=()
   # qboot starts a -kernel boot in well under a second; SeaBIOS takes several under TCG.
   [[ -e /usr/share/qemu/qboot.rom ]] && firmware=(-bios /usr/share/qemu/qboot.rom)
@@ -274,6 +286,7 @@ run() {
     -display none -serial "file:$job/console.log" -no-reboot -nodefaults -nic none \
     -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$job,mount_tag=job,security_model=none" \
+    -drive "file=$job/scratch.img,if=virtio,format=raw,cache=unsafe,discard=unmap" \
     </dev/null >"$job/qemu.log" 2>&1 &
   local qemu=$!
   tail -n +1 -f --pid="$qemu" "$job/output" &

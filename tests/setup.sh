@@ -15,7 +15,7 @@ packages=(
   docker-registry skopeo umoci busybox-static apache2-utils
   # the emulated KVM host that runs real libkrun guests (tests/l1.sh): QEMU in software, its
   # initramfs (busybox-static above, cpio), module dependencies of its kernel (kmod)
-  qemu-system-x86 cpio kmod
+  qemu-system-x86 cpio kmod e2fsprogs
   # the guests' network jail: pasta (passt), nft (nftables), ip and ss (iproute2)
   passt nftables iproute2
   # lint of the repo's shell scripts

@@ -56,9 +56,14 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let outcome = super::runtime()?.block_on(async {
         let cancel = Cancel::default();
         let on_signal = cancel.clone();
+        // SIGINT or SIGTERM: stop the guest and clean up (the default SIGTERM action would
+        // leave the run directory to the next start's sweep).
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot handle SIGTERM")?;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                on_signal.cancel();
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_ok() { on_signal.cancel() },
+                _ = term.recv() => on_signal.cancel(),
             }
         });
         let image = store.pull(&args.image, &opts, &cancel).await?;
@@ -80,6 +85,7 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
             output: Output::Inherit,
             krun_log_level: args.guest.krun_log_level,
             libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
+            user_namespace: args.guest.user_namespace(),
             nofile: 1 << 20,
             egress: egress.clone(),
             runner: None,

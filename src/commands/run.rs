@@ -564,6 +564,7 @@ pub(super) fn template(
         output: Output::Capture,
         krun_log_level: args.guest.krun_log_level,
         libkrunfw_dir: args.guest.libkrunfw_dir.clone(),
+        user_namespace: args.guest.user_namespace(),
         nofile: 1 << 20,
         egress,
         runner: None,

@@ -7,6 +7,8 @@
 //! 1. take the spec (a 0600 file, deleted once read), arm PR_SET_PDEATHSIG and check that the
 //!    parent is still the one that spawned us;
 //! 2. enter a private mount namespace and mount the overlay root there (so it dies with us);
+//!    with the VMM's jail (the default), build its minimal tree, pivot into it and enter its
+//!    user namespace instead ([`super::vmm_jail`]);
 //! 3. configure a libkrun context: vCPUs and RAM, the root, one virtio-fs device per share,
 //!    workdir, rlimits, the workload with an explicit environment (never envp=NULL, which would
 //!    copy krunner's whole environment into the guest), the console file;
@@ -16,7 +18,7 @@
 //!
 //! Before step 2 the child enters the run's cgroup ([`super::cgroup::join`]) when there is one.
 //!
-//! Every libkrun call's negative-errno return is checked and reported as a [`spec::Event::Failed`]
+//! Every libkrun call's negative-errno return is checked and reported as a [`Event::Failed`]
 //! naming the call. stdin is /dev/null (the parent arranges it): libkrun puts a TTY stdin into
 //! raw mode.
 #![allow(unsafe_code)]
@@ -25,11 +27,14 @@ use std::ffi::{CString, NulError};
 use std::os::raw::c_char;
 use std::path::Path;
 
+use std::os::fd::AsFd;
+
 use krunner_sys as krun;
 use nix::sys::signal::Signal;
 
-use super::spec::{self, Event, LaunchSpec};
+use super::spec::{Event, EventLog, LaunchSpec};
 use super::sys::{prepare_private_root, LinuxSys};
+use super::vmm_jail::{self, JailedPaths};
 use super::{cgroup, privileges, seccomp};
 
 /// A failed libkrun call: its name and the errno it returned.
@@ -118,22 +123,24 @@ impl KrunCtx {
         Ok(KrunCtx { id: id as u32 })
     }
 
-    /// Applies the whole spec; every call must return 0.
-    pub fn configure(&self, spec: &LaunchSpec) -> Result<(), KrunError> {
+    /// Applies the whole spec, with the root, shares and console at `paths` (where this
+    /// process sees them: in the jail's tree, or the spec's own paths); every call must
+    /// return 0.
+    pub fn configure(&self, spec: &LaunchSpec, paths: &JailedPaths) -> Result<(), KrunError> {
         let id = self.id;
         // SAFETY: `id` came from krun_create_ctx and has not been consumed by krun_start_enter.
         check("krun_set_vm_config", unsafe {
             krun::krun_set_vm_config(id, spec.cpus, spec.memory_mib)
         })?;
-        let root = cpath("root path", spec.root.guest_root())?;
+        let root = cpath("root path", &paths.root)?;
         // SAFETY: `id` is live; `root` is a NUL-terminated string that outlives the call
         // (libkrun copies it).
         check("krun_set_root", unsafe {
             krun::krun_set_root(id, root.as_ptr())
         })?;
-        for share in &spec.shares {
+        for (share, host) in spec.shares.iter().zip(&paths.shares) {
             let tag = cstr("share tag", &share.tag)?;
-            let host = cpath("share path", &share.host)?;
+            let host = cpath("share path", host)?;
             // SAFETY: `id` is live; `tag` and `host` are NUL-terminated and outlive the call;
             // shm_size 0 means no DAX window.
             check("krun_add_virtiofs3", unsafe {
@@ -164,7 +171,7 @@ impl KrunCtx {
         check("krun_set_exec", unsafe {
             krun::krun_set_exec(id, path.as_ptr(), argv.as_ptr(), envp.as_ptr())
         })?;
-        if let Some(log) = &spec.console_log {
+        if let Some(log) = &paths.console {
             let log = cpath("console log", log)?;
             // SAFETY: `id` is live; `log` is NUL-terminated and outlives the call.
             check("krun_set_console_output", unsafe {
@@ -206,24 +213,20 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
             return 125;
         }
     };
+    // Held open: a jailed child no longer sees the path once it has pivoted.
+    let events = EventLog::open(&spec.events);
     let fail = |step: &str, errno: Option<i32>, message: String| {
         eprintln!("krunner vm child: {step}: {message}");
-        spec::emit(
-            &spec.events,
-            &Event::Failed {
-                step: step.to_string(),
-                errno,
-                message,
-            },
-        );
+        events.emit(&Event::Failed {
+            step: step.to_string(),
+            errno,
+            message,
+        });
         125
     };
-    spec::emit(
-        &spec.events,
-        &Event::Started {
-            pid: std::process::id() as i32,
-        },
-    );
+    events.emit(&Event::Started {
+        pid: std::process::id() as i32,
+    });
     // Into the run's cgroup before anything else: the VMM and its threads inherit it.
     if let Some(dir) = &spec.cgroup {
         if let Err(e) = cgroup::join(dir) {
@@ -240,8 +243,43 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
     if let Err(e) = prepare_private_root(&LinuxSys, &spec) {
         return fail(e.step(), e.errno(), crate::error_chain(&e));
     }
-    spec::emit(&spec.events, &Event::RootReady);
-    let ctx = match KrunCtx::new(spec.krun_log_level).and_then(|c| c.configure(&spec).map(|()| c)) {
+    let paths = match &spec.vmm_jail {
+        Some(jail) => {
+            // Before the pivot: the tree holds no library directory.
+            if !vmm_jail::preload_libkrunfw() {
+                eprintln!("krunner vm child: libkrunfw.so.5 could not be loaded before the jail; libkrun will say why");
+            }
+            let built = vmm_jail::build(&LinuxSys, &spec, jail).and_then(|(userns, paths)| {
+                vmm_jail::enter(&LinuxSys, jail, userns.as_fd()).map(|()| paths)
+            });
+            let paths = match built {
+                Ok(paths) => paths,
+                Err(e) => return fail(e.step(), e.errno(), crate::error_chain(&e)),
+            };
+            // The kernel clears the parent-death signal when the credentials change (the
+            // new uid above): armed again, or a VMM would outlive a killed krunner.
+            if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+                return fail(
+                    "prctl(PR_SET_PDEATHSIG) in the jail",
+                    Some(e as i32),
+                    e.to_string(),
+                );
+            }
+            if nix::unistd::getppid().as_raw() != spec.parent_pid {
+                return fail("parent check", None, "the krunner parent is gone".into());
+            }
+            paths
+        }
+        None => JailedPaths {
+            root: spec.root.guest_root().to_path_buf(),
+            shares: spec.shares.iter().map(|s| s.host.clone()).collect(),
+            console: spec.console_log.clone(),
+        },
+    };
+    events.emit(&Event::RootReady);
+    let ctx = match KrunCtx::new(spec.krun_log_level)
+        .and_then(|c| c.configure(&spec, &paths).map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             let errno = match &e {
@@ -251,7 +289,7 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
             return fail("configure libkrun", errno, e.to_string());
         }
     };
-    spec::emit(&spec.events, &Event::Configured);
+    events.emit(&Event::Configured);
     // Mounts are done and libkrun is configured: what is left needs only file capabilities.
     // Still single-threaded here, so every VMM thread inherits the reduced sets.
     if let Err(e) = privileges::restrict_to(privileges::VMM_KEEPS) {
@@ -261,7 +299,7 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
     if let Err(e) = seccomp::install(seccomp::Profile::Vmm) {
         return fail("seccomp", None, crate::error_chain(&e));
     }
-    spec::emit(&spec.events, &Event::Entering);
+    events.emit(&Event::Entering);
     let e = ctx.start_enter();
     let hint = match &e {
         KrunError::Call { errno, .. } if *errno == libc::ENOENT => {

@@ -23,6 +23,7 @@
 //! - [`krun_child`], [`ns_child`]: the child entry points; [`sys`]: their system calls.
 
 pub mod cgroup;
+pub mod ids;
 pub mod krun_child;
 pub mod leftovers;
 pub mod libkrunfw;
@@ -35,6 +36,7 @@ pub mod spec;
 pub mod supervise;
 pub mod sys;
 pub mod untrusted;
+pub mod vmm_jail;
 
 use std::ffi::OsString;
 use std::path::Path;

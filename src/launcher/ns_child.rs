@@ -835,6 +835,7 @@ mod tests {
             krun_log_level: 0,
             libkrunfw_dir: None,
             cgroup: None,
+            vmm_jail: None,
         }
     }
 

@@ -217,6 +217,7 @@ fn launch_spec(
         libkrunfw_dir: req.libkrunfw_dir.clone(),
         // Set by the launcher once the run's cgroup exists.
         cgroup: None,
+        vmm_jail: None,
     }
 }
 

@@ -27,7 +27,7 @@ use super::cgroup::{self, Limits, RunCgroup};
 use super::leftovers::{self, RunDirGuard};
 use super::libkrunfw::check_libkrunfw;
 use super::prepare;
-use super::spec::{self, Event, Share, Stamped};
+use super::spec::{self, Event, IdMap, Share, Stamped, VmmJail};
 use super::supervise::{self, ChildOutput, StopHow};
 use super::{untrusted, Backend};
 use crate::guest::{self, GuestResult, RunnerJob};
@@ -106,6 +106,15 @@ pub enum LaunchError {
         /// Why.
         #[source]
         source: JailError,
+    },
+    /// No host id range for the VMM's user namespace.
+    #[error("run {run}")]
+    Ids {
+        /// Run id.
+        run: String,
+        /// Why.
+        #[source]
+        source: super::ids::IdError,
     },
     /// libkrunfw cannot be found: no VM can start.
     #[error("libkrunfw.so.5 (the guest kernel libkrun loads) was not found{searched}. Install it: Fedora `dnf install libkrunfw`, Debian testing/unstable `apt install libkrunfw5`, macOS `brew install libkrunfw`; or point --libkrunfw-dir at it. Without KVM, use --backend namespace")]
@@ -215,6 +224,9 @@ pub struct RunRequest {
     pub nofile: u64,
     /// The guest's network: a jail of its own with an egress policy, or the host's.
     pub egress: EgressPolicy,
+    /// krun: jail the VMM in a user namespace of its own and a minimal mount tree (see
+    /// [`super::vmm_jail`]); off only where idmapped mounts are not available.
+    pub user_namespace: bool,
     /// A provided actions runner to present at `/opt/actions-runner` (a layer above the
     /// image; a copy when the clone is one). It is held in use (its lock, shared) for as long
     /// as the request lives, so no update prunes it under the run.
@@ -395,6 +407,13 @@ impl Launcher {
         let run_id = format!("{}-{}", std::process::id(), &cache::random_suffix()[..8]);
         check_request(req, &run_id)?;
         let mut claimed = self.claim(req, &run_id).await?;
+        claimed.ids = match req.backend == Backend::Krun && req.user_namespace {
+            true => Some(super::ids::lease().map_err(|source| LaunchError::Ids {
+                run: run_id.clone(),
+                source,
+            })?),
+            false => None,
+        };
         let shares = prepare::run_shares(req, &claimed.dir, &run_id)?;
         let t = Instant::now();
         claimed.net = jail(req, &claimed.dir, &self.child_exe, &run_id).await?;
@@ -402,7 +421,16 @@ impl Launcher {
         let netns = claimed.net.as_ref().map(|n| n.path().to_path_buf());
         let cgroup = run_cgroup(req, &run_id)?;
         let cgroup_dir = cgroup.as_ref().map(|c| c.path().to_path_buf());
-        let staged = self.stage(req, &shares.all, &run_id, &claimed.dir, netns, cgroup_dir)?;
+        let ids = claimed.ids.as_ref().map(|l| l.map);
+        let staged = self.stage(
+            req,
+            &shares.all,
+            &run_id,
+            &claimed.dir,
+            netns,
+            cgroup_dir,
+            ids,
+        )?;
         let spawned_at = spec::monotonic_ns();
         // Spawned here, on the run's own task: see the module docs on PR_SET_PDEATHSIG.
         let mut child = supervise::spawn(&self.child_exe, req, &staged.spec_path, &run_id)?;
@@ -459,6 +487,7 @@ impl Launcher {
             .create(&dir)
             .map_err(LaunchError::io(run_id, format!("create {}", dir.display())))?;
         Ok(ClaimedRun {
+            ids: None,
             net: None,
             guard: RunDirGuard::new(dir.clone(), self.cache.clone(), run_id.to_string()),
             dir,
@@ -477,6 +506,7 @@ impl Launcher {
         run_dir: &Path,
         netns: Option<PathBuf>,
         cgroup: Option<PathBuf>,
+        ids: Option<IdMap>,
     ) -> Result<Staged, LaunchError> {
         let t = Instant::now();
         let runner = req.runner.as_ref().map(|r| r.installed.tree.as_path());
@@ -488,6 +518,15 @@ impl Launcher {
         let mut spec = prepare::prepare(req, shares, run_id, run_dir, root)?;
         spec.netns = netns;
         spec.cgroup = cgroup;
+        if let Some(ids) = ids {
+            // The mount point of the VMM's tree (a tmpfs in its own mount namespace).
+            let dir = run_dir.join("jail");
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(LaunchError::io(run_id, format!("create {}", dir.display())))?;
+            spec.vmm_jail = Some(VmmJail { dir, ids });
+        }
         let spec_path = run_dir.join("spec.json");
         spec.write(&spec_path).map_err(LaunchError::spec(run_id))?;
         Ok(Staged {
@@ -589,6 +628,8 @@ fn check_request(req: &RunRequest, run_id: &str) -> Result<(), LaunchError> {
 /// out of [`Launcher::run`], it removes the directory first and then releases the locks
 /// (fields drop in order).
 struct ClaimedRun {
+    /// The VMM's host id range, held until the run is over.
+    ids: Option<super::ids::IdLease>,
     /// The guest's network namespace and its pasta: torn down first.
     net: Option<NetJail>,
     /// Removes `dir`.

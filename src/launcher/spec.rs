@@ -43,6 +43,32 @@ impl RootSpec {
     }
 }
 
+/// A range of host user and group ids that a user namespace maps to `0..count`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdMap {
+    /// The host id the namespace's 0 (the guest's root) is.
+    pub host_first: u32,
+    /// How many ids are mapped.
+    pub count: u32,
+}
+
+impl IdMap {
+    /// The host id of namespace id `id`, if the map covers it.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        (id < self.count).then(|| self.host_first + id)
+    }
+}
+
+/// The VMM's jail (krun): a user namespace with `ids`, and a minimal mount tree built in
+/// `dir` that becomes the VMM's `/` (see [`super::vmm_jail`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmmJail {
+    /// An empty directory in the run directory: the tmpfs of the minimal tree goes here.
+    pub dir: PathBuf,
+    /// The user namespace's map.
+    pub ids: IdMap,
+}
+
 /// A host directory shared with the guest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Share {
@@ -155,6 +181,10 @@ pub struct LaunchSpec {
     /// not usable on this host).
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// krun: the VMM's user namespace and minimal mount tree (None: `--user-namespace off`,
+    /// the namespace backend).
+    #[serde(default)]
+    pub vmm_jail: Option<VmmJail>,
 }
 
 /// Errors reading or writing a spec.
@@ -332,17 +362,34 @@ pub fn monotonic_ns() -> u64 {
 
 /// Appends an event (best effort: the child must not die because logging failed).
 pub fn emit(path: &Path, event: &Event) {
-    let stamped = Stamped {
-        ts_ns: monotonic_ns(),
-        event: event.clone(),
-    };
-    if let Ok(line) = serde_json::to_string(&stamped) {
-        if let Ok(mut f) = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-        {
+    EventLog::open(path).emit(event);
+}
+
+/// The event log held open: a jailed VMM child loses the path with the host's tree.
+#[derive(Debug)]
+pub struct EventLog(Option<fs::File>);
+
+impl EventLog {
+    /// Opens (creating) the log for appending; a log that cannot be opened drops events.
+    pub fn open(path: &Path) -> EventLog {
+        EventLog(
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+                .ok(),
+        )
+    }
+
+    /// Appends an event (best effort, as [`emit`]).
+    pub fn emit(&self, event: &Event) {
+        let stamped = Stamped {
+            ts_ns: monotonic_ns(),
+            event: event.clone(),
+        };
+        if let (Some(mut f), Ok(line)) = (self.0.as_ref(), serde_json::to_string(&stamped)) {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -413,6 +460,7 @@ mod tests {
             krun_log_level: 1,
             libkrunfw_dir: None,
             cgroup: None,
+            vmm_jail: None,
         }
     }
 

@@ -30,8 +30,10 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::stat::{mkdirat, Mode};
 use nix::sys::statvfs::{statvfs, FsFlags};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use super::spec::{LaunchSpec, RootSpec};
+use super::spec::{IdMap, LaunchSpec, RootSpec};
+use super::vmm_jail;
 
 /// The system calls the children's setup makes, and nothing else.
 ///
@@ -75,6 +77,27 @@ pub trait Sys {
     /// The per-mount flags (nosuid, nodev, noexec, atime) of the mount holding `path`, from
     /// statvfs(3), as mount(2) flags: a remount must repeat the locked ones.
     fn mount_flags(&self, path: &Path) -> nix::Result<MsFlags>;
+    /// A new user namespace mapping `0..count` to the host range of `ids`, as an fd.
+    fn new_user_ns(&self, ids: IdMap) -> nix::Result<OwnedFd>;
+    /// Mounts a detached clone of `src` at `dst`, idmapped through `userns` (open_tree,
+    /// mount_setattr with MOUNT_ATTR_IDMAP, move_mount); nosuid, nodev, read-only if asked.
+    fn idmap_bind(
+        &self,
+        src: &Path,
+        dst: &Path,
+        userns: BorrowedFd<'_>,
+        read_only: bool,
+    ) -> nix::Result<()>;
+    /// Moves the owners of the trusted tree at `dir` into the range of `ids`.
+    fn shift_owners(&self, dir: &Path, ids: IdMap) -> nix::Result<()>;
+    /// mknod(2) of a character device.
+    fn mknod_char(&self, path: &Path, major: u64, minor: u64, mode: u32) -> nix::Result<()>;
+    /// lchown(2).
+    fn lchown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()>;
+    /// Writes `content` to an existing file (a /proc/sys knob).
+    fn write_file(&self, path: &Path, content: &[u8]) -> nix::Result<()>;
+    /// Drops supplementary groups, setns(2) into `userns`, becomes uid and gid 0 there.
+    fn enter_user_ns(&self, userns: BorrowedFd<'_>) -> nix::Result<()>;
 }
 
 /// The real system calls, through nix.
@@ -190,6 +213,45 @@ impl Sys for LinuxSys {
             .iter()
             .filter(|(st_flag, _)| st.contains(*st_flag))
             .fold(MsFlags::empty(), |acc, (_, ms)| acc | *ms))
+    }
+
+    fn new_user_ns(&self, ids: IdMap) -> nix::Result<OwnedFd> {
+        vmm_jail::new_user_ns(ids)
+    }
+
+    fn idmap_bind(
+        &self,
+        src: &Path,
+        dst: &Path,
+        userns: BorrowedFd<'_>,
+        read_only: bool,
+    ) -> nix::Result<()> {
+        vmm_jail::idmap_bind(src, dst, userns, read_only)
+    }
+
+    fn shift_owners(&self, dir: &Path, ids: IdMap) -> nix::Result<()> {
+        vmm_jail::shift_owners(dir, ids)
+    }
+
+    fn mknod_char(&self, path: &Path, major: u64, minor: u64, mode: u32) -> nix::Result<()> {
+        vmm_jail::mknod_char(path, major, minor, mode)
+    }
+
+    fn lchown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_errno)
+    }
+
+    fn write_file(&self, path: &Path, content: &[u8]) -> nix::Result<()> {
+        use std::io::Write;
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(content))
+            .map_err(io_errno)
+    }
+
+    fn enter_user_ns(&self, userns: BorrowedFd<'_>) -> nix::Result<()> {
+        vmm_jail::enter_user_ns(userns)
     }
 }
 
@@ -359,6 +421,17 @@ pub enum SetupError {
         #[source]
         source: Errno,
     },
+    /// A step of the VMM's jail (its user namespace and minimal tree).
+    #[error("VMM jail: {step} ({path}){}", jail_hint(.source))]
+    Jail {
+        /// What was being done.
+        step: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// errno.
+        #[source]
+        source: Errno,
+    },
 }
 
 impl SetupError {
@@ -382,6 +455,7 @@ impl SetupError {
             SetupError::MountProc { .. } => "mount_proc",
             SetupError::UnmountOldRoot { .. } => "umount_old_root",
             SetupError::MountSys { .. } => "mount_sys",
+            SetupError::Jail { .. } => "vmm_jail",
         }
     }
 
@@ -404,8 +478,19 @@ impl SetupError {
             | SetupError::PivotRoot { source, .. }
             | SetupError::MountProc { source }
             | SetupError::UnmountOldRoot { source }
-            | SetupError::MountSys { source } => Some(*source as i32),
+            | SetupError::MountSys { source }
+            | SetupError::Jail { source, .. } => Some(*source as i32),
         }
+    }
+}
+
+/// What a jail step's errno most likely means.
+fn jail_hint(e: &Errno) -> &'static str {
+    match e {
+        Errno::EINVAL => ": the kernel or this file system does not support idmapped mounts (Linux 5.19 or later and ext4, xfs, btrfs, or tmpfs from 6.3 on); move it, or run with --user-namespace off",
+        Errno::ENOSYS => ": this kernel has no new mount API (Linux 5.12 or later is needed); run with --user-namespace off",
+        Errno::EPERM => ": needs root in the host's user namespace",
+        _ => "",
     }
 }
 
@@ -508,7 +593,7 @@ pub fn guest_relative(what: &'static str, guest: &Path) -> Result<PathBuf, Setup
 /// overlayfs option text for the directories: `runner`, when given, is the lower layer above
 /// `lower`. `,` separates options and `:` lower layers, so paths with them (or non-UTF-8
 /// paths) cannot be passed and are refused.
-fn overlay_options(
+pub(super) fn overlay_options(
     lower: &Path,
     runner: Option<&Path>,
     upper: &Path,
@@ -582,6 +667,10 @@ pub fn prepare_private_root(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), Setu
         None,
     )
     .map_err(|source| SetupError::MakePrivate { source })?;
+    // A jailed VMM's overlay is mounted in its tree, over idmapped layers (vmm_jail::build).
+    if spec.vmm_jail.is_some() {
+        return Ok(());
+    }
     if let RootSpec::Overlay {
         lower,
         runner,
@@ -779,10 +868,59 @@ impl Sys for FakeSys {
         self.record(format!("mount_flags {}", path.display()))?;
         Ok(self.mount_flags)
     }
+
+    fn new_user_ns(&self, ids: IdMap) -> nix::Result<OwnedFd> {
+        self.record(format!("new_user_ns 0:{}:{}", ids.host_first, ids.count))?;
+        std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(io_errno)
+    }
+
+    fn idmap_bind(
+        &self,
+        src: &Path,
+        dst: &Path,
+        _userns: BorrowedFd<'_>,
+        read_only: bool,
+    ) -> nix::Result<()> {
+        self.record(format!(
+            "idmap_bind {} {} {}",
+            src.display(),
+            dst.display(),
+            if read_only { "ro" } else { "rw" }
+        ))
+    }
+
+    fn shift_owners(&self, dir: &Path, ids: IdMap) -> nix::Result<()> {
+        self.record(format!("shift_owners {} {}", dir.display(), ids.host_first))
+    }
+
+    fn mknod_char(&self, path: &Path, major: u64, minor: u64, mode: u32) -> nix::Result<()> {
+        self.record(format!(
+            "mknod_char {} {major}:{minor} {mode:o}",
+            path.display()
+        ))
+    }
+
+    fn lchown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
+        self.record(format!("lchown {} {uid} {gid}", path.display()))
+    }
+
+    fn write_file(&self, path: &Path, content: &[u8]) -> nix::Result<()> {
+        self.record(format!(
+            "write_file {} {}",
+            path.display(),
+            String::from_utf8_lossy(content)
+        ))
+    }
+
+    fn enter_user_ns(&self, _userns: BorrowedFd<'_>) -> nix::Result<()> {
+        self.record("enter_user_ns".into())
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::launcher::spec::GuestExec;
 
@@ -814,6 +952,7 @@ mod tests {
             krun_log_level: 0,
             libkrunfw_dir: None,
             cgroup: None,
+            vmm_jail: None,
         }
     }
 

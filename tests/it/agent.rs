@@ -133,6 +133,7 @@ fn run_as(
         output: Output::Capture,
         krun_log_level: 1,
         libkrunfw_dir: None,
+        user_namespace: false,
         nofile: 4096,
         egress: EgressPolicy::Public { allow: Vec::new() },
         runner: None,

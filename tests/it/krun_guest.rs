@@ -384,6 +384,120 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
     assert!(out.stderr.contains("removed the leftover cgroup"), "{out}");
 }
 
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_jail_the_vmm_is_an_unprivileged_uid_in_a_tree_of_its_own() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-userns");
+    let share = td.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("from-host"), "x").unwrap();
+    let m = format!("{}:/share", share.display());
+    // As root in the guest: the image and the share look root-owned, chown works, mknod (a
+    // host privilege) does not.
+    let script = "echo ids uid=$(id -u) passwd=$(stat -c %u /etc/passwd) share=$(stat -c %u /share/from-host); \
+        touch /made-by-root /share/made-by-root; mkdir -p /jt; touch /jt/f; \
+        chown 1001:1001 /jt/f && echo chown-ok; \
+        if mknod /nodecopy c 1 3 2>/dev/null; then echo MKNOD-WORKED; else echo mknod-refused; fi; \
+        echo up >/share/up; sleep 600";
+    let running = exec(&td, &fw, &["-M", &m], &["sh", "-c", script]).spawn();
+    let pid = running.pid();
+    assert!(
+        wait_for(120, || share.join("up").exists()),
+        "the guest never started"
+    );
+    // The VMM: the krun child whose user namespace is not ours.
+    let own_userns = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let vmm = processes_with("__krun-child")
+        .iter()
+        .filter_map(|p| p.split(':').next().map(str::to_string))
+        .find(|p| {
+            std::fs::read_link(format!("/proc/{p}/ns/user")).is_ok_and(|ns| ns != own_userns)
+        });
+    let uid_map = vmm
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/uid_map")).ok())
+        .unwrap_or_default();
+    let status = vmm
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    let tree: Vec<String> = vmm
+        .as_ref()
+        .map(|p| list_names(Path::new(&format!("/proc/{p}/root"))))
+        .unwrap_or_default();
+    let dev: Vec<String> = vmm
+        .as_ref()
+        .map(|p| list_names(Path::new(&format!("/proc/{p}/root/dev"))))
+        .unwrap_or_default();
+    let guest_root_seen = vmm
+        .as_ref()
+        .is_some_and(|p| Path::new(&format!("/proc/{p}/root/root/etc/passwd")).exists());
+    let run = runs_left();
+    let upper = run
+        .first()
+        .map(|r| shared_cache().join("runs").join(r).join("upper"))
+        .unwrap_or_default();
+    use std::os::unix::fs::MetadataExt;
+    let owner = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.uid()).ok();
+    let made_by_root = owner(&upper.join("made-by-root"));
+    let made_by_1001 = owner(&upper.join("jt/f"));
+    signal(pid, Signal::SIGTERM);
+    let out = match exit_within(running, 60) {
+        Ok(o) => o,
+        Err(e) => panic!("krunner did not end after SIGTERM: {e}"),
+    };
+
+    assert!(
+        vmm.is_some(),
+        "no VMM in a user namespace of its own\n{out}"
+    );
+    let fields: Vec<u64> = uid_map
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    assert_eq!(fields.len(), 3, "uid_map {uid_map:?}\n{out}");
+    let first = fields[1];
+    assert_eq!(fields[0], 0, "uid_map {uid_map:?}");
+    assert_eq!(fields[2], 65536, "uid_map {uid_map:?}");
+    assert!(
+        (0x7000_0000..0x7400_0000).contains(&first),
+        "the guest's root is host uid {first}, outside krunner's ranges"
+    );
+    assert!(
+        status.contains(&format!("Uid:\t{first}\t{first}\t{first}\t{first}")),
+        "the VMM runs as host uid {first}:\n{status}"
+    );
+    let mut tree = tree;
+    tree.sort();
+    for name in &tree {
+        assert!(
+            ["console", "dev", "proc", "root", "shares"].contains(&name.as_str()),
+            "the VMM's / holds {name}: {tree:?}"
+        );
+    }
+    assert!(
+        guest_root_seen,
+        "the guest's root is /root in the VMM's tree"
+    );
+    let mut dev = dev;
+    dev.sort();
+    assert_eq!(dev, ["kvm", "null", "random", "urandom", "zero"]);
+    assert!(
+        out.stdout.contains("ids uid=0 passwd=0 share=0"),
+        "the guest sees root-owned files\n{out}"
+    );
+    assert!(out.stdout.contains("chown-ok"), "{out}");
+    assert!(out.stdout.contains("mknod-refused"), "{out}");
+    // On the host, what the guest wrote in its clone belongs to the range, never to root.
+    assert_eq!(made_by_root, Some(first as u32), "{upper:?}");
+    assert_eq!(made_by_1001, Some(first as u32 + 1001), "{upper:?}");
+    // A share keeps the host's ids (it is idmapped both ways).
+    assert_eq!(owner(&share.join("made-by-root")), Some(0));
+    assert!(runs_left().is_empty(), "{:?}", runs_left());
+    assert!(mounts_under(&shared_cache()).is_empty());
+}
+
 /// The cgroup v2 directory of process `pid` (under /sys/fs/cgroup, where L1 mounts cgroup2),
 /// if it is a krunner run cgroup.
 fn cgroup_of(pid: &str) -> Option<PathBuf> {

@@ -197,10 +197,10 @@ fn group(filter: &str, tests: usize) {
 }
 
 /// `doctor`, `exec` (output, status, signals, any argv, shares, size, lifetime, SIGKILL, the
-/// run cgroup and an out-of-memory kill under namespaces).
+/// run cgroup and an out-of-memory kill under namespaces, the VMM's user namespace and tree).
 #[test]
 fn krun_exec_in_real_guests() {
-    group("krun_guest::exec_", 11);
+    group("krun_guest::exec_", 12);
 }
 
 /// `run` in JIT and token modes, shutdown (idle, drain, forced), SIGKILL and restart.

@@ -1,0 +1,631 @@
+//! The VMM's jail (krun): a user namespace of its own and a minimal mount tree, so that a VMM
+//! escape is neither host root nor anywhere near the host's files. Firecracker's `jailer` is
+//! the model; here the VM child jails itself, between its mounts and `krun_start_enter`.
+//!
+//! **Ids.** The VMM runs as root of a user namespace that maps `0..65536` to a host range of
+//! its own ([`super::ids`]: one range per run, outside every range a distribution hands out).
+//! The image cache stays as it is, owned by the image's ids: every directory the VMM serves
+//! is presented to it through an *idmapped mount* (mount_setattr(2) `MOUNT_ATTR_IDMAP`, Linux
+//! ≥ 5.12, overlayfs layers ≥ 5.19) that shows a file of uid N as host uid `first + N`, which
+//! is N again inside the namespace. So the guest still sees a root-owned image and can
+//! `chown` (virtio-fs acts with the namespace's capabilities, valid only on ids it maps),
+//! while on the host every file the guest creates in its clone is owned by the range, never
+//! by root. The overlay's upper layer is not idmapped (overlayfs writes it with the ids it is
+//! given): the few files krunner wrote there before the start are shifted into the range.
+//!
+//! **Tree.** A small tmpfs becomes the VMM's `/`, holding only what it serves or opens:
+//!
+//! | path | what |
+//! |---|---|
+//! | `/root` | the guest's root: the overlay (idmapped layers) or the idmapped copy |
+//! | `/shares/N` | share N, idmapped (read-only ones also read-only mounts) |
+//! | `/console` | the console log (bound) |
+//! | `/dev/kvm` | a node of its own, 0600, owned by the range's root |
+//! | `/dev/{null,zero,urandom,random}` | bound from the host |
+//! | `/proc` | a procfs with `subset=pid,hidepid=invisible`: virtio-fs reopens files through `/proc/self/fd`; nothing of `/proc/sys` and no other user's processes |
+//!
+//! libkrunfw is loaded before the pivot (libkrun's later dlopen of the same name finds it),
+//! the old root is detached, the tmpfs is remounted read-only, and the VMM enters the
+//! namespace: `setgroups([])`, `setns(CLONE_NEWUSER)`, then uid and gid 0 there. From then on
+//! it holds no capability in the host's user namespace, and none over its own mount namespace
+//! (owned by the host's): it cannot undo the tree.
+//!
+//! Costs: the guest cannot make device nodes (mknod needs CAP_MKNOD on the host), and a guest
+//! port below 1024 needs the jail's network namespace, where krunner opens low ports to
+//! unprivileged binds (`ip_unprivileged_port_start=0`, that namespace's own setting).
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+use super::spec::{IdMap, LaunchSpec, RootSpec, VmmJail};
+use super::sys::{overlay_options, SetupError, Sys};
+
+/// Where things are inside the tree, as the VMM sees them after the pivot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JailedPaths {
+    /// The guest's root.
+    pub root: PathBuf,
+    /// Each share's directory, in the spec's order.
+    pub shares: Vec<PathBuf>,
+    /// The console log, if the spec has one.
+    pub console: Option<PathBuf>,
+}
+
+/// Host devices bound into the tree's `/dev` (the VMM or its libraries may open them).
+const BOUND_DEVICES: &[&str] = &["null", "zero", "urandom", "random"];
+/// /dev/kvm: character device 10:232 (Documentation/admin-guide/devices.txt).
+const KVM_MAJOR: u64 = 10;
+const KVM_MINOR: u64 = 232;
+
+/// Builds the tree in `jail.dir` and mounts the guest's root there; call it in the private
+/// mount namespace, as root of the host's user namespace, single-threaded, before
+/// [`enter`]. Returns the namespace (to enter later) and the paths libkrun is to be given.
+pub fn build(
+    sys: &dyn Sys,
+    spec: &LaunchSpec,
+    jail: &VmmJail,
+) -> Result<(OwnedFd, JailedPaths), SetupError> {
+    let ids = jail.ids;
+    let err = |step: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SetupError::Jail { step, path, source }
+    };
+    let userns = sys
+        .new_user_ns(ids)
+        .map_err(err("create the VMM's user namespace", &jail.dir))?;
+    let dir = &jail.dir;
+    // Not nodev: /dev/kvm is a node on it. The tree is remounted read-only once complete.
+    sys.mount(
+        Some(Path::new("tmpfs")),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=0755,size=1m,nr_inodes=256"),
+    )
+    .map_err(err("mount the tree's tmpfs", dir))?;
+
+    let root = dir.join("root");
+    sys.mkdir_all(&root, 0o755)
+        .map_err(err("create the root mount point", &root))?;
+    match &spec.root {
+        RootSpec::Overlay {
+            lower,
+            runner,
+            upper,
+            work,
+            ..
+        } => {
+            let layers = dir.join(".layers");
+            let image = layers.join("image");
+            sys.mkdir_all(&image, 0o700)
+                .map_err(err("create a layer mount point", &image))?;
+            sys.idmap_bind(lower, &image, userns.as_fd(), true)
+                .map_err(err("idmap the image layer", lower))?;
+            let runner_layer = match runner {
+                Some(r) => {
+                    let at = layers.join("runner");
+                    sys.mkdir_all(&at, 0o700)
+                        .map_err(err("create a layer mount point", &at))?;
+                    sys.idmap_bind(r, &at, userns.as_fd(), true)
+                        .map_err(err("idmap the runner layer", r))?;
+                    Some(at)
+                }
+                None => None,
+            };
+            sys.shift_owners(upper, ids)
+                .map_err(err("shift the upper layer's owners into the range", upper))?;
+            sys.shift_owners(work, ids)
+                .map_err(err("shift the work directory's owner into the range", work))?;
+            let data = overlay_options(&image, runner_layer.as_deref(), upper, work)?;
+            sys.mount(
+                Some(Path::new("overlay")),
+                &root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&data),
+            )
+            .map_err(|source| SetupError::MountOverlay {
+                lower: lower.clone(),
+                upper: upper.clone(),
+                work: work.clone(),
+                merged: root.clone(),
+                source,
+            })?;
+            // overlayfs holds private clones of its layers: the staging mounts can go.
+            for at in std::iter::once(&image).chain(runner_layer.as_ref()) {
+                sys.umount2(at, MntFlags::MNT_DETACH)
+                    .map_err(err("detach a staged layer", at))?;
+                sys.rmdir(at)
+                    .map_err(err("remove a staged layer's mount point", at))?;
+            }
+            sys.rmdir(&layers)
+                .map_err(err("remove the staged layers' directory", &layers))?;
+        }
+        RootSpec::Dir(d) => {
+            sys.idmap_bind(d, &root, userns.as_fd(), false)
+                .map_err(err("idmap the root copy", d))?;
+        }
+    }
+
+    let mut shares = Vec::with_capacity(spec.shares.len());
+    for (i, share) in spec.shares.iter().enumerate() {
+        let rel = PathBuf::from(format!("shares/{i}"));
+        let at = dir.join(&rel);
+        sys.mkdir_all(&at, 0o755)
+            .map_err(err("create a share mount point", &at))?;
+        sys.idmap_bind(&share.host, &at, userns.as_fd(), share.read_only)
+            .map_err(err("idmap a share", &share.host))?;
+        shares.push(Path::new("/").join(rel));
+    }
+
+    let console = match &spec.console_log {
+        Some(log) => {
+            let at = dir.join("console");
+            sys.create_file(&at, 0o600)
+                .map_err(err("create the console mount point", &at))?;
+            // The VMM opens it for writing as the range's root.
+            sys.lchown(log, ids.host_first, ids.host_first)
+                .map_err(err("give the console log to the range", log))?;
+            sys.mount(Some(log), &at, None, MsFlags::MS_BIND, None)
+                .map_err(err("bind the console log", log))?;
+            Some(PathBuf::from("/console"))
+        }
+        None => None,
+    };
+
+    let dev = dir.join("dev");
+    sys.mkdir_all(&dev, 0o755)
+        .map_err(err("create the tree's /dev", &dev))?;
+    let kvm = dev.join("kvm");
+    sys.mknod_char(&kvm, KVM_MAJOR, KVM_MINOR, 0o600)
+        .map_err(err("create the tree's /dev/kvm", &kvm))?;
+    sys.lchown(&kvm, ids.host_first, ids.host_first)
+        .map_err(err("give /dev/kvm to the range", &kvm))?;
+    for name in BOUND_DEVICES {
+        let at = dev.join(name);
+        let host = Path::new("/dev").join(name);
+        sys.create_file(&at, 0o600)
+            .map_err(err("create a device mount point", &at))?;
+        sys.mount(Some(&host), &at, None, MsFlags::MS_BIND, None)
+            .map_err(err("bind a device", &host))?;
+    }
+
+    let proc = dir.join("proc");
+    sys.mkdir_all(&proc, 0o555)
+        .map_err(err("create the tree's /proc", &proc))?;
+    sys.mount(
+        Some(Path::new("proc")),
+        &proc,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("subset=pid,hidepid=invisible"),
+    )
+    .map_err(err("mount the tree's /proc", &proc))?;
+
+    // In the jail's network namespace only (never the host's): TSI binds a guest's listening
+    // port in the VMM, which loses CAP_NET_BIND_SERVICE with the host's user namespace.
+    if spec.netns.is_some() {
+        let knob = Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start");
+        sys.write_file(knob, b"0")
+            .map_err(err("open low ports in the jail's network namespace", knob))?;
+    }
+
+    Ok((
+        userns,
+        JailedPaths {
+            root: PathBuf::from("/root"),
+            shares,
+            console,
+        },
+    ))
+}
+
+/// Makes the tree `/`, detaches the host's root, seals the tree read-only, and enters the
+/// user namespace as its root. After this the process has no capability on the host.
+pub fn enter(sys: &dyn Sys, jail: &VmmJail, userns: BorrowedFd<'_>) -> Result<(), SetupError> {
+    let err = |step: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SetupError::Jail { step, path, source }
+    };
+    let dir = &jail.dir;
+    let old = dir.join(".old");
+    sys.mkdir_all(&old, 0o700)
+        .map_err(err("create the old root's mount point", &old))?;
+    sys.pivot_root(dir, &old)
+        .map_err(|source| SetupError::PivotRoot {
+            root: dir.clone(),
+            source,
+        })?;
+    let slash = Path::new("/");
+    sys.chdir(slash)
+        .map_err(err("chdir into the tree", slash))?;
+    let old = Path::new("/.old");
+    sys.umount2(old, MntFlags::MNT_DETACH)
+        .map_err(err("detach the host's root", old))?;
+    sys.rmdir(old)
+        .map_err(err("remove the old root's mount point", old))?;
+    // Read-only from here: the VMM has nothing to create in its own tree.
+    sys.mount(
+        None,
+        slash,
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+        None,
+    )
+    .map_err(err("seal the tree read-only", slash))?;
+    sys.enter_user_ns(userns)
+        .map_err(err("enter the VMM's user namespace", dir))?;
+    Ok(())
+}
+
+/// Loads libkrunfw now, while the host's library directories are in view: libkrun's own
+/// dlopen of the same name, inside the tree, then finds it loaded. A failure here is left
+/// to libkrun, which reports it at start.
+pub fn preload_libkrunfw() -> bool {
+    let name = if cfg!(target_os = "macos") {
+        c"libkrunfw.5.dylib"
+    } else {
+        c"libkrunfw.so.5"
+    };
+    // SAFETY: `name` is a NUL-terminated constant; dlopen runs libkrunfw's constructors,
+    // which only register its kernel bundle. The handle is deliberately never closed.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    !handle.is_null()
+}
+
+// The system calls behind `LinuxSys`'s jail methods: nix has no wrapper for them.
+
+fn path_cstr(p: &Path) -> nix::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// `struct mount_attr` (linux/mount.h), MOUNT_ATTR_SIZE_VER0.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+
+/// A user namespace mapping `0..count` to `first..first+count` (uids and gids), as an fd.
+/// A short-lived child unshares it; its maps are written from here; the fd keeps it alive.
+pub(super) fn new_user_ns(ids: IdMap) -> nix::Result<OwnedFd> {
+    let (ready_r, ready_w) = nix::unistd::pipe()?;
+    let (done_r, done_w) = nix::unistd::pipe()?;
+    // SAFETY: the VM child is single-threaded here (the module header of krun_child says
+    // why), so the forked child may run any code; it only unshares, writes and reads pipes,
+    // and _exits.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            drop(ready_r);
+            drop(done_w);
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&done_r, &mut b);
+            // SAFETY: _exit ends the forked child without running the parent's atexit
+            // handlers or destructors.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(ready_w);
+            drop(done_r);
+            let mut b = [0u8; 1];
+            let n = nix::unistd::read(&ready_r, &mut b);
+            let result = match n {
+                Ok(1) if b[0] == b'1' => map_and_open(child, ids),
+                Ok(_) => Err(Errno::EPERM),
+                Err(e) => Err(e),
+            };
+            drop(done_w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            result
+        }
+    }
+}
+
+fn map_and_open(child: nix::unistd::Pid, ids: IdMap) -> nix::Result<OwnedFd> {
+    let line = format!("0 {} {}\n", ids.host_first, ids.count);
+    for file in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{child}/{file}"), &line)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    }
+    std::fs::File::open(format!("/proc/{child}/ns/user"))
+        .map(OwnedFd::from)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+/// Mounts a clone of `src` at `dst`, idmapped through `userns` (and read-only if asked).
+pub(super) fn idmap_bind(
+    src: &Path,
+    dst: &Path,
+    userns: BorrowedFd<'_>,
+    read_only: bool,
+) -> nix::Result<()> {
+    let src_c = path_cstr(src)?;
+    let dst_c = path_cstr(dst)?;
+    // SAFETY: open_tree takes a NUL-terminated path that outlives the call and returns a new
+    // fd (or -1); the fd is owned right below.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src_c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `tree` is a fresh fd from open_tree that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    let mut set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if read_only {
+        set |= MOUNT_ATTR_RDONLY;
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: `tree` is a detached mount fd; `attr` is a live MountAttr of the size passed;
+    // the empty path with AT_EMPTY_PATH means the fd itself.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `tree` is the detached mount above; `dst_c` is NUL-terminated and outlives the
+    // call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dst_c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// mknod(2) of a character device.
+pub(super) fn mknod_char(path: &Path, major: u64, minor: u64, mode: u32) -> nix::Result<()> {
+    nix::sys::stat::mknod(
+        path,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+        nix::sys::stat::makedev(major, minor),
+    )
+}
+
+/// Moves every owner in the tree at `dir` (krunner's own files, not the guest's: it has not
+/// started) into the range: uid N becomes `first + N`; ids outside the map are left as they
+/// are (the guest sees them as its overflow id). Symlinks are changed, never followed.
+pub(super) fn shift_owners(dir: &Path, ids: IdMap) -> nix::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let meta = std::fs::symlink_metadata(dir).map_err(io)?;
+    if let (Some(uid), Some(gid)) = (ids.to_host(meta.uid()), ids.to_host(meta.gid())) {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).map_err(io)?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            shift_owners(&entry.map_err(io)?.path(), ids)?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops the supplementary groups, joins `userns` and becomes its root.
+pub(super) fn enter_user_ns(userns: BorrowedFd<'_>) -> nix::Result<()> {
+    // Groups first, while we may: inside, setgroups(2) needs the namespace's permission.
+    nix::unistd::setgroups(&[])?;
+    nix::sched::setns(userns, nix::sched::CloneFlags::CLONE_NEWUSER)?;
+    let root_gid = nix::unistd::Gid::from_raw(0);
+    let root_uid = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_gid, root_gid, root_gid)?;
+    nix::unistd::setresuid(root_uid, root_uid, root_uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launcher::spec::Share;
+    use crate::launcher::sys::tests::overlay_spec;
+    use crate::launcher::sys::FakeSys;
+
+    fn jail() -> VmmJail {
+        VmmJail {
+            dir: "/r/jail".into(),
+            ids: IdMap {
+                host_first: 0x7000_0000,
+                count: 65536,
+            },
+        }
+    }
+
+    fn jailed_spec() -> LaunchSpec {
+        let mut spec = overlay_spec();
+        spec.shares = vec![Share {
+            tag: "cache".into(),
+            host: "/srv/cache".into(),
+            guest: "/cache".into(),
+            read_only: true,
+        }];
+        spec.console_log = Some("/r/console.log".into());
+        spec.netns = Some("/r/netns".into());
+        spec
+    }
+
+    #[test]
+    fn the_tree_holds_the_idmapped_root_shares_devices_and_proc_only() {
+        let sys = FakeSys::new();
+        let (_fd, paths) = build(&sys, &jailed_spec(), &jail()).expect("build");
+        assert_eq!(
+            paths,
+            JailedPaths {
+                root: "/root".into(),
+                shares: vec!["/shares/0".into()],
+                console: Some("/console".into()),
+            }
+        );
+        let calls = sys.calls();
+        let want_in_order = [
+            "new_user_ns 0:1879048192:65536",
+            "mount tmpfs /r/jail tmpfs MS_NOSUID",
+            "idmap_bind /c/rootfs /r/jail/.layers/image ro",
+            "shift_owners /r/upper",
+            "shift_owners /r/work",
+            "mount overlay /r/jail/root overlay - lowerdir=/r/jail/.layers/image,upperdir=/r/upper,workdir=/r/work",
+            "umount2 /r/jail/.layers/image MNT_DETACH",
+            "rmdir /r/jail/.layers/image",
+            "rmdir /r/jail/.layers",
+            "idmap_bind /srv/cache /r/jail/shares/0 ro",
+            "lchown /r/console.log 1879048192 1879048192",
+            "mount /r/console.log /r/jail/console - MS_BIND -",
+            "mknod_char /r/jail/dev/kvm 10:232 600",
+            "lchown /r/jail/dev/kvm 1879048192 1879048192",
+            "mount /dev/urandom /r/jail/dev/urandom - MS_BIND -",
+            "mount proc /r/jail/proc proc MS_NOSUID|MS_NODEV|MS_NOEXEC subset=pid,hidepid=invisible",
+            "write_file /proc/sys/net/ipv4/ip_unprivileged_port_start 0",
+        ];
+        let mut at = 0;
+        for want in want_in_order {
+            let found = calls[at..].iter().position(|c| c.starts_with(want));
+            let Some(i) = found else {
+                panic!("{want:?} missing (or out of order) in {calls:#?}");
+            };
+            at += i + 1;
+        }
+        // Nothing of the host is bound but the shares, the console and the four devices.
+        let binds: Vec<&String> = calls
+            .iter()
+            .filter(|c| c.contains(" MS_BIND") || c.starts_with("idmap_bind"))
+            .collect();
+        assert_eq!(binds.len(), 1 + 1 + 1 + BOUND_DEVICES.len(), "{binds:#?}");
+    }
+
+    #[test]
+    fn a_runner_layer_is_idmapped_above_the_image() {
+        let sys = FakeSys::new();
+        let mut spec = jailed_spec();
+        if let RootSpec::Overlay { runner, .. } = &mut spec.root {
+            *runner = Some("/c/runners/x/tree".into());
+        }
+        build(&sys, &spec, &jail()).expect("build");
+        let calls = sys.calls();
+        assert!(
+            calls
+                .iter()
+                .any(|c| c == "idmap_bind /c/runners/x/tree /r/jail/.layers/runner ro"),
+            "{calls:#?}"
+        );
+        assert!(
+            calls.iter().any(|c| c.contains(
+                "lowerdir=/r/jail/.layers/runner:/r/jail/.layers/image,upperdir=/r/upper"
+            )),
+            "{calls:#?}"
+        );
+    }
+
+    #[test]
+    fn a_share_that_cannot_be_idmapped_is_named_in_the_error() {
+        let sys = FakeSys::new().fail("idmap_bind /srv/cache", Errno::EINVAL);
+        let e = build(&sys, &jailed_spec(), &jail()).expect_err("must fail");
+        let text = crate::error_chain(&e);
+        assert!(text.contains("/srv/cache"), "{text}");
+        assert!(text.contains("idmapped mounts"), "{text}");
+    }
+
+    #[test]
+    fn without_a_network_jail_the_host_port_setting_is_left_alone() {
+        let sys = FakeSys::new();
+        let mut spec = jailed_spec();
+        spec.netns = None;
+        build(&sys, &spec, &jail()).expect("build");
+        assert!(!sys.calls().iter().any(|c| c.starts_with("write_file")));
+    }
+
+    #[test]
+    fn entering_pivots_detaches_seals_and_then_changes_namespace() {
+        let sys = FakeSys::new();
+        let devnull = std::fs::File::open("/dev/null").expect("/dev/null");
+        enter(&sys, &jail(), devnull.as_fd()).expect("enter");
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "mkdir_all /r/jail/.old 700",
+                "pivot_root /r/jail /r/jail/.old",
+                "chdir /",
+                "umount2 /.old MNT_DETACH",
+                "rmdir /.old",
+                "mount - / - MS_RDONLY|MS_NOSUID|MS_REMOUNT|MS_BIND -",
+                "enter_user_ns",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_user_namespace_stops_before_any_mount() {
+        let sys = FakeSys::new().fail("new_user_ns", Errno::EPERM);
+        assert!(build(&sys, &jailed_spec(), &jail()).is_err());
+        assert_eq!(sys.calls().len(), 1);
+    }
+
+    #[test]
+    fn shifting_moves_owners_into_the_range_and_leaves_others() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: chown to other ids needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().join("etc");
+        std::fs::create_dir(&d).expect("mkdir");
+        std::fs::write(d.join("hosts"), "x").expect("write");
+        std::os::unix::fs::symlink("/etc/shadow", d.join("link")).expect("symlink");
+        std::os::unix::fs::lchown(d.join("hosts"), Some(1001), Some(1001)).expect("chown");
+        std::fs::write(d.join("far"), "x").expect("write");
+        std::os::unix::fs::lchown(d.join("far"), Some(70000), Some(70000)).expect("chown");
+        let ids = IdMap {
+            host_first: 200_000,
+            count: 65536,
+        };
+        shift_owners(dir.path(), ids).expect("shift");
+        use std::os::unix::fs::MetadataExt;
+        let owner = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.uid()).unwrap_or(0);
+        assert_eq!(owner(dir.path()), 200_000);
+        assert_eq!(owner(&d.join("hosts")), 201_001);
+        assert_eq!(owner(&d.join("link")), 200_000);
+        assert_eq!(owner(&d.join("far")), 70000);
+        // The link's target was not touched.
+        assert_eq!(owner(Path::new("/etc/shadow")), 0);
+    }
+}
