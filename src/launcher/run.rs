@@ -421,16 +421,12 @@ impl Launcher {
         let netns = claimed.net.as_ref().map(|n| n.path().to_path_buf());
         let cgroup = run_cgroup(req, &run_id)?;
         let cgroup_dir = cgroup.as_ref().map(|c| c.path().to_path_buf());
-        let ids = claimed.ids.as_ref().map(|l| l.map);
-        let staged = self.stage(
-            req,
-            &shares.all,
-            &run_id,
-            &claimed.dir,
+        let confined = Confinement {
             netns,
-            cgroup_dir,
-            ids,
-        )?;
+            cgroup: cgroup_dir,
+            ids: claimed.ids.as_ref().map(|l| l.map),
+        };
+        let staged = self.stage(req, &shares.all, &run_id, &claimed.dir, confined)?;
         let spawned_at = spec::monotonic_ns();
         // Spawned here, on the run's own task: see the module docs on PR_SET_PDEATHSIG.
         let mut child = supervise::spawn(&self.child_exe, req, &staged.spec_path, &run_id)?;
@@ -504,9 +500,7 @@ impl Launcher {
         shares: &[Share],
         run_id: &str,
         run_dir: &Path,
-        netns: Option<PathBuf>,
-        cgroup: Option<PathBuf>,
-        ids: Option<IdMap>,
+        confined: Confinement,
     ) -> Result<Staged, LaunchError> {
         let t = Instant::now();
         let runner = req.runner.as_ref().map(|r| r.installed.tree.as_path());
@@ -516,9 +510,9 @@ impl Launcher {
 
         let t = Instant::now();
         let mut spec = prepare::prepare(req, shares, run_id, run_dir, root)?;
-        spec.netns = netns;
-        spec.cgroup = cgroup;
-        if let Some(ids) = ids {
+        spec.netns = confined.netns;
+        spec.cgroup = confined.cgroup;
+        if let Some(ids) = confined.ids {
             // The mount point of the VMM's tree (a tmpfs in its own mount namespace).
             let dir = run_dir.join("jail");
             std::fs::DirBuilder::new()
@@ -627,6 +621,16 @@ fn check_request(req: &RunRequest, run_id: &str) -> Result<(), LaunchError> {
 /// A run's directory and the locks that keep it and its image ours. Dropped, on every path
 /// out of [`Launcher::run`], it removes the directory first and then releases the locks
 /// (fields drop in order).
+/// What confines a run's child besides its root: set in its spec.
+struct Confinement {
+    /// The network namespace to join (the egress jail).
+    netns: Option<PathBuf>,
+    /// The run's cgroup.
+    cgroup: Option<PathBuf>,
+    /// The VMM's user namespace range (krun with `--user-namespace on`).
+    ids: Option<IdMap>,
+}
+
 struct ClaimedRun {
     /// The VMM's host id range, held until the run is over.
     ids: Option<super::ids::IdLease>,
