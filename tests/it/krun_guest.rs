@@ -498,6 +498,24 @@ fn exec_jail_the_vmm_is_an_unprivileged_uid_in_a_tree_of_its_own() {
     assert!(mounts_under(&shared_cache()).is_empty());
 }
 
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn exec_jail_a_share_without_idmapped_mounts_is_refused_by_name() {
+    let fw = in_l1();
+    let td = TestDir::new("krun-userns-9p");
+    // L1 sees the host's files through 9p, which has no idmapped mounts on any kernel.
+    let on_9p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let m = format!("{}:/t:ro", on_9p.display());
+    let out = exec(&td, &fw, &["-M", &m], &["true"]).run();
+    assert_ne!(out.code, Some(0), "{out}");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains(&on_9p.display().to_string()), "names the share\n{out}");
+    assert!(text.contains("idmapped mounts"), "says why\n{out}");
+    assert!(text.contains("--user-namespace off"), "says what to do\n{out}");
+    assert!(runs_left().is_empty(), "{:?}", runs_left());
+    assert!(mounts_under(&shared_cache()).is_empty());
+}
+
 /// The cgroup v2 directory of process `pid` (under /sys/fs/cgroup, where L1 mounts cgroup2),
 /// if it is a krunner run cgroup.
 fn cgroup_of(pid: &str) -> Option<PathBuf> {

@@ -200,7 +200,7 @@ fn group(filter: &str, tests: usize) {
 /// run cgroup and an out-of-memory kill under namespaces, the VMM's user namespace and tree).
 #[test]
 fn krun_exec_in_real_guests() {
-    group("krun_guest::exec_", 12);
+    group("krun_guest::exec_", 13);
 }
 
 /// `run` in JIT and token modes, shutdown (idle, drain, forced), SIGKILL and restart.
