@@ -6,7 +6,9 @@
 #
 #   1. `krunner -vv exec --backend krun IMAGE -- echo first` ROUNDS times (and the same under the
 #      namespace backend for reference): host work before the guest starts (krunner's timing
-#      line), time to the guest's first line, whole run.
+#      line), time to the guest's first line, whole run. The same krun rounds again with
+#      `--user-namespace off`: what the VMM's jail (user namespace, idmapped mounts, its tree)
+#      costs per guest, from the child's own setup time (its start -> entering libkrun).
 #   2. `krunner run --backend krun -n 1 -r RUNS` against the GitHub simulator with a stand-in
 #      runner (busybox nc, a 2 s job): time from the JIT request to the runner online, slot
 #      turnaround (job finished -> next runner online), from the simulator's request log.
@@ -85,9 +87,10 @@ vmm_memory() {
 		END { printf "%d %d %d %d\n", rss, pss, grss, gpss }' "/proc/$1/smaps" 2>/dev/null || echo "0 0 0 0"
 }
 
-# exec_round BACKEND: prints "host_before_guest_us first_line_us total_us".
+# exec_round BACKEND REF [FLAGS…]: prints "host_before_guest_us first_line_us total_us setup_us".
 exec_round() {
-	local backend=$1 ref=$2 t0 first='' line host
+	local backend=$1 ref=$2 t0 first='' line host setup
+	shift 2
 	now_us t0
 	while IFS= read -r line; do
 		if [[ -z $first && $line == first ]]; then
@@ -96,13 +99,16 @@ exec_round() {
 		if [[ $line == *host_before_guest_ms=* ]]; then
 			host=${line##*host_before_guest_ms=}
 			host=${host%% *}
+			setup=${line##*setup_ms=}
+			setup=${setup%% *}
 		fi
 	done < <("$KRUNNER" --cache-dir "$WORK/cache" -vv exec --offline --backend "$backend" \
-		--libkrunfw-dir "$FW" -c 1 -m "$MEM" "$ref" -- echo first 2>&1)
+		--libkrunfw-dir "$FW" -c 1 -m "$MEM" "$@" "$ref" -- echo first 2>&1)
 	local t1
 	now_us t1
-	awk -v h="${host:-0}" -v f="$((${first:-$t1} - t0))" -v t="$((t1 - t0))" \
-		'BEGIN { printf "%d %d %d\n", h * 1000, f, t }'
+	[[ $setup =~ ^[0-9.]+$ ]] || setup=0
+	awk -v h="${host:-0}" -v f="$((${first:-$t1} - t0))" -v t="$((t1 - t0))" -v s="$setup" \
+		'BEGIN { printf "%d %d %d %d\n", h * 1000, f, t, s * 1000 }'
 }
 
 main() {
@@ -121,13 +127,16 @@ main() {
 	"$KRUNNER" --cache-dir "$WORK/cache" -q pull "$ref" >/dev/null
 
 	log "exec: $ROUNDS rounds per backend, alternating"
-	local -a k_host=() k_first=() k_total=() n_host=() n_first=() n_total=()
-	local i h f t
+	local -a k_host=() k_first=() k_total=() k_setup=() n_host=() n_first=() n_total=()
+	local -a o_host=() o_first=() o_total=() o_setup=()
+	local i h f t su
 	for ((i = 0; i < ROUNDS; i++)); do
-		read -r h f t < <(exec_round krun "$ref")
-		k_host+=("$h") k_first+=("$f") k_total+=("$t")
-		read -r h f t < <(exec_round namespace "$ref")
+		read -r h f t su < <(exec_round krun "$ref")
+		k_host+=("$h") k_first+=("$f") k_total+=("$t") k_setup+=("$su")
+		read -r h f t su < <(exec_round namespace "$ref")
 		n_host+=("$h") n_first+=("$f") n_total+=("$t")
+		read -r h f t su < <(exec_round krun "$ref" --user-namespace off)
+		o_host+=("$h") o_first+=("$f") o_total+=("$t") o_setup+=("$su")
 	done
 
 	log "memory: one idle guest (-m $MEM)"
@@ -194,6 +203,11 @@ main() {
 	row "host work before the guest starts" "${k_host[@]}" "${n_host[@]}"
 	row "time to the guest's first line" "${k_first[@]}" "${n_first[@]}"
 	row "whole exec (boot, command, shutdown, cleanup)" "${k_total[@]}" "${n_total[@]}"
+	echo
+	printf '%-48s %12s %12s %8s\n' "the VMM's jail" "userns on" "userns off" "ratio"
+	row "VM child setup (its start -> entering libkrun)" "${k_setup[@]}" "${o_setup[@]}"
+	row "host work before the guest starts" "${k_host[@]}" "${o_host[@]}"
+	row "whole exec" "${k_total[@]}" "${o_total[@]}"
 	echo
 	if ((${#online[@]})); then
 		printf '%-48s %9s ms   (n=%d)\n' "run: JIT request -> runner online, median" "$(msecs "$(median "${online[@]}")")" "${#online[@]}"
