@@ -263,11 +263,11 @@ pub struct GuestArgs {
     )]
     pub egress_allow: Vec<Allow>,
 
-    /// krun: jail each VMM in a user namespace of its own (guest root is an unprivileged host
-    /// uid of a range per guest) and a minimal mount tree (the host's files out of reach).
-    /// Needs idmapped mounts on the cache's and the shares' file systems (Linux 5.19+; ext4,
-    /// xfs, btrfs, tmpfs from 6.3). `off`: the VMM runs as host root with the host's files in
-    /// view, capabilities and seccomp aside (unsafe; only where idmapped mounts are missing).
+    /// Run each guest's VMM (krun, in a minimal mount tree as well) or its workload (namespace
+    /// backend) in a user namespace of its own: guest root is an unprivileged host uid of a
+    /// range per guest. Needs idmapped mounts on the cache's and the shares' file systems
+    /// (Linux 5.19+; ext4, xfs, btrfs, tmpfs from 6.3). `off`: as host root, the VMM with the
+    /// host's files in view (unsafe; only where idmapped mounts are missing).
     #[arg(long, env = "KRUNNER_USER_NAMESPACE", value_enum, default_value_t = OnOff::On)]
     pub user_namespace: OnOff,
 
@@ -312,11 +312,11 @@ impl GuestArgs {
     /// Whether the VMM is to be jailed in a user namespace (warns once when not, under krun).
     pub fn user_namespace(&self) -> bool {
         let on = self.user_namespace == OnOff::On;
-        if !on && self.backend == Backend::Krun {
+        if !on {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(
-                    "--user-namespace off: each VMM runs as host root with the host's files in view; a VMM escape is far closer to owning the host"
+                    "--user-namespace off: each guest's VMM (krun) or workload (namespace) runs as host root; an escape is far closer to owning the host"
                 )
             });
         }

@@ -39,7 +39,7 @@ pub fn user_shares(guest: &GuestArgs, cache: &Path) -> Result<Vec<Share>, ShareE
 pub fn warn_backend(backend: Backend) {
     if backend == Backend::Namespace {
         tracing::warn!(
-            "backend 'namespace': guests share the host kernel and run as real root (without CAP_NET_ADMIN) in mount/pid/uts/ipc/network namespaces; this isolates far less than a microVM"
+            "backend 'namespace': guests share the host kernel, in user/mount/pid/uts/ipc/network namespaces; this isolates far less than a microVM"
         );
     }
 }

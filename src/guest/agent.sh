@@ -135,7 +135,7 @@ load_conf
 # The guest's host name (the runner's name in `krunner run`): the host wrote /etc/hostname;
 # libkrun's init does not apply it (the namespace backend has set it already).
 if [ -s /etc/hostname ] && [ -w /proc/sys/kernel/hostname ]; then
-	if read -r h </etc/hostname; then
+	if read -r h </etc/hostname && [ "$(cat /proc/sys/kernel/hostname 2>/dev/null)" != "$h" ]; then
 		printf '%s' "$h" 2>/dev/null >/proc/sys/kernel/hostname || log "warning: cannot set the host name $h"
 	fi
 fi

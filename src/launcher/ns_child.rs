@@ -44,7 +44,7 @@
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -63,6 +63,7 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::{emit, Event, GuestExec, LaunchSpec, RootSpec, Share, SpecError};
 use super::sys::{guest_relative, prepare_private_root, LinuxSys, SetupError, Sys};
+use super::vmm_jail::{self, IdmapAttrs};
 use super::{privileges, NS_INIT};
 
 /// What PID 1 needs, handed from the ns-child to `__ns-init` as a 0600 JSON file that PID 1
@@ -79,6 +80,10 @@ pub struct InitSpec {
     pub events: PathBuf,
     /// The ns-child's pid: PID 1 exits if its parent is no longer that process.
     pub supervisor_pid: i32,
+    /// The workload's user namespace, as a descriptor PID 1 inherits (None: the workload is
+    /// root of the host's user namespace, `--user-namespace off`).
+    #[serde(default)]
+    pub userns_fd: Option<i32>,
 }
 
 /// A step of the namespace backend's children failed.
@@ -335,10 +340,33 @@ const DEV_LINKS: [(&str, &str); 5] = [
 ];
 
 /// The ns-child's namespace and mount setup (steps 2–4 of the module header), in order.
-/// Runs in the ns-child; everything it mounts is private to its new mount namespace.
-pub fn setup_sandbox(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), SetupError> {
+/// Runs in the ns-child; everything it mounts is private to its new mount namespace. With
+/// `workload_ids`, returns the workload's user namespace, whose ids the root and the shares
+/// are idmapped to (see [`super::vmm_jail::mount_root`]).
+pub fn setup_sandbox(sys: &dyn Sys, spec: &LaunchSpec) -> Result<Option<OwnedFd>, SetupError> {
     prepare_private_root(sys, spec)?;
-    if let RootSpec::Dir(root) = &spec.root {
+    let userns = match spec.workload_ids {
+        Some(ids) => {
+            let root = spec.root.guest_root();
+            let userns = sys.new_user_ns(ids).map_err(|source| SetupError::Jail {
+                step: "create the workload's user namespace",
+                path: root.to_path_buf(),
+                source,
+            })?;
+            let staging = root.with_file_name("layers");
+            vmm_jail::mount_root(
+                sys,
+                &spec.root,
+                root,
+                &staging,
+                (userns.as_fd(), ids),
+                false,
+            )?;
+            Some(userns)
+        }
+        None => None,
+    };
+    if let (RootSpec::Dir(root), None) = (&spec.root, &userns) {
         sys.mount(
             Some(root),
             root,
@@ -366,9 +394,10 @@ pub fn setup_sandbox(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), SetupError>
         })?;
     let root = spec.root.guest_root();
     for share in &spec.shares {
-        bind_share(sys, root, share)?;
+        bind_share(sys, root, share, userns.as_ref().map(|u| u.as_fd()))?;
     }
-    populate_dev(sys, root)
+    populate_dev(sys, root)?;
+    Ok(userns)
 }
 
 /// Bind-mounts one share at its guest path under `root`, read-only if asked.
@@ -377,7 +406,12 @@ pub fn setup_sandbox(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), SetupError>
 /// way: the root is image content (and, for a directory root, a clone the guest may have
 /// written), so a path component could point anywhere on the host. Nothing runs in the guest
 /// yet, so the checked path cannot change before the mount.
-pub fn bind_share(sys: &dyn Sys, root: &Path, share: &Share) -> Result<(), SetupError> {
+pub fn bind_share(
+    sys: &dyn Sys,
+    root: &Path,
+    share: &Share,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<(), SetupError> {
     let rel = guest_relative("share guest path", &share.guest)?;
     let target =
         sys.mkdir_beneath(root, &rel, 0o755)
@@ -386,6 +420,20 @@ pub fn bind_share(sys: &dyn Sys, root: &Path, share: &Share) -> Result<(), Setup
                 guest: share.guest.clone(),
                 source,
             })?;
+    // In the workload's user namespace: idmapped, read-only in the same step.
+    if let Some(userns) = userns {
+        let attrs = IdmapAttrs {
+            read_only: share.read_only,
+            nosuid: false,
+        };
+        return sys
+            .idmap_bind(&share.host, &target, userns, attrs)
+            .map_err(|source| SetupError::BindShare {
+                host: share.host.clone(),
+                guest: share.guest.clone(),
+                source,
+            });
+    }
     sys.mount(
         Some(&share.host),
         &target,
@@ -578,6 +626,58 @@ fn reset_signals_in_child(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// CAP_NET_ADMIN's number (linux/capability.h), which libc does not export.
+const CAP_NET_ADMIN: libc::c_ulong = 12;
+
+/// Makes the process `cmd` starts enter the workload's user namespace `fd` before its exec,
+/// as its root (host ids of the run's range), in a mount namespace of its own there (so a
+/// job can still mount, on top of the locked mounts of the sandbox), without
+/// CAP_NET_ADMIN (setns gives a full bounding set). PID 1 itself stays as it is: a credential
+/// change would clear its parent-death signal. `fd` becomes close-on-exec here.
+#[allow(unsafe_code)]
+fn enter_user_ns_in_child(cmd: &mut Command, fd: i32) -> Result<(), NsError> {
+    let setup_err = |source| {
+        NsError::Setup(SetupError::Jail {
+            step: "keep the workload's user namespace from the workload",
+            path: PathBuf::from(format!("fd {fd}")),
+            source,
+        })
+    };
+    // SAFETY: `fd` was inherited from the ns-child for exactly this use and stays open for
+    // this process's life; the borrow does not outlive the call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(
+        borrowed,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(setup_err)?;
+    let check = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: the closure runs in the child between fork and exec; it makes raw system calls
+    // only (setgroups, setns, setresgid, setresuid, prctl, unshare: async-signal-safe, no
+    // allocation, no lock) on integers captured before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            check(libc::syscall(
+                libc::SYS_setgroups,
+                0,
+                std::ptr::null::<libc::gid_t>(),
+            ))?;
+            check(libc::setns(fd, libc::CLONE_NEWUSER).into())?;
+            check(libc::syscall(libc::SYS_setresgid, 0, 0, 0))?;
+            check(libc::syscall(libc::SYS_setresuid, 0, 0, 0))?;
+            check(libc::prctl(libc::PR_CAPBSET_DROP, CAP_NET_ADMIN, 0, 0, 0).into())?;
+            check(libc::unshare(libc::CLONE_NEWNS).into())
+        });
+    }
+    Ok(())
+}
+
 /// Forwards SIGTERM/SIGINT to `target`, reaps every child (PID 1 inherits orphans) and
 /// returns `target`'s exit status (128+N if signal N killed it).
 fn supervise(signals: &SignalFd, target: Pid) -> Result<i32, NsError> {
@@ -673,7 +773,19 @@ fn run_ns_child(spec: &LaunchSpec, spec_path: &Path) -> Result<i32, NsError> {
             actual: parent,
         });
     }
-    setup_sandbox(&LinuxSys, spec)?;
+    let userns = setup_sandbox(&LinuxSys, spec)?;
+    // PID 1 inherits it across its exec; it sets close-on-exec again before the workload.
+    if let Some(fd) = &userns {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map_err(|source| SetupError::Jail {
+            step: "hand the workload's user namespace to PID 1",
+            path: spec.root.guest_root().to_path_buf(),
+            source,
+        })?;
+    }
     emit(&spec.events, &Event::RootReady);
 
     let mut init_path = OsString::from(spec_path.as_os_str());
@@ -686,6 +798,7 @@ fn run_ns_child(spec: &LaunchSpec, spec_path: &Path) -> Result<i32, NsError> {
         nofile: spec.nofile,
         events: spec.events.clone(),
         supervisor_pid: me,
+        userns_fd: userns.as_ref().map(|fd| fd.as_raw_fd()),
     }
     .write(&init_path)?;
 
@@ -774,7 +887,12 @@ fn run_ns_init(init: &InitSpec) -> Result<i32, NsError> {
     // Last before the workload: PID 1 needs nothing on the list, the workload inherits it.
     super::seccomp::install(super::seccomp::Profile::Workload).map_err(NsError::Seccomp)?;
     let e = &init.exec;
-    let child = reset_signals_in_child(&mut Command::new(&e.path))
+    let mut cmd = Command::new(&e.path);
+    reset_signals_in_child(&mut cmd);
+    if let Some(fd) = init.userns_fd {
+        enter_user_ns_in_child(&mut cmd, fd)?;
+    }
+    let child = cmd
         .args(&e.args)
         .env_clear()
         .envs(e.env.iter().map(|(k, v)| (k, v)))
@@ -836,6 +954,7 @@ mod tests {
             libkrunfw_dir: None,
             cgroup: None,
             vmm_jail: None,
+            workload_ids: None,
         }
     }
 
@@ -1153,6 +1272,7 @@ mod tests {
             nofile: 4096,
             events: "/r/events".into(),
             supervisor_pid: 42,
+            userns_fd: Some(7),
         };
         s.write(&p).unwrap();
         assert_eq!(

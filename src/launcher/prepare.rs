@@ -218,6 +218,7 @@ fn launch_spec(
         // Set by the launcher once the run's cgroup exists.
         cgroup: None,
         vmm_jail: None,
+        workload_ids: None,
     }
 }
 

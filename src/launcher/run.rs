@@ -224,8 +224,9 @@ pub struct RunRequest {
     pub nofile: u64,
     /// The guest's network: a jail of its own with an egress policy, or the host's.
     pub egress: EgressPolicy,
-    /// krun: jail the VMM in a user namespace of its own and a minimal mount tree (see
-    /// [`super::vmm_jail`]); off only where idmapped mounts are not available.
+    /// Run the VMM (krun; with a minimal mount tree, see [`super::vmm_jail`]) or the workload
+    /// (namespace backend) in a user namespace of its own; off only where idmapped mounts are
+    /// not available.
     pub user_namespace: bool,
     /// A provided actions runner to present at `/opt/actions-runner` (a layer above the
     /// image; a copy when the clone is one). It is held in use (its lock, shared) for as long
@@ -407,7 +408,7 @@ impl Launcher {
         let run_id = format!("{}-{}", std::process::id(), &cache::random_suffix()[..8]);
         check_request(req, &run_id)?;
         let mut claimed = self.claim(req, &run_id).await?;
-        claimed.ids = match req.backend == Backend::Krun && req.user_namespace {
+        claimed.ids = match req.user_namespace {
             true => Some(super::ids::lease().map_err(|source| LaunchError::Ids {
                 run: run_id.clone(),
                 source,
@@ -512,7 +513,9 @@ impl Launcher {
         let mut spec = prepare::prepare(req, shares, run_id, run_dir, root)?;
         spec.netns = confined.netns;
         spec.cgroup = confined.cgroup;
-        if let Some(ids) = confined.ids {
+        if let (Some(ids), Backend::Namespace) = (confined.ids, req.backend) {
+            spec.workload_ids = Some(ids);
+        } else if let Some(ids) = confined.ids {
             // The mount point of the VMM's tree (a tmpfs in its own mount namespace).
             let dir = run_dir.join("jail");
             std::fs::DirBuilder::new()

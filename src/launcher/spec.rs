@@ -185,6 +185,10 @@ pub struct LaunchSpec {
     /// the namespace backend).
     #[serde(default)]
     pub vmm_jail: Option<VmmJail>,
+    /// Namespace backend: the user namespace the workload runs in, root of it but not of the
+    /// host (None: `--user-namespace off`, krun).
+    #[serde(default)]
+    pub workload_ids: Option<IdMap>,
 }
 
 /// Errors reading or writing a spec.
@@ -461,6 +465,7 @@ mod tests {
             libkrunfw_dir: None,
             cgroup: None,
             vmm_jail: None,
+            workload_ids: None,
         }
     }
 

@@ -33,7 +33,7 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::spec::{IdMap, LaunchSpec, RootSpec};
-use super::vmm_jail;
+use super::vmm_jail::{self, IdmapAttrs};
 
 /// The system calls the children's setup makes, and nothing else.
 ///
@@ -80,13 +80,14 @@ pub trait Sys {
     /// A new user namespace mapping `0..count` to the host range of `ids`, as an fd.
     fn new_user_ns(&self, ids: IdMap) -> nix::Result<OwnedFd>;
     /// Mounts a detached clone of `src` at `dst`, idmapped through `userns` (open_tree,
-    /// mount_setattr with MOUNT_ATTR_IDMAP, move_mount); nosuid, nodev, read-only if asked.
+    /// mount_setattr with MOUNT_ATTR_IDMAP, move_mount); nodev, and read-only and nosuid if
+    /// asked.
     fn idmap_bind(
         &self,
         src: &Path,
         dst: &Path,
         userns: BorrowedFd<'_>,
-        read_only: bool,
+        attrs: IdmapAttrs,
     ) -> nix::Result<()>;
     /// Moves the owners of the trusted tree at `dir` into the range of `ids`.
     fn shift_owners(&self, dir: &Path, ids: IdMap) -> nix::Result<()>;
@@ -224,9 +225,9 @@ impl Sys for LinuxSys {
         src: &Path,
         dst: &Path,
         userns: BorrowedFd<'_>,
-        read_only: bool,
+        attrs: IdmapAttrs,
     ) -> nix::Result<()> {
-        vmm_jail::idmap_bind(src, dst, userns, read_only)
+        vmm_jail::idmap_bind(src, dst, userns, attrs)
     }
 
     fn shift_owners(&self, dir: &Path, ids: IdMap) -> nix::Result<()> {
@@ -668,7 +669,8 @@ pub fn prepare_private_root(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), Setu
     )
     .map_err(|source| SetupError::MakePrivate { source })?;
     // A jailed VMM's overlay is mounted in its tree, over idmapped layers (vmm_jail::build).
-    if spec.vmm_jail.is_some() {
+    // So is the namespace backend's, when its workload has a user namespace of its own.
+    if spec.vmm_jail.is_some() || spec.workload_ids.is_some() {
         return Ok(());
     }
     if let RootSpec::Overlay {
@@ -881,13 +883,14 @@ impl Sys for FakeSys {
         src: &Path,
         dst: &Path,
         _userns: BorrowedFd<'_>,
-        read_only: bool,
+        attrs: IdmapAttrs,
     ) -> nix::Result<()> {
         self.record(format!(
-            "idmap_bind {} {} {}",
+            "idmap_bind {} {} {}{}",
             src.display(),
             dst.display(),
-            if read_only { "ro" } else { "rw" }
+            if attrs.read_only { "ro" } else { "rw" },
+            if attrs.nosuid { ",nosuid" } else { "" }
         ))
     }
 
@@ -953,6 +956,7 @@ pub(crate) mod tests {
             libkrunfw_dir: None,
             cgroup: None,
             vmm_jail: None,
+            workload_ids: None,
         }
     }
 

@@ -46,6 +46,25 @@ use nix::mount::{MntFlags, MsFlags};
 use super::spec::{IdMap, LaunchSpec, RootSpec, VmmJail};
 use super::sys::{overlay_options, SetupError, Sys};
 
+/// The mount attributes of an idmapped bind besides the idmap (and nodev, always).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdmapAttrs {
+    /// MOUNT_ATTR_RDONLY.
+    pub read_only: bool,
+    /// MOUNT_ATTR_NOSUID.
+    pub nosuid: bool,
+}
+
+impl IdmapAttrs {
+    /// What the VMM's views get: nothing in them is ever executed on the host.
+    pub fn vmm(read_only: bool) -> IdmapAttrs {
+        IdmapAttrs {
+            read_only,
+            nosuid: true,
+        }
+    }
+}
+
 /// Where things are inside the tree, as the VMM sees them after the pivot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JailedPaths {
@@ -93,65 +112,14 @@ pub fn build(
     let root = dir.join("root");
     sys.mkdir_all(&root, 0o755)
         .map_err(err("create the root mount point", &root))?;
-    match &spec.root {
-        RootSpec::Overlay {
-            lower,
-            runner,
-            upper,
-            work,
-            ..
-        } => {
-            let layers = dir.join(".layers");
-            let image = layers.join("image");
-            sys.mkdir_all(&image, 0o700)
-                .map_err(err("create a layer mount point", &image))?;
-            sys.idmap_bind(lower, &image, userns.as_fd(), true)
-                .map_err(err("idmap the image layer", lower))?;
-            let runner_layer = match runner {
-                Some(r) => {
-                    let at = layers.join("runner");
-                    sys.mkdir_all(&at, 0o700)
-                        .map_err(err("create a layer mount point", &at))?;
-                    sys.idmap_bind(r, &at, userns.as_fd(), true)
-                        .map_err(err("idmap the runner layer", r))?;
-                    Some(at)
-                }
-                None => None,
-            };
-            sys.shift_owners(upper, ids)
-                .map_err(err("shift the upper layer's owners into the range", upper))?;
-            sys.shift_owners(work, ids)
-                .map_err(err("shift the work directory's owner into the range", work))?;
-            let data = overlay_options(&image, runner_layer.as_deref(), upper, work)?;
-            sys.mount(
-                Some(Path::new("overlay")),
-                &root,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(&data),
-            )
-            .map_err(|source| SetupError::MountOverlay {
-                lower: lower.clone(),
-                upper: upper.clone(),
-                work: work.clone(),
-                merged: root.clone(),
-                source,
-            })?;
-            // overlayfs holds private clones of its layers: the staging mounts can go.
-            for at in std::iter::once(&image).chain(runner_layer.as_ref()) {
-                sys.umount2(at, MntFlags::MNT_DETACH)
-                    .map_err(err("detach a staged layer", at))?;
-                sys.rmdir(at)
-                    .map_err(err("remove a staged layer's mount point", at))?;
-            }
-            sys.rmdir(&layers)
-                .map_err(err("remove the staged layers' directory", &layers))?;
-        }
-        RootSpec::Dir(d) => {
-            sys.idmap_bind(d, &root, userns.as_fd(), false)
-                .map_err(err("idmap the root copy", d))?;
-        }
-    }
+    mount_root(
+        sys,
+        &spec.root,
+        &root,
+        &dir.join(".layers"),
+        (userns.as_fd(), ids),
+        true,
+    )?;
 
     let mut shares = Vec::with_capacity(spec.shares.len());
     for (i, share) in spec.shares.iter().enumerate() {
@@ -159,8 +127,13 @@ pub fn build(
         let at = dir.join(&rel);
         sys.mkdir_all(&at, 0o755)
             .map_err(err("create a share mount point", &at))?;
-        sys.idmap_bind(&share.host, &at, userns.as_fd(), share.read_only)
-            .map_err(err("idmap a share", &share.host))?;
+        sys.idmap_bind(
+            &share.host,
+            &at,
+            userns.as_fd(),
+            IdmapAttrs::vmm(share.read_only),
+        )
+        .map_err(err("idmap a share", &share.host))?;
         shares.push(Path::new("/").join(rel));
     }
 
@@ -224,6 +197,88 @@ pub fn build(
             console,
         },
     ))
+}
+
+/// Mounts the guest's root at `target` over idmapped views of the cache: for an overlay,
+/// the image (and the runner) layers idmapped under `staging` (removed again once overlayfs
+/// holds them), the upper and work directories shifted into the range; for a copy, the copy
+/// itself idmapped. `nosuid` for views nothing executes through on the host (the VMM's).
+/// Shared with the namespace backend, whose workload runs in the same kind of namespace.
+pub fn mount_root(
+    sys: &dyn Sys,
+    root_spec: &RootSpec,
+    target: &Path,
+    staging: &Path,
+    (userns, ids): (BorrowedFd<'_>, IdMap),
+    nosuid: bool,
+) -> Result<(), SetupError> {
+    let err = |step: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SetupError::Jail { step, path, source }
+    };
+    let attrs = |read_only| IdmapAttrs { read_only, nosuid };
+    let root = target.to_path_buf();
+    let layers = staging.to_path_buf();
+    match root_spec {
+        RootSpec::Overlay {
+            lower,
+            runner,
+            upper,
+            work,
+            ..
+        } => {
+            let image = layers.join("image");
+            sys.mkdir_all(&image, 0o700)
+                .map_err(err("create a layer mount point", &image))?;
+            sys.idmap_bind(lower, &image, userns, attrs(true))
+                .map_err(err("idmap the image layer", lower))?;
+            let runner_layer = match runner {
+                Some(r) => {
+                    let at = layers.join("runner");
+                    sys.mkdir_all(&at, 0o700)
+                        .map_err(err("create a layer mount point", &at))?;
+                    sys.idmap_bind(r, &at, userns, attrs(true))
+                        .map_err(err("idmap the runner layer", r))?;
+                    Some(at)
+                }
+                None => None,
+            };
+            sys.shift_owners(upper, ids)
+                .map_err(err("shift the upper layer's owners into the range", upper))?;
+            sys.shift_owners(work, ids)
+                .map_err(err("shift the work directory's owner into the range", work))?;
+            let data = overlay_options(&image, runner_layer.as_deref(), upper, work)?;
+            sys.mount(
+                Some(Path::new("overlay")),
+                &root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&data),
+            )
+            .map_err(|source| SetupError::MountOverlay {
+                lower: lower.clone(),
+                upper: upper.clone(),
+                work: work.clone(),
+                merged: root.clone(),
+                source,
+            })?;
+            // overlayfs holds private clones of its layers: the staging mounts can go.
+            for at in std::iter::once(&image).chain(runner_layer.as_ref()) {
+                sys.umount2(at, MntFlags::MNT_DETACH)
+                    .map_err(err("detach a staged layer", at))?;
+                sys.rmdir(at)
+                    .map_err(err("remove a staged layer's mount point", at))?;
+            }
+            sys.rmdir(&layers)
+                .map_err(err("remove the staged layers' directory", &layers))?;
+        }
+        RootSpec::Dir(d) => {
+            sys.idmap_bind(d, &root, userns, attrs(false))
+                .map_err(err("idmap the root copy", d))?;
+        }
+    }
+
+    Ok(())
 }
 
 /// Makes the tree `/`, detaches the host's root, seals the tree read-only, and enters the
@@ -354,7 +409,7 @@ pub(super) fn idmap_bind(
     src: &Path,
     dst: &Path,
     userns: BorrowedFd<'_>,
-    read_only: bool,
+    attrs: IdmapAttrs,
 ) -> nix::Result<()> {
     let src_c = path_cstr(src)?;
     let dst_c = path_cstr(dst)?;
@@ -373,9 +428,12 @@ pub(super) fn idmap_bind(
     }
     // SAFETY: `tree` is a fresh fd from open_tree that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
-    let mut set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-    if read_only {
+    let mut set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NODEV;
+    if attrs.read_only {
         set |= MOUNT_ATTR_RDONLY;
+    }
+    if attrs.nosuid {
+        set |= MOUNT_ATTR_NOSUID;
     }
     let attr = MountAttr {
         attr_set: set,
@@ -501,14 +559,14 @@ mod tests {
         let want_in_order = [
             "new_user_ns 0:1879048192:65536",
             "mount tmpfs /r/jail tmpfs MS_NOSUID",
-            "idmap_bind /c/rootfs /r/jail/.layers/image ro",
+            "idmap_bind /c/rootfs /r/jail/.layers/image ro,nosuid",
             "shift_owners /r/upper",
             "shift_owners /r/work",
             "mount overlay /r/jail/root overlay - lowerdir=/r/jail/.layers/image,upperdir=/r/upper,workdir=/r/work",
             "umount2 /r/jail/.layers/image MNT_DETACH",
             "rmdir /r/jail/.layers/image",
             "rmdir /r/jail/.layers",
-            "idmap_bind /srv/cache /r/jail/shares/0 ro",
+            "idmap_bind /srv/cache /r/jail/shares/0 ro,nosuid",
             "lchown /r/console.log 1879048192 1879048192",
             "mount /r/console.log /r/jail/console - MS_BIND -",
             "mknod_char /r/jail/dev/kvm 10:232 600",
@@ -545,7 +603,7 @@ mod tests {
         assert!(
             calls
                 .iter()
-                .any(|c| c == "idmap_bind /c/runners/x/tree /r/jail/.layers/runner ro"),
+                .any(|c| c == "idmap_bind /c/runners/x/tree /r/jail/.layers/runner ro,nosuid"),
             "{calls:#?}"
         );
         assert!(

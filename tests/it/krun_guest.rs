@@ -509,9 +509,15 @@ fn exec_jail_a_share_without_idmapped_mounts_is_refused_by_name() {
     let out = exec(&td, &fw, &["-M", &m], &["true"]).run();
     assert_ne!(out.code, Some(0), "{out}");
     let text = format!("{}{}", out.stdout, out.stderr);
-    assert!(text.contains(&on_9p.display().to_string()), "names the share\n{out}");
+    assert!(
+        text.contains(&on_9p.display().to_string()),
+        "names the share\n{out}"
+    );
     assert!(text.contains("idmapped mounts"), "says why\n{out}");
-    assert!(text.contains("--user-namespace off"), "says what to do\n{out}");
+    assert!(
+        text.contains("--user-namespace off"),
+        "says what to do\n{out}"
+    );
     assert!(runs_left().is_empty(), "{:?}", runs_left());
     assert!(mounts_under(&shared_cache()).is_empty());
 }

@@ -596,3 +596,85 @@ fn ns_seccomp_denies_what_a_job_never_needs() {
     assert!(out.stdout.contains("Seccomp:\t2"), "{out}");
     assert!(out.stdout.contains("tmpfs-mounted"), "{out}");
 }
+
+/// Under the namespace backend the workload is root of a user namespace of its own (the
+/// run's host id range), not of the host: the image still looks root-owned and `chown`
+/// works, what it writes into its clone belongs to the range, it holds no CAP_NET_ADMIN even
+/// there, and it can still mount (in a mount namespace of its own). `--user-namespace off`
+/// gives the old, host-root workload.
+#[test]
+fn ns_the_workload_is_root_of_its_own_user_namespace_only() {
+    if skip(NS) {
+        return;
+    }
+    let td = TestDir::new("ns-userns");
+    let share = td.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let m = format!("{}:/share", share.display());
+    let script = "echo map=$(cat /proc/self/uid_map); echo id=$(id -u) passwd=$(stat -c %u /etc/passwd); \
+        touch /made; mkdir -p /jt && touch /jt/f && chown 1001:1001 /jt/f && echo chown-ok; \
+        echo made=$(stat -c %u /made) f=$(stat -c %u /jt/f); \
+        grep CapBnd /proc/self/status; touch /share/by-root; \
+        mkdir /m && mount -t tmpfs t /m && echo tmpfs-mounted; \
+        if echo 1 >/proc/sys/kernel/domainname 2>/dev/null; then echo SYSCTL-WRITTEN; else echo sysctl-refused; fi";
+    let out = exec_ns(&td, &["-M", &m], script);
+    out.success();
+    let map: Vec<u64> = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("map="))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    assert_eq!(map.len(), 3, "{out}");
+    assert_eq!(map[0], 0, "{out}");
+    assert!(
+        (0x7000_0000..0x7400_0000).contains(&map[1]),
+        "guest root is host uid {} (krunner's ranges start at 0x70000000)\n{out}",
+        map[1]
+    );
+    assert_eq!(map[2], 65536, "{out}");
+    assert!(out.stdout.contains("id=0 passwd=0"), "{out}");
+    assert!(out.stdout.contains("chown-ok"), "{out}");
+    // Inside, the files are root's and 1001's (the namespace's view).
+    assert!(out.stdout.contains("made=0 f=1001"), "{out}");
+    let bnd = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    assert_eq!(bnd & (1 << 12), 0, "no CAP_NET_ADMIN\n{out}");
+    assert!(out.stdout.contains("tmpfs-mounted"), "{out}");
+    assert!(out.stdout.contains("sysctl-refused"), "{out}");
+    // A share keeps the host's ids.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(share.join("by-root"))
+            .map(|m| m.uid())
+            .ok(),
+        Some(0)
+    );
+    assert!(runs_left(&td).is_empty());
+    assert!(mounts_under(&td.cache()).is_empty());
+
+    // Off: the old behaviour, root of the host's user namespace.
+    let out = exec_ns(
+        &td,
+        &["--user-namespace", "off"],
+        "echo map=$(cat /proc/self/uid_map)",
+    );
+    out.success();
+    let map = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("map="))
+        .unwrap_or_default();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "4294967295"],
+        "{out}"
+    );
+    assert!(out.stderr.contains("--user-namespace off"), "warned\n{out}");
+}
