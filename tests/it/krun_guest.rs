@@ -386,7 +386,7 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
 
 #[test]
 #[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
-fn exec_jail_the_vmm_is_an_unprivileged_uid_in_a_tree_of_its_own() {
+fn userns_the_vmm_is_an_unprivileged_uid_in_a_tree_of_its_own() {
     let fw = in_l1();
     let td = TestDir::new("krun-userns");
     let share = td.join("share");
@@ -500,7 +500,7 @@ fn exec_jail_the_vmm_is_an_unprivileged_uid_in_a_tree_of_its_own() {
 
 #[test]
 #[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
-fn exec_jail_a_share_without_idmapped_mounts_is_refused_by_name() {
+fn userns_a_share_without_idmapped_mounts_is_refused_by_name() {
     let fw = in_l1();
     let td = TestDir::new("krun-userns-9p");
     // L1 sees the host's files through 9p, which has no idmapped mounts on any kernel.

@@ -197,10 +197,17 @@ fn group(filter: &str, tests: usize) {
 }
 
 /// `doctor`, `exec` (output, status, signals, any argv, shares, size, lifetime, SIGKILL, the
-/// run cgroup and an out-of-memory kill under namespaces, the VMM's user namespace and tree).
+/// run cgroup and an out-of-memory kill under namespaces, the network jail).
 #[test]
 fn krun_exec_in_real_guests() {
-    group("krun_guest::exec_", 13);
+    group("krun_guest::exec_", 11);
+}
+
+/// The VMM's user namespace and minimal tree: the VMM's ids and view, the owners of what the
+/// guest writes, a share on a file system without idmapped mounts.
+#[test]
+fn krun_userns_in_real_guests() {
+    group("krun_guest::userns_", 2);
 }
 
 /// `run` in JIT and token modes, shutdown (idle, drain, forced), SIGKILL and restart.
