@@ -236,6 +236,59 @@ fn unit_and_env_file_agree_with_the_cli() {
     }
 }
 
+/// The `Name=` of each backticked directive in the first column of packaging/README.md's
+/// table whose header row starts with `| {header} |`.
+fn readme_table_directives(readme: &str, header: &str) -> Vec<String> {
+    let head = format!("| {header} |");
+    let mut rows = readme
+        .lines()
+        .skip_while(|l| !l.starts_with(&head))
+        .skip(2) // the header and the |---| line
+        .take_while(|l| l.starts_with('|'));
+    let mut names = Vec::new();
+    for row in rows.by_ref() {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        for code in first.split('`').skip(1).step_by(2) {
+            if let Some((name, _)) = code.split_once('=') {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The unit sets each directive packaging/README.md's "set" table names and none of its
+/// "left out" table: each left-out one breaks KVM, the jail or the namespace backend (e.g.
+/// ProtectHostname=yes denies sethostname(2) to every process of the unit before systemd 258,
+/// and each namespace-backend run sets its guest's host name), so the table is the list of
+/// what must not come back, and the documented reasons stay true to the unit.
+#[test]
+fn unit_hardening_is_what_packaging_readme_says() {
+    let unit = std::fs::read_to_string(repo().join("packaging/krunner.service")).unwrap();
+    let readme = std::fs::read_to_string(repo().join("packaging/README.md")).unwrap();
+    let settings = unit_settings(&unit);
+    let set: Vec<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
+    let wanted = readme_table_directives(&readme, "set");
+    let left_out = readme_table_directives(&readme, "left out");
+    assert!(
+        wanted.len() >= 10 && left_out.len() >= 10,
+        "packaging/README.md's tables: {wanted:?} {left_out:?}"
+    );
+    for name in &wanted {
+        assert!(
+            set.contains(&name.as_str()),
+            "packaging/README.md says the unit sets {name}=, it does not"
+        );
+    }
+    for name in &left_out {
+        assert!(
+            !set.contains(&name.as_str()),
+            "the unit sets {name}=, which packaging/README.md explains must be left out"
+        );
+    }
+    assert!(left_out.iter().any(|n| n == "ProtectHostname"));
+}
+
 /// The .deb in a fresh Debian 12: install, run, verify the unit, completions, man pages, a
 /// reinstall over a changed config, remove and purge.
 #[test]
