@@ -220,6 +220,7 @@ fn unit_and_env_file_agree_with_the_cli() {
         )),
         "krunner run's drain default is {DRAIN_DEFAULT}\n{help}"
     );
+    let mut named = Vec::new();
     for line in env.lines() {
         let var = line.trim_start_matches('#');
         let Some((name, _)) = var.split_once('=') else {
@@ -232,6 +233,28 @@ fn unit_and_env_file_agree_with_the_cli() {
             help.stdout.contains(&format!("[env: {name}="))
                 || global.stdout.contains(&format!("[env: {name}=")),
             "krunner.env names {name}, which krunner run does not read"
+        );
+        named.push(name.to_string());
+    }
+    // And the other way round: every variable `krunner run` reads has its commented line, so
+    // a new option reaches the administrators who configure krunner through this file. But
+    // for the credentials (the unit passes them as files: the env file's first section says
+    // how) and -q (for terminals; the journal keeps what the log level lets through).
+    let not_in_env_file = [
+        "KRUNNER_TOKEN",
+        "KRUNNER_TOKEN_FILE",
+        "KRUNNER_APP_KEY",
+        "KRUNNER_QUIET",
+    ];
+    for part in help.stdout.split("[env: ").skip(1) {
+        // `[env: NAME=value]`, or `[env: NAME]` for a hidden value.
+        let end = part
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(part.len());
+        let name = &part[..end];
+        assert!(
+            named.iter().any(|n| n == name) || not_in_env_file.contains(&name),
+            "krunner run reads {name}, which packaging/krunner.env does not show"
         );
     }
 }
