@@ -7,10 +7,11 @@
 //! The .deb goes into a fresh Debian 12 root file system (`tests/package.sh`: debootstrapped
 //! once and cached in /var/tmp/krunner-test, copied per run) with `apt-get install
 //! ./krunner_*.deb`, and is exercised there through chroot: `--version`, `doctor --no-boot`,
-//! `exec --backend namespace` against a busybox image on the loopback registry, the unit
-//! through `systemd-analyze verify` and `security`, the bash completion, the man pages, a
-//! reinstall that keeps a changed config, then remove and purge. The .rpm's file list, config
-//! flags, scripts and requirements are read with Debian's `rpm`.
+//! `exec --backend namespace` against a busybox image on the loopback registry, the unit run
+//! by the root's own systemd (booted in namespaces of its own) with a drop-in that makes it
+//! start such a guest, the unit through `systemd-analyze verify` and `security`, the bash
+//! completion, the man pages, a reinstall that keeps a changed config, then remove and purge.
+//! The .rpm's file list, config flags, scripts and requirements are read with Debian's `rpm`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -37,6 +38,8 @@ const DEB: &[Need] = &[
     Need::Tool("debootstrap"),
     Need::Tool("unshare"),
     Need::Tool("chroot"),
+    Need::Tool("nsenter"),
+    Need::Tool("setsid"),
     Need::Tool("docker-registry"),
     Need::Tool("skopeo"),
     Need::Tool("busybox"),
@@ -157,6 +160,50 @@ fn in_root(root: &Path, script: &str) -> Ran {
         .output()
         .expect("run tests/package.sh");
     ran(format!("in the Debian root: {script}"), out)
+}
+
+/// The Debian root booted (tests/package.sh boot): its systemd runs as PID 1 of namespaces of
+/// its own until this is dropped.
+struct Booted {
+    state: PathBuf,
+}
+
+impl Booted {
+    fn new(root: &Path, state: PathBuf) -> Booted {
+        // The guard first, so that a boot that fails half-way is halted too.
+        let booted = Booted { state };
+        run_tool(
+            Command::new("bash")
+                .arg(repo().join("tests/package.sh"))
+                .arg("boot")
+                .arg(root)
+                .arg(&booted.state),
+        );
+        booted
+    }
+
+    /// Runs a shell script in the booted system.
+    fn run(&self, script: &str) -> Ran {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/package.sh"))
+            .arg("in")
+            .arg(&self.state)
+            .args(["--", "/bin/sh", "-c", script])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run tests/package.sh");
+        ran(format!("in the booted Debian root: {script}"), out)
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/package.sh"))
+            .arg("halt")
+            .arg(&self.state)
+            .status();
+    }
 }
 
 /// Runs `rpm` on the host.
@@ -335,13 +382,14 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         t.elapsed().as_secs_f64()
     );
     let deb_name = pkgs.deb.file_name().unwrap().to_string_lossy().into_owned();
-    std::fs::copy(&pkgs.deb, root.join("tmp").join(&deb_name)).unwrap();
+    // In /var/tmp: the booted system below empties /tmp at boot (tmpfiles.d's `D /tmp`).
+    std::fs::copy(&pkgs.deb, root.join("var/tmp").join(&deb_name)).unwrap();
 
     // apt resolves the dependencies (passt, nftables) from the root's own apt cache.
     let t = Instant::now();
     in_root(
         &root,
-        &format!("cd /tmp && apt-get install -y -q ./{deb_name}"),
+        &format!("cd /var/tmp && apt-get install -y -q ./{deb_name}"),
     )
     .ok();
     eprintln!(
@@ -418,6 +466,57 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         "{cache}"
     );
 
+    // The unit's sandbox as systemd applies it: the root booted (its systemd as PID 1 of
+    // namespaces of its own), and krunner.service started there with a drop-in that runs a
+    // namespace-backend guest of the cached image instead of `krunner run` (which would need
+    // GitHub). The guest needs what the hardening must leave: mounts, namespaces, pivot_root,
+    // setting its host name (which ProtectHostname=yes forbids), its cgroup, and the network
+    // jail (a network namespace joined by pasta, nftables rules).
+    let t = Instant::now();
+    let dropin = root.join("etc/systemd/system/krunner.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("test.conf"),
+        format!(
+            "[Service]\nExecStart=\nExecStart=/usr/bin/krunner -q exec --backend namespace \
+             {image} -- sh -c 'echo host name $(hostname); \
+             echo network $(readlink /proc/self/ns/net); echo guest says hi'\n\
+             Restart=no\nStandardOutput=append:/var/log/krunner-test.log\n\
+             StandardError=append:/var/log/krunner-test.log\n"
+        ),
+    )
+    .unwrap();
+    // LoadCredential= wants the token file even though `exec` does not read it.
+    std::fs::write(root.join("etc/krunner/token"), "ghp_test\n").unwrap();
+    let unit = {
+        let booted = Booted::new(&root, td.join("booted"));
+        booted.run(
+            "systemctl daemon-reload && systemctl start krunner; \
+             while systemctl -q is-active krunner; do sleep 0.2; done; \
+             systemctl show -p Result -p ExecMainStatus krunner; cat /var/log/krunner-test.log",
+        )
+    };
+    std::fs::remove_dir_all(&dropin).unwrap();
+    eprintln!(
+        "package: the unit ran a guest under systemd in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        unit.stdout.contains("Result=success\n")
+            && unit.stdout.contains("ExecMainStatus=0\n")
+            && unit.stdout.contains("guest says hi\n"),
+        "krunner.service ran no guest\n{unit}"
+    );
+    // In a network namespace of its own: the jail's (pasta and nftables) worked in the unit.
+    let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert!(
+        unit.stdout.contains("\nnetwork net:[")
+            && !unit
+                .stdout
+                .contains(&format!("\nnetwork {}\n", host_net.display())),
+        "the guest is not in a network namespace of its own\n{unit}"
+    );
+
     // The unit: systemd-analyze verify (it also runs `man` for Documentation= and checks
     // ExecStart's binary) and the hardening score.
     let verify = in_root(
@@ -484,7 +583,7 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         &format!(
             "echo KRUNNER_PRINCIPAL=acme/app >>/etc/krunner/krunner.env && \
              printf 'ghp_test\\n' >/etc/krunner/token && chmod 600 /etc/krunner/token && \
-             cd /tmp && apt-get install -y -q --reinstall ./{deb_name}"
+             cd /var/tmp && apt-get install -y -q --reinstall ./{deb_name}"
         ),
     )
     .ok();
