@@ -93,6 +93,10 @@ boot() {
       mount --rbind /sys \"$dir/sys\"
       mount -t cgroup2 cgroup2 \"$dir/sys/fs/cgroup\"
       mount --rbind /dev \"$dir/dev\"
+      # Shared, as systemd expects of a container manager (it does so itself only when it
+      # boots a machine): LoadCredential= moves each credential mount into place through
+      # this propagation, and a unit would find its credentials directory empty otherwise.
+      mount --make-rshared \"$dir\"
       exec chroot \"$dir\" /usr/bin/env -i container=krunner-test \
         PATH=/usr/sbin:/usr/bin:/sbin:/bin /lib/systemd/systemd
     "

@@ -467,11 +467,11 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
     );
 
     // The unit's sandbox as systemd applies it: the root booted (its systemd as PID 1 of
-    // namespaces of its own), and krunner.service started there with a drop-in that runs a
-    // namespace-backend guest of the cached image instead of `krunner run` (which would need
-    // GitHub). The guest needs what the hardening must leave: mounts, namespaces, pivot_root,
-    // setting its host name (which ProtectHostname=yes forbids), its cgroup, and the network
-    // jail (a network namespace joined by pasta, nftables rules).
+    // namespaces of its own, the host's network), and krunner.service started there twice.
+    // First with a drop-in that runs a namespace-backend guest of the cached image instead of
+    // `krunner run`. The guest needs what the hardening must leave: mounts, namespaces,
+    // pivot_root, setting its host name (which ProtectHostname=yes forbids), its cgroup, and
+    // the network jail (a network namespace joined by pasta, nftables rules).
     let t = Instant::now();
     let dropin = root.join("etc/systemd/system/krunner.service.d");
     std::fs::create_dir_all(&dropin).unwrap();
@@ -486,21 +486,15 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         ),
     )
     .unwrap();
-    // LoadCredential= wants the token file even though `exec` does not read it.
-    std::fs::write(root.join("etc/krunner/token"), "ghp_test\n").unwrap();
-    let unit = {
-        let booted = Booted::new(&root, td.join("booted"));
-        booted.run(
-            "systemctl daemon-reload && systemctl start krunner; \
-             while systemctl -q is-active krunner; do sleep 0.2; done; \
-             systemctl show -p Result -p ExecMainStatus krunner; cat /var/log/krunner-test.log",
-        )
-    };
-    std::fs::remove_dir_all(&dropin).unwrap();
-    eprintln!(
-        "package: the unit ran a guest under systemd in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
+    // The unit loads this credential whatever it runs.
+    std::fs::write(root.join("etc/krunner/token"), "e2e-token\n").unwrap();
+    // Until the unit has stopped (Type=exec: `start` returns once krunner runs), at most 2 min.
+    let started = "systemctl daemon-reload && systemctl start krunner; i=0; \
+                   while systemctl -q is-active krunner && [ $i -lt 600 ]; do \
+                   sleep 0.2; i=$((i + 1)); done; \
+                   systemctl show -p Result -p ExecMainStatus krunner; ";
+    let booted = Booted::new(&root, td.join("booted"));
+    let unit = booted.run(&format!("{started} cat /var/log/krunner-test.log"));
     assert!(
         unit.stdout.contains("Result=success\n")
             && unit.stdout.contains("ExecMainStatus=0\n")
@@ -515,6 +509,54 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
                 .stdout
                 .contains(&format!("\nnetwork {}\n", host_net.display())),
         "the guest is not in a network namespace of its own\n{unit}"
+    );
+    std::fs::remove_dir_all(&dropin).unwrap();
+
+    // Then as shipped, configured through krunner.env alone: `krunner run` with the token
+    // from the credential registers one JIT runner with the GitHub simulator, its guest runs
+    // the stand-in runner's job, the registration is deleted and krunner exits 0 (-r 1).
+    let f = crate::run_e2e::fixture("pkg-run");
+    // Not under /tmp or /var/tmp, which PrivateTmp=yes hides from the unit.
+    let record = root.join("srv/record");
+    std::fs::create_dir_all(&record).unwrap();
+    // The runner (uid 1001) writes its name there.
+    std::fs::set_permissions(&record, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let env_file = root.join("etc/krunner/krunner.env");
+    let shipped_env = std::fs::read_to_string(&env_file).unwrap();
+    std::fs::write(
+        &env_file,
+        format!(
+            "{shipped_env}KRUNNER_PRINCIPAL=owner/repo\nKRUNNER_API_URL={}\n\
+             KRUNNER_BACKEND=namespace\nKRUNNER_IMAGE={}\nKRUNNER_NAME_PREFIX=pkg\n\
+             KRUNNER_REPEAT=1\nKRUNNER_MOUNT=/srv/record:/record\n",
+            f.sim.api_url(),
+            crate::run_e2e::runner_image()
+        ),
+    )
+    .unwrap();
+    let run = booted.run(&format!(
+        "{started} journalctl -u krunner -o cat --no-pager | tail -n 40"
+    ));
+    drop(booted);
+    std::fs::write(&env_file, shipped_env).unwrap();
+    let ctx = format!("{run}\nsim log:\n{}", f.sim.log_text());
+    assert!(
+        run.stdout.contains("Result=success\n") && run.stdout.contains("ExecMainStatus=0\n"),
+        "{ctx}"
+    );
+    assert_eq!(
+        f.sim.count(
+            "POST",
+            "/repos/owner/repo/actions/runners/generate-jitconfig"
+        ),
+        1,
+        "{ctx}"
+    );
+    assert_eq!(list_names(&record), ["pkg-0-1"], "{ctx}");
+    assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
+    eprintln!(
+        "package: the unit ran a guest and a runner under systemd in {:.1} s",
+        t.elapsed().as_secs_f64()
     );
 
     // The unit: systemd-analyze verify (it also runs `man` for Documentation= and checks
