@@ -517,28 +517,30 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
     // the stand-in runner's job, the registration is deleted and krunner exits 0 (-r 1).
     let f = crate::run_e2e::fixture("pkg-run");
     // Not under /tmp or /var/tmp, which PrivateTmp=yes hides from the unit.
-    let record = root.join("srv/record");
-    std::fs::create_dir_all(&record).unwrap();
-    // The runner (uid 1001) writes its name there.
-    std::fs::set_permissions(&record, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (record, mode) = (root.join("srv/record"), root.join("srv/mode"));
+    for d in [&record, &mode] {
+        std::fs::create_dir_all(d).unwrap();
+        // The runner (uid 1001) writes its name to record and reads mode.
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
     let env_file = root.join("etc/krunner/krunner.env");
     let shipped_env = std::fs::read_to_string(&env_file).unwrap();
-    std::fs::write(
-        &env_file,
-        format!(
-            "{shipped_env}KRUNNER_PRINCIPAL=owner/repo\nKRUNNER_API_URL={}\n\
-             KRUNNER_BACKEND=namespace\nKRUNNER_IMAGE={}\nKRUNNER_NAME_PREFIX=pkg\n\
-             KRUNNER_REPEAT=1\nKRUNNER_MOUNT=/srv/record:/record\n",
-            f.sim.api_url(),
-            crate::run_e2e::runner_image()
-        ),
-    )
-    .unwrap();
-    let run = booted.run(&format!(
-        "{started} journalctl -u krunner -o cat --no-pager | tail -n 40"
-    ));
-    drop(booted);
-    std::fs::write(&env_file, shipped_env).unwrap();
+    let configure = |extra: &str| {
+        std::fs::write(
+            &env_file,
+            format!(
+                "{shipped_env}KRUNNER_PRINCIPAL=owner/repo\nKRUNNER_API_URL={}\n\
+                 KRUNNER_BACKEND=namespace\nKRUNNER_IMAGE={}\nKRUNNER_NAME_PREFIX=pkg\n\
+                 KRUNNER_MOUNT=/srv/record:/record,/srv/mode:/mode:ro\n{extra}",
+                f.sim.api_url(),
+                crate::run_e2e::runner_image()
+            ),
+        )
+        .unwrap()
+    };
+    let journal = "journalctl -u krunner -o cat --no-pager | tail -n 40";
+    configure("KRUNNER_REPEAT=1\n");
+    let run = booted.run(&format!("{started} {journal}"));
     let ctx = format!("{run}\nsim log:\n{}", f.sim.log_text());
     assert!(
         run.stdout.contains("Result=success\n") && run.stdout.contains("ExecMainStatus=0\n"),
@@ -554,9 +556,49 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
     );
     assert_eq!(list_names(&record), ["pkg-0-1"], "{ctx}");
     assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
+
+    // Stopping: `systemctl stop` while a job runs. KillMode=mixed signals krunner alone, which
+    // lets the busy runner finish its job (4 s here) before it ends the guest, deletes the
+    // registration and exits 0; were the guest signalled too, the job would die unfinished.
+    std::fs::write(mode.join("busy"), "4").unwrap();
+    configure("");
+    booted.run("systemctl start krunner").ok();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while !f.sim.runners().iter().any(|r| r.busy) {
+        assert!(
+            Instant::now() < deadline,
+            "no runner took a job\n{}\nsim log:\n{}",
+            booted.run(journal),
+            f.sim.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stopping = Instant::now();
+    let stop = booted.run(&format!(
+        "systemctl stop krunner; systemctl show -p Result -p ExecMainStatus krunner; {journal}"
+    ));
+    let stop_took = stopping.elapsed();
+    drop(booted);
+    std::fs::write(&env_file, &shipped_env).unwrap();
+    let ctx = format!("{stop}\nsim log:\n{}", f.sim.log_text());
+    assert!(
+        stop.stdout.contains("Result=success\n") && stop.stdout.contains("ExecMainStatus=0\n"),
+        "{ctx}"
+    );
+    assert_eq!(
+        f.sim.log_text().matches("/job-finished").count(),
+        2,
+        "the job of the stop's runner finished too\n{ctx}"
+    );
+    assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
+    assert!(
+        stop_took >= std::time::Duration::from_secs(2),
+        "stopped in {stop_took:?}, before the job could finish\n{ctx}"
+    );
     eprintln!(
-        "package: the unit ran a guest and a runner under systemd in {:.1} s",
-        t.elapsed().as_secs_f64()
+        "package: the unit ran a guest and runners under systemd in {:.1} s (the stop: {:.1} s)",
+        t.elapsed().as_secs_f64(),
+        stop_took.as_secs_f64()
     );
 
     // The unit: systemd-analyze verify (it also runs `man` for Documentation= and checks
