@@ -673,11 +673,40 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
     .ok();
     let kept = in_root(&root, "tail -n 1 /etc/krunner/krunner.env").ok();
     assert_eq!(kept.stdout, "KRUNNER_PRINCIPAL=acme/app\n", "{kept}");
+
+    // An upgrade whose packaged krunner.env changed too (the same package repacked as
+    // version -2 with a line more), unattended as the README says: dpkg keeps the changed
+    // file and puts the new one beside it as krunner.env.dpkg-dist, without asking.
+    let upgrade = in_root(
+        &root,
+        &format!(
+            "set -e; cd /var/tmp; rm -rf up; dpkg-deb -R {deb_name} up; \
+             sed -i 's/^Version: .*/Version: 0.1.0-2/' up/DEBIAN/control; \
+             echo '# new in -2' >>up/etc/krunner/krunner.env; \
+             if [ -f up/DEBIAN/md5sums ]; then \
+             sed -i '/ etc\\/krunner\\/krunner.env$/d' up/DEBIAN/md5sums; \
+             (cd up && md5sum etc/krunner/krunner.env) >>up/DEBIAN/md5sums; fi; \
+             dpkg-deb -Zgzip -z1 -b up krunner_0.1.0-2.deb >/dev/null; \
+             apt-get install -y -q -o Dpkg::Options::=--force-confdef \
+             -o Dpkg::Options::=--force-confold ./krunner_0.1.0-2.deb; \
+             dpkg-query -W -f='${{Version}}\n' krunner; tail -n 1 /etc/krunner/krunner.env; \
+             tail -n 1 /etc/krunner/krunner.env.dpkg-dist"
+        ),
+    )
+    .ok();
+    assert!(
+        upgrade
+            .stdout
+            .ends_with("0.1.0-2\nKRUNNER_PRINCIPAL=acme/app\n# new in -2\n"),
+        "{upgrade}"
+    );
+
     let exists = |p: &str| format!("test -e {p} && echo '{p} yes' || echo '{p} no'; ");
     let paths = [
         "/usr/bin/krunner",
         "/usr/lib/systemd/system/krunner.service",
         "/etc/krunner/krunner.env",
+        "/etc/krunner/krunner.env.dpkg-dist",
         "/etc/krunner/token",
         "/var/lib/krunner/rootfs",
     ];
@@ -687,7 +716,7 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         &format!("apt-get remove -y -q krunner >/dev/null; {check}"),
     )
     .ok();
-    for (p, want) in paths.iter().zip(["no", "no", "yes", "yes", "yes"]) {
+    for (p, want) in paths.iter().zip(["no", "no", "yes", "yes", "yes", "yes"]) {
         assert!(
             removed.stdout.contains(&format!("{p} {want}\n")),
             "after remove: {p}\n{removed}"
@@ -698,7 +727,7 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         &format!("apt-get purge -y -q krunner >/dev/null; {check}"),
     )
     .ok();
-    for (p, want) in paths.iter().zip(["no", "no", "no", "yes", "yes"]) {
+    for (p, want) in paths.iter().zip(["no", "no", "no", "no", "yes", "yes"]) {
         assert!(
             purged.stdout.contains(&format!("{p} {want}\n")),
             "after purge: {p}\n{purged}"
