@@ -7,10 +7,12 @@
 //! The .deb goes into a fresh Debian 12 root file system (`tests/package.sh`: debootstrapped
 //! once and cached in /var/tmp/krunner-test, copied per run) with `apt-get install
 //! ./krunner_*.deb`, and is exercised there through chroot: `--version`, `doctor --no-boot`,
-//! `exec --backend namespace` against a busybox image on the loopback registry, the unit run
-//! by the root's own systemd (booted in namespaces of its own) with a drop-in that makes it
-//! start such a guest, the unit through `systemd-analyze verify` and `security`, the bash
-//! completion, the man pages, a reinstall that keeps a changed config, then remove and purge.
+//! `exec --backend namespace` against a busybox image on the loopback registry. Then the
+//! root's own systemd, booted in namespaces of its own, runs krunner.service: with a drop-in
+//! that makes it start such a guest, then as shipped (`krunner run` against the GitHub
+//! simulator, the token as a credential), and stops it during a job. Back in the chroot: the
+//! unit through `systemd-analyze verify` and `security`, the bash completion, the man pages,
+//! a reinstall and an unattended upgrade that keep a changed config, then remove and purge.
 //! The .rpm's file list, config flags, scripts and requirements are read with Debian's `rpm`.
 
 use std::path::{Path, PathBuf};
