@@ -5,6 +5,11 @@
 #   tests/package.sh run DIR -- CMD…   run CMD chrooted in DIR, as root, with /proc, /sys and
 #                                      /dev; exits with CMD's status
 #   tests/package.sh prepare           only make the cache
+#   tests/package.sh boot DIR STATE    boot DIR's systemd as PID 1 of its own namespaces (pid,
+#                                      mount, uts, ipc, cgroup; the host's network) and wait
+#                                      until it runs; STATE is a file this writes for in/halt
+#   tests/package.sh in STATE -- CMD…  run CMD in that booted system (nsenter)
+#   tests/package.sh halt STATE        kill that system and remove its cgroup
 #
 # The root is debootstrapped once (minbase, plus what the test runs inside: systemd for
 # systemd-analyze, man-db, bash-completion) from the Debian mirror this machine's apt already
@@ -65,6 +70,100 @@ in_root() {
   ' sh "$dir" "$@"
 }
 
+# Boots $1's systemd in the background: PID 1 of new pid, mount, uts, ipc and cgroup
+# namespaces, in a cgroup of its own (krunner-test-PID under the root of a cgroup v2
+# hierarchy mounted in a private mount namespace: on a v1 or hybrid host that hierarchy has
+# no controllers, which systemd copes with, but it needs one all the same). Writes "HOST_PID_OF_SYSTEMD CGROUP" to $2 and waits until systemd is up.
+boot() {
+  local dir=$1 state=$2 cg=krunner-test-$$ pid systemd="" i c
+  rm -f "$state"
+  # The inner scripts' variables are their own, expanded there, not here.
+  # shellcheck disable=SC2016
+  setsid unshare --mount --propagation private -- /bin/bash -ec '
+    dir=$1 cg=$2
+    m=$(mktemp -d)
+    mount -t cgroup2 cgroup2 "$m"
+    mkdir "$m/$cg"
+    echo $$ >"$m/$cg/cgroup.procs"
+    umount "$m"
+    rmdir "$m"
+    exec unshare --pid --fork --mount --uts --ipc --cgroup -- /bin/sh -ec "
+      mount --bind \"$dir\" \"$dir\"
+      mount -t proc proc \"$dir/proc\"
+      mount --rbind /sys \"$dir/sys\"
+      mount -t cgroup2 cgroup2 \"$dir/sys/fs/cgroup\"
+      mount --rbind /dev \"$dir/dev\"
+      # Shared, as systemd expects of a container manager (it does so itself only when it
+      # boots a machine): LoadCredential= moves each credential mount into place through
+      # this propagation, and a unit would find its credentials directory empty otherwise.
+      mount --make-rshared \"$dir\"
+      exec chroot \"$dir\" /usr/bin/env -i container=krunner-test \
+        PATH=/usr/sbin:/usr/bin:/sbin:/bin /lib/systemd/systemd
+    "
+  ' sh "$dir" "$cg" </dev/null >"$dir.boot.log" 2>&1 &
+  pid=$!
+  # systemd is the child of that process (the last unshare, which forked into the pid
+  # namespace) once it has exec'd systemd; the shell's earlier children come and go.
+  for ((i = 0; i < 100; i++)); do
+    for c in $(cat "/proc/$pid/task/$pid/children" 2>/dev/null || true); do
+      [[ $(cat "/proc/$c/comm" 2>/dev/null) == systemd ]] && systemd=$c
+    done
+    [[ -n $systemd ]] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  [[ -n $systemd ]] || die "systemd did not start in $dir: $(cat "$dir.boot.log")"
+  echo "$systemd $cg" >"$state"
+  # running, or degraded when a unit of the minimal system fails: either is up. Until
+  # systemd listens on its private socket, systemctl cannot connect: ask again.
+  local up=""
+  for ((i = 0; i < 300; i++)); do
+    up=$(timeout 60 bash "$0" in "$state" -- systemctl is-system-running --wait 2>&1 || true)
+    case $up in
+      running | degraded) return ;;
+      *"Failed to connect to bus"*) sleep 0.1 ;;
+      *) break ;;
+    esac
+  done
+  die "systemd in $dir is not up: $up"
+}
+
+# Runs "${@:2}" in the system booted with state file $1.
+in_booted() {
+  local state=$1 systemd
+  shift
+  read -r systemd _ <"$state"
+  exec nsenter -t "$systemd" -m -p -u -i -C -r -w /usr/bin/env -i \
+    PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb "$@"
+}
+
+# Kills the system booted with state file $1 (PID 1 takes its namespace with it) and removes
+# its cgroup tree, deepest first.
+halt() {
+  local state=$1 systemd cg i
+  [[ -f $state ]] || return 0
+  read -r systemd cg <"$state"
+  kill -KILL "$systemd" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$systemd" 2>/dev/null || break
+    sleep 0.1
+  done
+  # shellcheck disable=SC2016
+  unshare --mount --propagation private -- /bin/bash -ec '
+    m=$(mktemp -d)
+    mount -t cgroup2 cgroup2 "$m"
+    if [ -d "$m/$1" ]; then
+      for ((i = 0; i < 100; i++)); do
+        find "$m/$1" -depth -type d -exec rmdir {} + 2>/dev/null && break
+        sleep 0.1
+      done
+    fi
+    umount "$m"
+    rmdir "$m"
+  ' sh "$cg"
+  rm -f "$state"
+}
+
 prepare() {
   if [[ -f $cache/.complete ]] && [[ -z $(find "$cache/.complete" -mtime +30) ]]; then
     return
@@ -108,6 +207,20 @@ case ${1:-} in
     cp -a --reflink=auto "$cache"/. "$2"/
     rm -f "$2/.complete"
     ;;
+  boot)
+    [[ $# -eq 3 ]] || die "usage: tests/package.sh boot DIR STATE"
+    boot "$2" "$3"
+    ;;
+  in)
+    [[ $# -ge 4 && $3 == -- ]] || die "usage: tests/package.sh in STATE -- CMD..."
+    state=$2
+    shift 3
+    in_booted "$state" "$@"
+    ;;
+  halt)
+    [[ $# -eq 2 ]] || die "usage: tests/package.sh halt STATE"
+    halt "$2"
+    ;;
   run)
     [[ $# -ge 4 && $3 == -- ]] || die "usage: tests/package.sh run DIR -- CMD..."
     dir=$2
@@ -115,6 +228,6 @@ case ${1:-} in
     in_root "$dir" "$@"
     ;;
   *)
-    die "usage: tests/package.sh prepare | root DIR | run DIR -- CMD..."
+    die "usage: tests/package.sh prepare | root DIR | run DIR -- CMD... | boot DIR STATE | in STATE -- CMD... | halt STATE"
     ;;
 esac

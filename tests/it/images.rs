@@ -2265,6 +2265,59 @@ fn workflow_pushes(b: &PushBench, script: &str, owner: &str, event: &str) -> Vec
     all
 }
 
+/// The `run:` script of the release workflow's step that builds the release binary.
+fn release_build_script() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/release.yml");
+    let text = fs::read_to_string(path).unwrap();
+    let doc = Yaml::parse(&text).unwrap_or_else(|e| panic!("release.yml: {e}"));
+    let jobs = doc.get("jobs").and_then(Yaml::as_map).expect("jobs:");
+    let scripts: Vec<&str> = jobs
+        .iter()
+        .filter_map(|(_, job)| job.get("steps").and_then(Yaml::as_list))
+        .flatten()
+        .filter_map(|step| step.get("run").and_then(Yaml::as_str))
+        .filter(|run| run.contains("cargo build --release"))
+        .collect();
+    assert_eq!(scripts.len(), 1, "one step of release.yml builds krunner");
+    scripts[0].to_string()
+}
+
+/// The `--image-repo` default the release workflow's build step builds into krunner when it
+/// runs in a repository of `owner`: the KRUNNER_DEFAULT_IMAGE_REPO it hands to cargo, run as
+/// GitHub runs a `run:` script, with stand-ins for git and cargo ("unset" if it hands none).
+fn release_image_repo(script: &str, owner: &str) -> String {
+    let td = TestDir::new("release-build");
+    let bin = td.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let cargo = r#"printf '%s' "${KRUNNER_DEFAULT_IMAGE_REPO-unset}" >"$CARGO_LOG"
+mkdir -p target/release
+printf '#!/bin/sh\necho krunner\n' >target/release/krunner
+chmod +x target/release/krunner
+"#;
+    for (name, body) in [("git", "exit 0\n"), ("cargo", cargo)] {
+        let p = bin.join(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let log = td.join("cargo.log");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run_tool(
+        Command::new("bash")
+            .args(["--noprofile", "--norc", "-eo", "pipefail", "-c", script])
+            .current_dir(td.path())
+            .env_clear()
+            .env("PATH", path)
+            .env("CARGO_LOG", &log)
+            .env("GITHUB_REPOSITORY_OWNER", owner)
+            .env("GITHUB_WORKSPACE", td.path()),
+    );
+    fs::read_to_string(&log).unwrap_or_else(|e| panic!("the stand-in cargo did not run: {e}"))
+}
+
 /// Where each piece names the owner of krunner's images.
 #[derive(Debug, Clone)]
 struct Owners {
@@ -2278,6 +2331,8 @@ struct Owners {
     build_sh_pushes: Vec<String>,
     /// The runner Containerfiles' default `BASE`.
     containerfile_bases: Vec<String>,
+    /// The `--image-repo` default the release workflow builds into krunner's binaries.
+    release_image_repo: String,
 }
 
 /// Checks that every piece names the owner of the repository; returns `ghcr.io/<owner>`.
@@ -2308,6 +2363,12 @@ fn check_one_owner(o: &Owners) -> Result<String, String> {
                 ));
             }
         }
+    }
+    if o.release_image_repo != repo {
+        return Err(format!(
+            "the release workflow builds krunner with the default --image-repo {}, not {repo}",
+            o.release_image_repo
+        ));
     }
     if let Some(b) = o
         .containerfile_bases
@@ -2356,6 +2417,7 @@ fn owners(b: &PushBench, workflow_script: &str) -> Owners {
                 arg_default(&ins, "BASE").unwrap_or_default()
             })
             .collect(),
+        release_image_repo: release_image_repo(&release_build_script(), &owner),
     }
 }
 
@@ -2403,6 +2465,11 @@ fn one_owner_names_the_repository_the_default_image_repo_and_the_pushed_images()
     assert_eq!(
         workflow_pushes(&b, &script, "krunner", "pull_request"),
         Vec::<String>::new()
+    );
+    // The release's binaries default to where the images workflow pushes, in lower case too.
+    assert_eq!(
+        release_image_repo(&release_build_script(), "KRunner"),
+        "ghcr.io/krunner"
     );
 
     // The documentation names the same default, and no other owner.
@@ -2512,6 +2579,27 @@ fn one_owner_check_fails_when_they_disagree() {
     o.workflow_pushes = workflow_pushes(&b, &elsewhere, "krunner", "push");
     let e = check_one_owner(&o).expect_err("a workflow pushing under another owner");
     assert!(e.contains("ghcr.io/krunner-dev/runner-"), "{e}");
+
+    // A release built for another owner's images.
+    let release = release_build_script();
+    let elsewhere = release.replace("ghcr.io/$owner", "ghcr.io/krunner-dev");
+    assert_ne!(elsewhere, release);
+    let mut o = good.clone();
+    o.release_image_repo = release_image_repo(&elsewhere, "krunner");
+    let e = check_one_owner(&o).expect_err("a release defaulting to another owner");
+    assert!(
+        e.contains("release workflow") && e.contains("ghcr.io/krunner-dev"),
+        "{e}"
+    );
+    // One that hands cargo no default would give a fork's release krunner's own images.
+    let unset = release.replace("export KRUNNER_DEFAULT_IMAGE_REPO=", "UNUSED=");
+    assert_ne!(unset, release);
+    let mut o = good.clone();
+    o.release_image_repo = release_image_repo(&unset, "krunner");
+    assert!(
+        check_one_owner(&o).is_err(),
+        "a release that sets no default"
+    );
 
     let mut o = good.clone();
     o.workflow_pushes.retain(|p| !p.contains("/runner-fedora:"));

@@ -7,10 +7,13 @@
 //! The .deb goes into a fresh Debian 12 root file system (`tests/package.sh`: debootstrapped
 //! once and cached in /var/tmp/krunner-test, copied per run) with `apt-get install
 //! ./krunner_*.deb`, and is exercised there through chroot: `--version`, `doctor --no-boot`,
-//! `exec --backend namespace` against a busybox image on the loopback registry, the unit
-//! through `systemd-analyze verify` and `security`, the bash completion, the man pages, a
-//! reinstall that keeps a changed config, then remove and purge. The .rpm's file list, config
-//! flags, scripts and requirements are read with Debian's `rpm`.
+//! `exec --backend namespace` against a busybox image on the loopback registry. Then the
+//! root's own systemd, booted in namespaces of its own, runs krunner.service: with a drop-in
+//! that makes it start such a guest, then as shipped (`krunner run` against the GitHub
+//! simulator, the token as a credential), and stops it during a job. Back in the chroot: the
+//! unit through `systemd-analyze verify` and `security`, the bash completion, the man pages,
+//! a reinstall and an unattended upgrade that keep a changed config, then remove and purge.
+//! The .rpm's file list, config flags, scripts and requirements are read with Debian's `rpm`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -37,6 +40,8 @@ const DEB: &[Need] = &[
     Need::Tool("debootstrap"),
     Need::Tool("unshare"),
     Need::Tool("chroot"),
+    Need::Tool("nsenter"),
+    Need::Tool("setsid"),
     Need::Tool("docker-registry"),
     Need::Tool("skopeo"),
     Need::Tool("busybox"),
@@ -159,6 +164,50 @@ fn in_root(root: &Path, script: &str) -> Ran {
     ran(format!("in the Debian root: {script}"), out)
 }
 
+/// The Debian root booted (tests/package.sh boot): its systemd runs as PID 1 of namespaces of
+/// its own until this is dropped.
+struct Booted {
+    state: PathBuf,
+}
+
+impl Booted {
+    fn new(root: &Path, state: PathBuf) -> Booted {
+        // The guard first, so that a boot that fails half-way is halted too.
+        let booted = Booted { state };
+        run_tool(
+            Command::new("bash")
+                .arg(repo().join("tests/package.sh"))
+                .arg("boot")
+                .arg(root)
+                .arg(&booted.state),
+        );
+        booted
+    }
+
+    /// Runs a shell script in the booted system.
+    fn run(&self, script: &str) -> Ran {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/package.sh"))
+            .arg("in")
+            .arg(&self.state)
+            .args(["--", "/bin/sh", "-c", script])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run tests/package.sh");
+        ran(format!("in the booted Debian root: {script}"), out)
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/package.sh"))
+            .arg("halt")
+            .arg(&self.state)
+            .status();
+    }
+}
+
 /// Runs `rpm` on the host.
 fn rpm(args: &[&str], pkg: &Path) -> String {
     run_tool(Command::new("rpm").args(args).arg(pkg))
@@ -220,6 +269,7 @@ fn unit_and_env_file_agree_with_the_cli() {
         )),
         "krunner run's drain default is {DRAIN_DEFAULT}\n{help}"
     );
+    let mut named = Vec::new();
     for line in env.lines() {
         let var = line.trim_start_matches('#');
         let Some((name, _)) = var.split_once('=') else {
@@ -233,7 +283,82 @@ fn unit_and_env_file_agree_with_the_cli() {
                 || global.stdout.contains(&format!("[env: {name}=")),
             "krunner.env names {name}, which krunner run does not read"
         );
+        named.push(name.to_string());
     }
+    // And the other way round: every variable `krunner run` reads has its commented line, so
+    // a new option reaches the administrators who configure krunner through this file. But
+    // for the credentials (the unit passes them as files: the env file's first section says
+    // how) and -q (for terminals; the journal keeps what the log level lets through).
+    let not_in_env_file = [
+        "KRUNNER_TOKEN",
+        "KRUNNER_TOKEN_FILE",
+        "KRUNNER_APP_KEY",
+        "KRUNNER_QUIET",
+    ];
+    for part in help.stdout.split("[env: ").skip(1) {
+        // `[env: NAME=value]`, or `[env: NAME]` for a hidden value.
+        let end = part
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(part.len());
+        let name = &part[..end];
+        assert!(
+            named.iter().any(|n| n == name) || not_in_env_file.contains(&name),
+            "krunner run reads {name}, which packaging/krunner.env does not show"
+        );
+    }
+}
+
+/// The `Name=` of each backticked directive in the first column of packaging/README.md's
+/// table whose header row starts with `| {header} |`.
+fn readme_table_directives(readme: &str, header: &str) -> Vec<String> {
+    let head = format!("| {header} |");
+    let mut rows = readme
+        .lines()
+        .skip_while(|l| !l.starts_with(&head))
+        .skip(2) // the header and the |---| line
+        .take_while(|l| l.starts_with('|'));
+    let mut names = Vec::new();
+    for row in rows.by_ref() {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        for code in first.split('`').skip(1).step_by(2) {
+            if let Some((name, _)) = code.split_once('=') {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The unit sets each directive packaging/README.md's "set" table names and none of its
+/// "left out" table: each left-out one breaks KVM, the jail or the namespace backend (e.g.
+/// ProtectHostname=yes denies sethostname(2) to every process of the unit before systemd 258,
+/// and each namespace-backend run sets its guest's host name), so the table is the list of
+/// what must not come back, and the documented reasons stay true to the unit.
+#[test]
+fn unit_hardening_is_what_packaging_readme_says() {
+    let unit = std::fs::read_to_string(repo().join("packaging/krunner.service")).unwrap();
+    let readme = std::fs::read_to_string(repo().join("packaging/README.md")).unwrap();
+    let settings = unit_settings(&unit);
+    let set: Vec<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
+    let wanted = readme_table_directives(&readme, "set");
+    let left_out = readme_table_directives(&readme, "left out");
+    assert!(
+        wanted.len() >= 10 && left_out.len() >= 10,
+        "packaging/README.md's tables: {wanted:?} {left_out:?}"
+    );
+    for name in &wanted {
+        assert!(
+            set.contains(&name.as_str()),
+            "packaging/README.md says the unit sets {name}=, it does not"
+        );
+    }
+    for name in &left_out {
+        assert!(
+            !set.contains(&name.as_str()),
+            "the unit sets {name}=, which packaging/README.md explains must be left out"
+        );
+    }
+    assert!(left_out.iter().any(|n| n == "ProtectHostname"));
 }
 
 /// The .deb in a fresh Debian 12: install, run, verify the unit, completions, man pages, a
@@ -259,13 +384,14 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         t.elapsed().as_secs_f64()
     );
     let deb_name = pkgs.deb.file_name().unwrap().to_string_lossy().into_owned();
-    std::fs::copy(&pkgs.deb, root.join("tmp").join(&deb_name)).unwrap();
+    // In /var/tmp: the booted system below empties /tmp at boot (tmpfiles.d's `D /tmp`).
+    std::fs::copy(&pkgs.deb, root.join("var/tmp").join(&deb_name)).unwrap();
 
     // apt resolves the dependencies (passt, nftables) from the root's own apt cache.
     let t = Instant::now();
     in_root(
         &root,
-        &format!("cd /tmp && apt-get install -y -q ./{deb_name}"),
+        &format!("cd /var/tmp && apt-get install -y -q ./{deb_name}"),
     )
     .ok();
     eprintln!(
@@ -342,6 +468,141 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         "{cache}"
     );
 
+    // The unit's sandbox as systemd applies it: the root booted (its systemd as PID 1 of
+    // namespaces of its own, the host's network), and krunner.service started there twice.
+    // First with a drop-in that runs a namespace-backend guest of the cached image instead of
+    // `krunner run`. The guest needs what the hardening must leave: mounts, namespaces,
+    // pivot_root, setting its host name (which ProtectHostname=yes forbids), its cgroup, and
+    // the network jail (a network namespace joined by pasta, nftables rules).
+    let t = Instant::now();
+    let dropin = root.join("etc/systemd/system/krunner.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("test.conf"),
+        format!(
+            "[Service]\nExecStart=\nExecStart=/usr/bin/krunner -q exec --backend namespace \
+             {image} -- sh -c 'echo host name $(hostname); \
+             echo network $(readlink /proc/self/ns/net); echo guest says hi'\n\
+             Restart=no\nStandardOutput=append:/var/log/krunner-test.log\n\
+             StandardError=append:/var/log/krunner-test.log\n"
+        ),
+    )
+    .unwrap();
+    // The unit loads this credential whatever it runs.
+    std::fs::write(root.join("etc/krunner/token"), "e2e-token\n").unwrap();
+    // Until the unit has stopped (Type=exec: `start` returns once krunner runs), at most 2 min.
+    let started = "systemctl daemon-reload && systemctl start krunner; i=0; \
+                   while systemctl -q is-active krunner && [ $i -lt 600 ]; do \
+                   sleep 0.2; i=$((i + 1)); done; \
+                   systemctl show -p Result -p ExecMainStatus krunner; ";
+    let booted = Booted::new(&root, td.join("booted"));
+    let unit = booted.run(&format!("{started} cat /var/log/krunner-test.log"));
+    assert!(
+        unit.stdout.contains("Result=success\n")
+            && unit.stdout.contains("ExecMainStatus=0\n")
+            && unit.stdout.contains("guest says hi\n"),
+        "krunner.service ran no guest\n{unit}"
+    );
+    // In a network namespace of its own: the jail's (pasta and nftables) worked in the unit.
+    let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert!(
+        unit.stdout.contains("\nnetwork net:[")
+            && !unit
+                .stdout
+                .contains(&format!("\nnetwork {}\n", host_net.display())),
+        "the guest is not in a network namespace of its own\n{unit}"
+    );
+    std::fs::remove_dir_all(&dropin).unwrap();
+
+    // Then as shipped, configured through krunner.env alone: `krunner run` with the token
+    // from the credential registers one JIT runner with the GitHub simulator, its guest runs
+    // the stand-in runner's job, the registration is deleted and krunner exits 0 (-r 1).
+    let f = crate::run_e2e::fixture("pkg-run");
+    // Not under /tmp or /var/tmp, which PrivateTmp=yes hides from the unit.
+    let (record, mode) = (root.join("srv/record"), root.join("srv/mode"));
+    for d in [&record, &mode] {
+        std::fs::create_dir_all(d).unwrap();
+        // The runner (uid 1001) writes its name to record and reads mode.
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    let env_file = root.join("etc/krunner/krunner.env");
+    let shipped_env = std::fs::read_to_string(&env_file).unwrap();
+    let configure = |extra: &str| {
+        std::fs::write(
+            &env_file,
+            format!(
+                "{shipped_env}KRUNNER_PRINCIPAL=owner/repo\nKRUNNER_API_URL={}\n\
+                 KRUNNER_BACKEND=namespace\nKRUNNER_IMAGE={}\nKRUNNER_NAME_PREFIX=pkg\n\
+                 KRUNNER_MOUNT=/srv/record:/record,/srv/mode:/mode:ro\n{extra}",
+                f.sim.api_url(),
+                crate::run_e2e::runner_image()
+            ),
+        )
+        .unwrap()
+    };
+    let journal = "journalctl -u krunner -o cat --no-pager | tail -n 40";
+    configure("KRUNNER_REPEAT=1\n");
+    let run = booted.run(&format!("{started} {journal}"));
+    let ctx = format!("{run}\nsim log:\n{}", f.sim.log_text());
+    assert!(
+        run.stdout.contains("Result=success\n") && run.stdout.contains("ExecMainStatus=0\n"),
+        "{ctx}"
+    );
+    assert_eq!(
+        f.sim.count(
+            "POST",
+            "/repos/owner/repo/actions/runners/generate-jitconfig"
+        ),
+        1,
+        "{ctx}"
+    );
+    assert_eq!(list_names(&record), ["pkg-0-1"], "{ctx}");
+    assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
+
+    // Stopping: `systemctl stop` while a job runs. KillMode=mixed signals krunner alone, which
+    // lets the busy runner finish its job (4 s here) before it ends the guest, deletes the
+    // registration and exits 0; were the guest signalled too, the job would die unfinished.
+    std::fs::write(mode.join("busy"), "4").unwrap();
+    configure("");
+    booted.run("systemctl start krunner").ok();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while !f.sim.runners().iter().any(|r| r.busy) {
+        assert!(
+            Instant::now() < deadline,
+            "no runner took a job\n{}\nsim log:\n{}",
+            booted.run(journal),
+            f.sim.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stopping = Instant::now();
+    let stop = booted.run(&format!(
+        "systemctl stop krunner; systemctl show -p Result -p ExecMainStatus krunner; {journal}"
+    ));
+    let stop_took = stopping.elapsed();
+    drop(booted);
+    std::fs::write(&env_file, &shipped_env).unwrap();
+    let ctx = format!("{stop}\nsim log:\n{}", f.sim.log_text());
+    assert!(
+        stop.stdout.contains("Result=success\n") && stop.stdout.contains("ExecMainStatus=0\n"),
+        "{ctx}"
+    );
+    assert_eq!(
+        f.sim.log_text().matches("/job-finished").count(),
+        2,
+        "the job of the stop's runner finished too\n{ctx}"
+    );
+    assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
+    assert!(
+        stop_took >= std::time::Duration::from_secs(2),
+        "stopped in {stop_took:?}, before the job could finish\n{ctx}"
+    );
+    eprintln!(
+        "package: the unit ran a guest and runners under systemd in {:.1} s (the stop: {:.1} s)",
+        t.elapsed().as_secs_f64(),
+        stop_took.as_secs_f64()
+    );
+
     // The unit: systemd-analyze verify (it also runs `man` for Documentation= and checks
     // ExecStart's binary) and the hardening score.
     let verify = in_root(
@@ -408,17 +669,46 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         &format!(
             "echo KRUNNER_PRINCIPAL=acme/app >>/etc/krunner/krunner.env && \
              printf 'ghp_test\\n' >/etc/krunner/token && chmod 600 /etc/krunner/token && \
-             cd /tmp && apt-get install -y -q --reinstall ./{deb_name}"
+             cd /var/tmp && apt-get install -y -q --reinstall ./{deb_name}"
         ),
     )
     .ok();
     let kept = in_root(&root, "tail -n 1 /etc/krunner/krunner.env").ok();
     assert_eq!(kept.stdout, "KRUNNER_PRINCIPAL=acme/app\n", "{kept}");
+
+    // An upgrade whose packaged krunner.env changed too (the same package repacked as
+    // version -2 with a line more), unattended as the README says: dpkg keeps the changed
+    // file and puts the new one beside it as krunner.env.dpkg-dist, without asking.
+    let upgrade = in_root(
+        &root,
+        &format!(
+            "set -e; cd /var/tmp; rm -rf up; dpkg-deb -R {deb_name} up; \
+             sed -i 's/^Version: .*/Version: 0.1.0-2/' up/DEBIAN/control; \
+             echo '# new in -2' >>up/etc/krunner/krunner.env; \
+             if [ -f up/DEBIAN/md5sums ]; then \
+             sed -i '/ etc\\/krunner\\/krunner.env$/d' up/DEBIAN/md5sums; \
+             (cd up && md5sum etc/krunner/krunner.env) >>up/DEBIAN/md5sums; fi; \
+             dpkg-deb -Zgzip -z1 -b up krunner_0.1.0-2.deb >/dev/null; \
+             apt-get install -y -q -o Dpkg::Options::=--force-confdef \
+             -o Dpkg::Options::=--force-confold ./krunner_0.1.0-2.deb; \
+             dpkg-query -W -f='${{Version}}\n' krunner; tail -n 1 /etc/krunner/krunner.env; \
+             tail -n 1 /etc/krunner/krunner.env.dpkg-dist"
+        ),
+    )
+    .ok();
+    assert!(
+        upgrade
+            .stdout
+            .ends_with("0.1.0-2\nKRUNNER_PRINCIPAL=acme/app\n# new in -2\n"),
+        "{upgrade}"
+    );
+
     let exists = |p: &str| format!("test -e {p} && echo '{p} yes' || echo '{p} no'; ");
     let paths = [
         "/usr/bin/krunner",
         "/usr/lib/systemd/system/krunner.service",
         "/etc/krunner/krunner.env",
+        "/etc/krunner/krunner.env.dpkg-dist",
         "/etc/krunner/token",
         "/var/lib/krunner/rootfs",
     ];
@@ -428,7 +718,7 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         &format!("apt-get remove -y -q krunner >/dev/null; {check}"),
     )
     .ok();
-    for (p, want) in paths.iter().zip(["no", "no", "yes", "yes", "yes"]) {
+    for (p, want) in paths.iter().zip(["no", "no", "yes", "yes", "yes", "yes"]) {
         assert!(
             removed.stdout.contains(&format!("{p} {want}\n")),
             "after remove: {p}\n{removed}"
@@ -439,7 +729,7 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         &format!("apt-get purge -y -q krunner >/dev/null; {check}"),
     )
     .ok();
-    for (p, want) in paths.iter().zip(["no", "no", "no", "yes", "yes"]) {
+    for (p, want) in paths.iter().zip(["no", "no", "no", "no", "yes", "yes"]) {
         assert!(
             purged.stdout.contains(&format!("{p} {want}\n")),
             "after purge: {p}\n{purged}"
