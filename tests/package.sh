@@ -53,7 +53,7 @@ mirror() {
   printf '%s\n' "$m"
 }
 
-# Runs "$@" chrooted in $1 with the API file systems, in a private mount namespace.
+# Runs "$@" in $1 as its root with the API file systems, in a private mount namespace.
 in_root() {
   local dir=$1
   shift
@@ -65,7 +65,11 @@ in_root() {
     mount -t proc proc "$dir/proc"
     mount --rbind /sys "$dir/sys"
     mount --rbind /dev "$dir/dev"
-    exec chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    # Moved onto / rather than chrooted into: the kernel refuses a user namespace (krunner
+    # gives each guest one) to a chrooted process.
+    cd "$dir"
+    mount --move . /
+    exec chroot . /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
       LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive "$@"
   ' sh "$dir" "$@"
 }
@@ -96,8 +100,12 @@ boot() {
       # Shared, as systemd expects of a container manager (it does so itself only when it
       # boots a machine): LoadCredential= moves each credential mount into place through
       # this propagation, and a unit would find its credentials directory empty otherwise.
-      mount --make-rshared \"$dir\"
-      exec chroot \"$dir\" /usr/bin/env -i container=krunner-test \
+      # Moved onto / rather than chrooted into: the kernel refuses user namespaces to a
+      # chrooted process.
+      cd \"$dir\"
+      mount --move . /
+      mount --make-rshared /
+      exec chroot . /usr/bin/env -i container=krunner-test \
         PATH=/usr/sbin:/usr/bin:/sbin:/bin /lib/systemd/systemd
     "
   ' sh "$dir" "$cg" </dev/null >"$dir.boot.log" 2>&1 &

@@ -95,6 +95,8 @@ pub trait Sys {
     fn mknod_char(&self, path: &Path, major: u64, minor: u64, mode: u32) -> nix::Result<()>;
     /// lchown(2).
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()>;
+    /// chown(2), following symlinks (for /proc/self/fd links to krunner's own descriptors).
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()>;
     /// Writes `content` to an existing file (a /proc/sys knob).
     fn write_file(&self, path: &Path, content: &[u8]) -> nix::Result<()>;
     /// Drops supplementary groups, setns(2) into `userns`, becomes uid and gid 0 there.
@@ -240,6 +242,10 @@ impl Sys for LinuxSys {
 
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_errno)
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io_errno)
     }
 
     fn write_file(&self, path: &Path, content: &[u8]) -> nix::Result<()> {
@@ -907,6 +913,10 @@ impl Sys for FakeSys {
 
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
         self.record(format!("lchown {} {uid} {gid}", path.display()))
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
+        self.record(format!("chown {} {uid} {gid}", path.display()))
     }
 
     fn write_file(&self, path: &Path, content: &[u8]) -> nix::Result<()> {

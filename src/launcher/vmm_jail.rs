@@ -138,6 +138,14 @@ pub fn build(
     }
 
     let console = match &spec.console_log {
+        // One of this process's descriptors (the run's output pipe), which libkrun opens
+        // anew through /proc: the tree's /proc has it too, and the range's root may reopen
+        // it once it owns it (the pipe is the run's own).
+        Some(log) if log.starts_with("/proc/self/fd") => {
+            sys.chown(log, ids.host_first, ids.host_first)
+                .map_err(err("give the console pipe to the range", log))?;
+            Some(log.clone())
+        }
         Some(log) => {
             let at = dir.join("console");
             sys.create_file(&at, 0o600)
@@ -589,6 +597,24 @@ mod tests {
             .filter(|c| c.contains(" MS_BIND") || c.starts_with("idmap_bind"))
             .collect();
         assert_eq!(binds.len(), 1 + 1 + 1 + BOUND_DEVICES.len(), "{binds:#?}");
+    }
+
+    #[test]
+    fn a_console_on_an_inherited_descriptor_is_given_to_the_range_not_bound() {
+        let sys = FakeSys::new();
+        let mut spec = jailed_spec();
+        spec.console_log = Some("/proc/self/fd/2".into());
+        let (_fd, paths) = build(&sys, &spec, &jail()).expect("build");
+        assert_eq!(paths.console, Some("/proc/self/fd/2".into()));
+        let calls = sys.calls();
+        assert!(
+            calls.contains(&"chown /proc/self/fd/2 1879048192 1879048192".to_string()),
+            "{calls:#?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c.contains("/r/jail/console")),
+            "{calls:#?}"
+        );
     }
 
     #[test]
