@@ -2,11 +2,12 @@
 //!
 //! The async parent never calls libkrun or changes namespaces itself. It writes a
 //! [`spec::LaunchSpec`] into the run directory and re-executes the krunner binary as a child:
-//! - `__krun-child SPEC`: private mount namespace, overlay root, libkrun configuration, then
-//!   `krun_start_enter` (never returns on success) — see `krun_child`;
+//! - `__krun-child SPEC`: private mount namespace, overlay root, the VMM's jail (a user
+//!   namespace and a minimal tree), libkrun configuration, then `krun_start_enter` (never
+//!   returns on success) — see `krun_child` and `vmm_jail`;
 //! - `__ns-child SPEC`: the namespace backend: new mount, pid, uts and ipc namespaces, the same
 //!   overlay root and shares, then `__ns-init` as PID 1, which pivots into the root and runs
-//!   the workload — see `ns_child`.
+//!   the workload (in a user namespace of its own) — see `ns_child`.
 //!
 //! Modules:
 //! - [`run`]: [`run::Launcher`] and one run's steps, from the request to its outcome;
@@ -16,7 +17,8 @@
 //! - [`leftovers`]: removing run directories and the mounts left under them;
 //! - [`libkrunfw`]: finding the guest kernel library;
 //! - [`spec`]: the parent–child contract: the launch spec and the child's events;
-//! - [`privileges`]: what the VMM keeps of root;
+//! - [`privileges`]: what the VMM keeps of root; [`vmm_jail`]: its user namespace, idmapped
+//!   mounts and minimal tree; [`ids`]: the host id range each guest's namespace maps to;
 //! - [`cgroup`]: one cgroup v2 per run (memory, CPU, pids limits); [`seccomp`]: the system
 //!   calls the VMM and the namespace workload are denied;
 //! - [`untrusted`]: reading a file the guest wrote without trusting it;

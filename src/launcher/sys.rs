@@ -600,7 +600,7 @@ pub fn guest_relative(what: &'static str, guest: &Path) -> Result<PathBuf, Setup
 /// overlayfs option text for the directories: `runner`, when given, is the lower layer above
 /// `lower`. `,` separates options and `:` lower layers, so paths with them (or non-UTF-8
 /// paths) cannot be passed and are refused.
-pub(super) fn overlay_options(
+fn overlay_options(
     lower: &Path,
     runner: Option<&Path>,
     upper: &Path,
@@ -687,23 +687,52 @@ pub fn prepare_private_root(sys: &dyn Sys, spec: &LaunchSpec) -> Result<(), Setu
         merged,
     } = &spec.root
     {
-        let data = overlay_options(lower, runner.as_deref(), upper, work)?;
-        sys.mount(
-            Some(Path::new("overlay")),
-            merged,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(&data),
-        )
-        .map_err(|source| SetupError::MountOverlay {
-            lower: lower.clone(),
-            upper: upper.clone(),
-            work: work.clone(),
-            merged: merged.clone(),
-            source,
-        })?;
+        let layers = OverlayLayers {
+            image: lower,
+            runner: runner.as_deref(),
+            upper,
+            work,
+        };
+        mount_overlay(sys, &layers, lower, merged)?;
     }
     Ok(())
+}
+
+/// The directories of an overlay mount, as overlayfs is to be given them.
+pub(super) struct OverlayLayers<'a> {
+    /// The image's rootfs (or an idmapped view of it).
+    pub(super) image: &'a Path,
+    /// The provided runner's tree above it (or its view).
+    pub(super) runner: Option<&'a Path>,
+    /// The run's writable layer.
+    pub(super) upper: &'a Path,
+    /// overlayfs's work directory.
+    pub(super) work: &'a Path,
+}
+
+/// Mounts overlayfs with `layers` at `merged`; an error names `cached` (the rootfs in the
+/// cache, which the image layer may be a view of).
+pub(super) fn mount_overlay(
+    sys: &dyn Sys,
+    layers: &OverlayLayers<'_>,
+    cached: &Path,
+    merged: &Path,
+) -> Result<(), SetupError> {
+    let data = overlay_options(layers.image, layers.runner, layers.upper, layers.work)?;
+    sys.mount(
+        Some(Path::new("overlay")),
+        merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&data),
+    )
+    .map_err(|source| SetupError::MountOverlay {
+        lower: cached.to_path_buf(),
+        upper: layers.upper.to_path_buf(),
+        work: layers.work.to_path_buf(),
+        merged: merged.to_path_buf(),
+        source,
+    })
 }
 
 /// Test double: records every call as one line (`mount SRC TARGET TYPE FLAGS DATA`, `-` for

@@ -44,7 +44,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
 use super::spec::{IdMap, LaunchSpec, RootSpec, VmmJail};
-use super::sys::{overlay_options, SetupError, Sys};
+use super::sys::{mount_overlay, OverlayLayers, SetupError, Sys};
 
 /// The mount attributes of an idmapped bind besides the idmap (and nodev, always).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,21 +255,13 @@ pub fn mount_root(
                 .map_err(err("shift the upper layer's owners into the range", upper))?;
             sys.shift_owners(work, ids)
                 .map_err(err("shift the work directory's owner into the range", work))?;
-            let data = overlay_options(&image, runner_layer.as_deref(), upper, work)?;
-            sys.mount(
-                Some(Path::new("overlay")),
-                &root,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(&data),
-            )
-            .map_err(|source| SetupError::MountOverlay {
-                lower: lower.clone(),
-                upper: upper.clone(),
-                work: work.clone(),
-                merged: root.clone(),
-                source,
-            })?;
+            let layers_given = OverlayLayers {
+                image: &image,
+                runner: runner_layer.as_deref(),
+                upper,
+                work,
+            };
+            mount_overlay(sys, &layers_given, lower, &root)?;
             // overlayfs holds private clones of its layers: the staging mounts can go.
             for at in std::iter::once(&image).chain(runner_layer.as_ref()) {
                 sys.umount2(at, MntFlags::MNT_DETACH)
