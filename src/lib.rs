@@ -18,6 +18,7 @@
 //! - [`orchestrator`]: the pool behind `krunner run`: slots of ephemeral runners with
 //!   backoff, a boot cap, a two-stage shutdown, a deletion queue that retries until each
 //!   registration is gone, and the per-host-and-cache instance label.
+//! - [`rootless`]: an ordinary user's krunner in a user namespace of its own.
 //! - [`metrics`]: the optional Prometheus endpoint of `krunner run`.
 //! - [`secret`]: a redacting string type for credentials.
 //! - [`version`]: what `krunner --version` and `krunner doctor` say about this build.
@@ -48,6 +49,7 @@ pub mod launcher;
 pub mod metrics;
 pub mod orchestrator;
 pub mod rootfs;
+pub mod rootless;
 pub mod runner;
 pub mod secret;
 pub mod version;

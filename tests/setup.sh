@@ -18,6 +18,9 @@ packages=(
   qemu-system-x86 cpio kmod e2fsprogs
   # the guests' network jail: pasta (passt), nft (nftables), ip and ss (iproute2)
   passt nftables iproute2
+  # rootless krunner (tests/it/rootless.rs): newuidmap/newgidmap, and setpriv (util-linux) to
+  # run it as the test user
+  uidmap util-linux
   # lint of the repo's shell scripts
   shellcheck
   # the package tests (tests/it/package.rs): a Debian 12 root for the .deb (tests/package.sh),
@@ -34,6 +37,14 @@ apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 # start their own instances on 127.0.0.1, so make sure the packaged one is not running.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
   systemctl stop docker-registry || true
+fi
+# The rootless tests' ordinary user, with a subordinate id range of its own (as `adduser`
+# gives every new user on Debian) and no password.
+if ! id krunner-rootless >/dev/null 2>&1; then
+  useradd --create-home --shell /usr/sbin/nologin krunner-rootless
+fi
+if ! grep -q '^krunner-rootless:' /etc/subuid || ! grep -q '^krunner-rootless:' /etc/subgid; then
+  usermod --add-subuids 300000-365535 --add-subgids 300000-365535 krunner-rootless
 fi
 # libkrunfw (the guest kernel libkrun loads at run time) is packaged only in Debian
 # testing/unstable, as libkrunfw5 with no dependencies. Fetch that one .deb with apt from the

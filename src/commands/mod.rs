@@ -50,6 +50,7 @@ pub fn init_logging(global: &GlobalArgs) {
 
 /// Runs the command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    enter_rootless(&cli.command)?;
     match cli.command {
         Command::Pull(args) => pull::run(&cli.global, args),
         Command::Images(args) => images::run(&cli.global, args),
@@ -63,12 +64,40 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// As an ordinary user, moves krunner into a user namespace of its own before any command
+/// that touches the cache or starts guests ([`crate::rootless`]). Without a subordinate id
+/// range, commands that start guests fail with how to get one; the others go on as the
+/// user alone (images unpacked without their owners) and say so once.
+fn enter_rootless(command: &Command) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() || !cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    let starts_guests = match command {
+        Command::Exec(_) | Command::Run(_) => true,
+        Command::Pull(_) | Command::Images(_) | Command::Prune(_) | Command::Doctor(_) => false,
+        _ => return Ok(()),
+    };
+    match crate::rootless::enter_once() {
+        Ok(()) => {
+            tracing::debug!("rootless: running as root of a user namespace of our own");
+            Ok(())
+        }
+        Err(e) if starts_guests => Err(anyhow::anyhow!("{e}"))
+            .context("krunner runs rootless as an ordinary user and could not set that up"),
+        Err(e) => {
+            tracing::warn!("not rootless ({e}): going on as this user alone");
+            Ok(())
+        }
+    }
+}
+
 /// The cache directory: the option, or the default for this user.
 fn cache_dir(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
     if let Some(d) = &global.cache_dir {
         return Ok(d.clone());
     }
-    if nix::unistd::geteuid().is_root() {
+    // Root of a rootless namespace is still the user: its cache is under $HOME.
+    if crate::rootless::host_root() {
         return Ok(PathBuf::from("/var/lib/krunner"));
     }
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {

@@ -93,11 +93,15 @@ pub struct LayerInfo<'a> {
     pub compressed_size: u64,
 }
 
-/// Knobs. `Default`: privileged = (geteuid()==0), max_expansion_ratio = 100, min_expansion_allowance = 512 MiB.
+/// Knobs. `Default`: privileged = (geteuid()==0), host_root = root of the host,
+/// max_expansion_ratio = 100, min_expansion_allowance = 512 MiB.
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
-    /// Running with root privileges: apply ownership, all xattr namespaces, create device nodes.
+    /// Running with root privileges: apply ownership, all xattr namespaces, create FIFOs.
     pub privileged: bool,
+    /// Root of the host, not of a user namespace (rootless): device nodes can be made and
+    /// `trusted.*` xattrs set. Without it they are skipped.
+    pub host_root: bool,
     /// The decompressed stream may be at most this many times the compressed size …
     pub max_expansion_ratio: u64,
     /// … or this many bytes, whichever is larger.
@@ -108,6 +112,7 @@ impl Default for UnpackOptions {
     fn default() -> Self {
         Self {
             privileged: nix::unistd::geteuid().is_root(),
+            host_root: crate::rootless::host_root(),
             max_expansion_ratio: 100,
             min_expansion_allowance: 512 * 1024 * 1024,
         }
@@ -827,11 +832,16 @@ impl Applier<'_> {
             }
         }
         let ty = entry.header().entry_type();
-        if !self.opts.privileged {
+        // A FIFO needs only root of a user namespace; a device node, root of the host.
+        let allowed = match ty {
+            tar::EntryType::Fifo => self.opts.privileged,
+            _ => self.opts.privileged && self.opts.host_root,
+        };
+        if !allowed {
             tracing::warn!(
                 layer = self.digest,
                 entry = %String::from_utf8_lossy(path),
-                "skipping device/FIFO entry: not running privileged"
+                "skipping device/FIFO entry: not running as root of the host"
             );
             self.stats.skipped_devices += 1;
             return Ok(());
@@ -938,7 +948,10 @@ impl Applier<'_> {
             // The filesystem has no xattrs (or not this namespace).
             Some(Errno::EOPNOTSUPP) => true,
             // user.* is refused on symlinks and devices; unprivileged, more is refused.
-            Some(Errno::EPERM) => !self.opts.privileged || name.starts_with(b"user."),
+            // In a user namespace, trusted.* and security.* other than capabilities are.
+            Some(Errno::EPERM) => {
+                !self.opts.privileged || !self.opts.host_root || name.starts_with(b"user.")
+            }
             _ => false,
         };
         if ignorable {
@@ -2336,6 +2349,7 @@ mod tests {
         let env = Env::new();
         let opts = UnpackOptions {
             privileged: false,
+            host_root: false,
             max_expansion_ratio: 2,
             min_expansion_allowance: 1024 * 1024,
         };

@@ -32,9 +32,12 @@ pub enum JailError {
         /// Its package.
         package: &'static str,
     },
-    /// The jail needs root (rootless operation is not supported yet).
-    #[error("the network jail needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN); run krunner as root, or with --egress-policy open")]
+    /// The jail needs root of the host or of krunner's rootless user namespace.
+    #[error("the network jail needs root or rootless krunner (a subordinate id range, see `krunner doctor`); else run with --egress-policy open")]
     NotRoot,
+    /// Rootless, pasta opens /dev/net/tun as the user.
+    #[error("the network jail cannot open /dev/net/tun as this user: rootless, pasta needs it readable and writable by everyone (mode 0666, Debian's default); else run with --egress-policy open")]
+    TunDenied(#[source] std::io::Error),
     /// A system call failed.
     #[error("network jail: {op}")]
     Sys {
@@ -79,6 +82,14 @@ impl Tools {
     pub fn find() -> Result<Tools, JailError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(JailError::NotRoot);
+        }
+        if crate::rootless::active() {
+            // Root of our namespace is not root of the device node.
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .map_err(JailError::TunDenied)?;
         }
         let pasta = find_program("pasta").ok_or(JailError::Missing {
             tool: "pasta",

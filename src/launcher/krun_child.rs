@@ -250,7 +250,7 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
                 eprintln!("krunner vm child: libkrunfw.so.5 could not be loaded before the jail; libkrun will say why");
             }
             let built = vmm_jail::build(&LinuxSys, &spec, jail).and_then(|(userns, paths)| {
-                vmm_jail::enter(&LinuxSys, jail, userns.as_fd()).map(|()| paths)
+                vmm_jail::enter(&LinuxSys, jail, userns.as_ref().map(|u| u.as_fd())).map(|()| paths)
             });
             let paths = match built {
                 Ok(paths) => paths,

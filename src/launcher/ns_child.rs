@@ -359,7 +359,7 @@ pub fn setup_sandbox(sys: &dyn Sys, spec: &LaunchSpec) -> Result<Option<OwnedFd>
                 &spec.root,
                 root,
                 &staging,
-                (userns.as_fd(), ids),
+                Some((userns.as_fd(), ids)),
                 false,
             )?;
             Some(userns)
@@ -532,7 +532,7 @@ pub fn populate_dev(sys: &dyn Sys, root: &Path) -> Result<(), SetupError> {
 }
 
 /// PID 1's move into the guest root (step 2 of `__ns-init`): pivot_root, a fresh `/proc` for
-/// the new pid namespace, the host's tree detached, sysfs read-only.
+/// the new pid namespace, sysfs read-only, the host's tree detached.
 ///
 /// The mount points are created beforehand with [`Sys::mkdir_beneath`] (never through a
 /// symlink of the image), while the host's paths still resolve.
@@ -570,11 +570,8 @@ pub fn enter_root(sys: &dyn Sys, root: &Path) -> Result<(), SetupError> {
         None,
     )
     .map_err(|source| SetupError::MountProc { source })?;
-    // MNT_DETACH: the host's tree is busy (our own stdio, for one); detach it lazily.
-    sys.umount2(Path::new("/.old"), MntFlags::MNT_DETACH)
-        .map_err(|source| SetupError::UnmountOldRoot { source })?;
-    // Cosmetic: an image that ships a non-empty /.old keeps it.
-    let _ = sys.rmdir(Path::new("/.old"));
+    // Before the host's tree goes: in a user namespace (rootless) the kernel lets a sysfs be
+    // mounted only while a fully visible one is in the mount namespace.
     sys.mount(
         Some(Path::new("sysfs")),
         Path::new("/sys"),
@@ -582,7 +579,13 @@ pub fn enter_root(sys: &dyn Sys, root: &Path) -> Result<(), SetupError> {
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )
-    .map_err(|source| SetupError::MountSys { source })
+    .map_err(|source| SetupError::MountSys { source })?;
+    // MNT_DETACH: the host's tree is busy (our own stdio, for one); detach it lazily.
+    sys.umount2(Path::new("/.old"), MntFlags::MNT_DETACH)
+        .map_err(|source| SetupError::UnmountOldRoot { source })?;
+    // Cosmetic: an image that ships a non-empty /.old keeps it.
+    let _ = sys.rmdir(Path::new("/.old"));
+    Ok(())
 }
 
 /// Blocks SIGTERM, SIGINT and SIGCHLD and returns a signalfd that reads them. Blocking also
@@ -1218,9 +1221,9 @@ mod tests {
                 "pivot_root . .old",
                 "chdir /",
                 "mount proc /proc proc MS_NOSUID|MS_NODEV|MS_NOEXEC -",
+                "mount sysfs /sys sysfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -",
                 "umount2 /.old MNT_DETACH",
                 "rmdir /.old",
-                "mount sysfs /sys sysfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -",
             ]
         );
     }

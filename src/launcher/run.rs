@@ -408,7 +408,8 @@ impl Launcher {
         let run_id = format!("{}-{}", std::process::id(), &cache::random_suffix()[..8]);
         check_request(req, &run_id)?;
         let mut claimed = self.claim(req, &run_id).await?;
-        claimed.ids = match req.user_namespace {
+        // Rootless, krunner's own user namespace is the guest's: no host range can be mapped.
+        claimed.ids = match req.user_namespace && crate::rootless::in_initial_user_ns() {
             true => Some(super::ids::lease().map_err(|source| LaunchError::Ids {
                 run: run_id.clone(),
                 source,
@@ -513,9 +514,11 @@ impl Launcher {
         let mut spec = prepare::prepare(req, shares, run_id, run_dir, root)?;
         spec.netns = confined.netns;
         spec.cgroup = confined.cgroup;
+        let rootless = crate::rootless::active();
         if let (Some(ids), Backend::Namespace) = (confined.ids, req.backend) {
             spec.workload_ids = Some(ids);
-        } else if let Some(ids) = confined.ids {
+        } else if confined.ids.is_some() || (rootless && req.backend == Backend::Krun) {
+            let ids = confined.ids;
             // The mount point of the VMM's tree (a tmpfs in its own mount namespace).
             let dir = run_dir.join("jail");
             std::fs::DirBuilder::new()

@@ -65,8 +65,9 @@ impl IdMap {
 pub struct VmmJail {
     /// An empty directory in the run directory: the tmpfs of the minimal tree goes here.
     pub dir: PathBuf,
-    /// The user namespace's map.
-    pub ids: IdMap,
+    /// The user namespace's map; `None` when krunner runs rootless, in a user namespace of its
+    /// own that the VMM stays in (the tree, without idmapped mounts).
+    pub ids: Option<IdMap>,
 }
 
 /// A host directory shared with the guest.

@@ -644,6 +644,10 @@ fn overlay_options(
         opts.push_str(text);
         last_key = key;
     }
+    // In a user namespace (rootless) overlayfs may keep its metadata in user.* xattrs only.
+    if !crate::rootless::in_initial_user_ns() {
+        opts.push_str(",userxattr");
+    }
     Ok(opts)
 }
 

@@ -89,15 +89,20 @@ pub fn build(
     sys: &dyn Sys,
     spec: &LaunchSpec,
     jail: &VmmJail,
-) -> Result<(OwnedFd, JailedPaths), SetupError> {
-    let ids = jail.ids;
+) -> Result<(Option<OwnedFd>, JailedPaths), SetupError> {
     let err = |step: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| SetupError::Jail { step, path, source }
     };
-    let userns = sys
-        .new_user_ns(ids)
-        .map_err(err("create the VMM's user namespace", &jail.dir))?;
+    let userns = match jail.ids {
+        Some(ids) => Some((
+            sys.new_user_ns(ids)
+                .map_err(err("create the VMM's user namespace", &jail.dir))?,
+            ids,
+        )),
+        None => None,
+    };
+    let view = userns.as_ref().map(|(fd, ids)| (fd.as_fd(), *ids));
     let dir = &jail.dir;
     // Not nodev: /dev/kvm is a node on it. The tree is remounted read-only once complete.
     sys.mount(
@@ -112,14 +117,7 @@ pub fn build(
     let root = dir.join("root");
     sys.mkdir_all(&root, 0o755)
         .map_err(err("create the root mount point", &root))?;
-    mount_root(
-        sys,
-        &spec.root,
-        &root,
-        &dir.join(".layers"),
-        (userns.as_fd(), ids),
-        true,
-    )?;
+    mount_root(sys, &spec.root, &root, &dir.join(".layers"), view, true)?;
 
     let mut shares = Vec::with_capacity(spec.shares.len());
     for (i, share) in spec.shares.iter().enumerate() {
@@ -127,10 +125,11 @@ pub fn build(
         let at = dir.join(&rel);
         sys.mkdir_all(&at, 0o755)
             .map_err(err("create a share mount point", &at))?;
-        sys.idmap_bind(
+        bind_view(
+            sys,
             &share.host,
             &at,
-            userns.as_fd(),
+            view,
             IdmapAttrs::vmm(share.read_only),
         )
         .map_err(err("idmap a share", &share.host))?;
@@ -142,8 +141,10 @@ pub fn build(
         // anew through /proc: the tree's /proc has it too, and the range's root may reopen
         // it once it owns it (the pipe is the run's own).
         Some(log) if log.starts_with("/proc/self/fd") => {
-            sys.chown(log, ids.host_first, ids.host_first)
-                .map_err(err("give the console pipe to the range", log))?;
+            if let Some((_, ids)) = view {
+                sys.chown(log, ids.host_first, ids.host_first)
+                    .map_err(err("give the console pipe to the range", log))?;
+            }
             Some(log.clone())
         }
         Some(log) => {
@@ -151,8 +152,10 @@ pub fn build(
             sys.create_file(&at, 0o600)
                 .map_err(err("create the console mount point", &at))?;
             // The VMM opens it for writing as the range's root.
-            sys.lchown(log, ids.host_first, ids.host_first)
-                .map_err(err("give the console log to the range", log))?;
+            if let Some((_, ids)) = view {
+                sys.lchown(log, ids.host_first, ids.host_first)
+                    .map_err(err("give the console log to the range", log))?;
+            }
             sys.mount(Some(log), &at, None, MsFlags::MS_BIND, None)
                 .map_err(err("bind the console log", log))?;
             Some(PathBuf::from("/console"))
@@ -164,10 +167,22 @@ pub fn build(
     sys.mkdir_all(&dev, 0o755)
         .map_err(err("create the tree's /dev", &dev))?;
     let kvm = dev.join("kvm");
-    sys.mknod_char(&kvm, KVM_MAJOR, KVM_MINOR, 0o600)
-        .map_err(err("create the tree's /dev/kvm", &kvm))?;
-    sys.lchown(&kvm, ids.host_first, ids.host_first)
-        .map_err(err("give /dev/kvm to the range", &kvm))?;
+    match view {
+        Some((_, ids)) => {
+            sys.mknod_char(&kvm, KVM_MAJOR, KVM_MINOR, 0o600)
+                .map_err(err("create the tree's /dev/kvm", &kvm))?;
+            sys.lchown(&kvm, ids.host_first, ids.host_first)
+                .map_err(err("give /dev/kvm to the range", &kvm))?;
+        }
+        // Rootless: no mknod; the host's node, which the user may open (the kvm group).
+        None => {
+            let host = Path::new("/dev/kvm");
+            sys.create_file(&kvm, 0o600)
+                .map_err(err("create a device mount point", &kvm))?;
+            sys.mount(Some(host), &kvm, None, MsFlags::MS_BIND, None)
+                .map_err(err("bind /dev/kvm", host))?;
+        }
+    }
     for name in BOUND_DEVICES {
         let at = dev.join(name);
         let host = Path::new("/dev").join(name);
@@ -180,14 +195,30 @@ pub fn build(
     let proc = dir.join("proc");
     sys.mkdir_all(&proc, 0o555)
         .map_err(err("create the tree's /proc", &proc))?;
-    sys.mount(
-        Some(Path::new("proc")),
-        &proc,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("subset=pid,hidepid=invisible"),
-    )
-    .map_err(err("mount the tree's /proc", &proc))?;
+    match view {
+        Some(_) => sys
+            .mount(
+                Some(Path::new("proc")),
+                &proc,
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("subset=pid,hidepid=invisible"),
+            )
+            .map_err(err("mount the tree's /proc", &proc))?,
+        // Rootless: a procfs needs a pid namespace of our own; the host's is bound instead
+        // (the VMM is the user there, as any process of theirs).
+        None => {
+            let host = Path::new("/proc");
+            sys.mount(
+                Some(host),
+                &proc,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+            .map_err(err("bind the host's /proc", host))?
+        }
+    }
 
     // In the jail's network namespace only (never the host's): TSI binds a guest's listening
     // port in the VMM, which loses CAP_NET_BIND_SERVICE with the host's user namespace.
@@ -198,7 +229,7 @@ pub fn build(
     }
 
     Ok((
-        userns,
+        userns.map(|(fd, _)| fd),
         JailedPaths {
             root: PathBuf::from("/root"),
             shares,
@@ -217,7 +248,7 @@ pub fn mount_root(
     root_spec: &RootSpec,
     target: &Path,
     staging: &Path,
-    (userns, ids): (BorrowedFd<'_>, IdMap),
+    view: Option<(BorrowedFd<'_>, IdMap)>,
     nosuid: bool,
 ) -> Result<(), SetupError> {
     let err = |step: &'static str, path: &Path| {
@@ -235,6 +266,17 @@ pub fn mount_root(
             work,
             ..
         } => {
+            let Some((userns, ids)) = view else {
+                // Rootless: the layers as they are (their owners are already the
+                // namespace's), in overlayfs's user xattr mode.
+                let layers_given = OverlayLayers {
+                    image: lower,
+                    runner: runner.as_deref(),
+                    upper,
+                    work,
+                };
+                return mount_overlay(sys, &layers_given, lower, &root);
+            };
             let image = layers.join("image");
             sys.mkdir_all(&image, 0o700)
                 .map_err(err("create a layer mount point", &image))?;
@@ -273,17 +315,47 @@ pub fn mount_root(
                 .map_err(err("remove the staged layers' directory", &layers))?;
         }
         RootSpec::Dir(d) => {
-            sys.idmap_bind(d, &root, userns, attrs(false))
-                .map_err(err("idmap the root copy", d))?;
+            bind_view(sys, d, &root, view, attrs(false)).map_err(err("idmap the root copy", d))?;
         }
     }
 
     Ok(())
 }
 
+/// Binds `src` at `dst` as the VMM is to see it: idmapped into its namespace, or (rootless,
+/// `view` none) as it is, with the same read-only and nosuid attributes.
+fn bind_view(
+    sys: &dyn Sys,
+    src: &Path,
+    dst: &Path,
+    view: Option<(BorrowedFd<'_>, IdMap)>,
+    attrs: IdmapAttrs,
+) -> nix::Result<()> {
+    if let Some((userns, _)) = view {
+        return sys.idmap_bind(src, dst, userns, attrs);
+    }
+    sys.mount(
+        Some(src),
+        dst,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
+    flags.set(MsFlags::MS_RDONLY, attrs.read_only);
+    flags.set(MsFlags::MS_NOSUID, attrs.nosuid);
+    // The source's locked flags (noexec, say) must be repeated: a remount may not clear them.
+    let keep = sys.mount_flags(src)?;
+    sys.mount(None, dst, None, flags | keep, None)
+}
+
 /// Makes the tree `/`, detaches the host's root, seals the tree read-only, and enters the
 /// user namespace as its root. After this the process has no capability on the host.
-pub fn enter(sys: &dyn Sys, jail: &VmmJail, userns: BorrowedFd<'_>) -> Result<(), SetupError> {
+pub fn enter(
+    sys: &dyn Sys,
+    jail: &VmmJail,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<(), SetupError> {
     let err = |step: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| SetupError::Jail { step, path, source }
@@ -314,8 +386,11 @@ pub fn enter(sys: &dyn Sys, jail: &VmmJail, userns: BorrowedFd<'_>) -> Result<()
         None,
     )
     .map_err(err("seal the tree read-only", slash))?;
-    sys.enter_user_ns(userns)
-        .map_err(err("enter the VMM's user namespace", dir))?;
+    // Rootless, the VMM stays root of krunner's namespace (capabilities go later).
+    if let Some(userns) = userns {
+        sys.enter_user_ns(userns)
+            .map_err(err("enter the VMM's user namespace", dir))?;
+    }
     Ok(())
 }
 
@@ -523,10 +598,10 @@ mod tests {
     fn jail() -> VmmJail {
         VmmJail {
             dir: "/r/jail".into(),
-            ids: IdMap {
+            ids: Some(IdMap {
                 host_first: 0x7000_0000,
                 count: 65536,
-            },
+            }),
         }
     }
 
@@ -592,6 +667,61 @@ mod tests {
     }
 
     #[test]
+    fn rootless_the_tree_binds_what_it_cannot_idmap_or_make_and_stays_in_krunners_namespace() {
+        let sys = FakeSys::new().with_mount_flags(MsFlags::MS_NOEXEC);
+        let rootless = VmmJail {
+            dir: "/r/jail".into(),
+            ids: None,
+        };
+        let (fd, paths) = build(&sys, &jailed_spec(), &rootless).expect("build");
+        assert!(fd.is_none());
+        assert_eq!(paths.shares, vec![PathBuf::from("/shares/0")]);
+        let calls = sys.calls();
+        let want_in_order = [
+            "mount tmpfs /r/jail tmpfs MS_NOSUID",
+            "mount overlay /r/jail/root overlay - lowerdir=/c/rootfs,upperdir=/r/upper,workdir=/r/work",
+            "mount /srv/cache /r/jail/shares/0 - MS_BIND|MS_REC -",
+            // Read-only, nosuid, and the source's locked noexec repeated.
+            "mount - /r/jail/shares/0 - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -",
+            "mount /r/console.log /r/jail/console - MS_BIND -",
+            "mount /dev/kvm /r/jail/dev/kvm - MS_BIND -",
+            "mount /proc /r/jail/proc - MS_BIND|MS_REC -",
+        ];
+        let mut at = 0;
+        for want in want_in_order {
+            let found = calls[at..].iter().position(|c| c.starts_with(want));
+            let Some(i) = found else {
+                panic!("{want:?} missing (or out of order) in {calls:#?}");
+            };
+            at += i + 1;
+        }
+        for never in [
+            "new_user_ns",
+            "idmap_bind",
+            "shift_owners",
+            "mknod",
+            "chown",
+        ] {
+            assert!(
+                !calls.iter().any(|c| c.contains(never)),
+                "{never}: {calls:#?}"
+            );
+        }
+        // And entering it pivots without any setns.
+        let sys = FakeSys::new();
+        enter(&sys, &rootless, None).expect("enter");
+        let calls = sys.calls();
+        assert!(
+            calls.iter().any(|c| c.starts_with("pivot_root")),
+            "{calls:#?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c.starts_with("enter_user_ns")),
+            "{calls:#?}"
+        );
+    }
+
+    #[test]
     fn a_console_on_an_inherited_descriptor_is_given_to_the_range_not_bound() {
         let sys = FakeSys::new();
         let mut spec = jailed_spec();
@@ -654,7 +784,7 @@ mod tests {
     fn entering_pivots_detaches_seals_and_then_changes_namespace() {
         let sys = FakeSys::new();
         let devnull = std::fs::File::open("/dev/null").expect("/dev/null");
-        enter(&sys, &jail(), devnull.as_fd()).expect("enter");
+        enter(&sys, &jail(), Some(devnull.as_fd())).expect("enter");
         assert_eq!(
             sys.calls(),
             vec![

@@ -399,8 +399,8 @@ pub fn write_guest_dir(
             .next()
             .is_some();
         if has_entries {
-            xattr::set(&dir, "trusted.overlay.opaque", b"y")
-                .map_err(io("make opaque (trusted.overlay.opaque)", &dir))?;
+            let name = format!("{}opaque", crate::rootless::overlay_xattr_prefix());
+            xattr::set(&dir, &name, b"y").map_err(io("make opaque (overlay xattr)", &dir))?;
         }
     }
     for (name, content) in files {

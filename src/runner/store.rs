@@ -301,7 +301,8 @@ fn unpack_tree(
         chown_tree(&root, RUNNER_UID)?;
         // overlayfs: an opaque directory hides what the layers below have at that path, so
         // an image's own, older runner does not show through the provided one.
-        xattr::set(&root, "trusted.overlay.opaque", b"y").map_err(io("mark opaque", &root))?;
+        let name = format!("{}opaque", crate::rootless::overlay_xattr_prefix());
+        xattr::set(&root, &name, b"y").map_err(io("mark opaque", &root))?;
     }
     let meta = Installed {
         version: d.version,

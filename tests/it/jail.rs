@@ -24,7 +24,7 @@ pub const JAIL: &[Need] = &[
     Need::Tool("ss"),
 ];
 
-fn image() -> String {
+pub fn image() -> String {
     let reg = Registry::shared();
     static PUSHED: std::sync::Once = std::sync::Once::new();
     PUSHED.call_once(|| reg.push(busybox_image(), "jail-busybox:v1"));
@@ -45,24 +45,30 @@ probe 192.0.2.2 8083 host-main-address
 grep CapBnd /proc/self/status
 "#;
 
-/// `krunner ARGS` inside the test's network world (see `jail_net.sh`), mode `once` or `pair`.
-fn in_world(td: &TestDir, mode: &str) -> Krunner {
+/// The command that runs what follows it inside the test's network world (see
+/// `jail_net.sh`), mode `once` or `pair`.
+pub fn world(td: &TestDir, mode: &str) -> Vec<std::ffi::OsString> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/jail_net.sh");
-    let dir = td.path().as_os_str();
-    Krunner::wrapped(
-        td,
-        &[
-            OsStr::new("unshare"),
-            OsStr::new("--net"),
-            OsStr::new("--mount"),
-            OsStr::new("--propagation"),
-            OsStr::new("private"),
-            OsStr::new("sh"),
-            script.as_os_str(),
-            dir,
-            OsStr::new(mode),
-        ],
-    )
+    [
+        OsStr::new("unshare"),
+        OsStr::new("--net"),
+        OsStr::new("--mount"),
+        OsStr::new("--propagation"),
+        OsStr::new("private"),
+        OsStr::new("sh"),
+        script.as_os_str(),
+        td.path().as_os_str(),
+        OsStr::new(mode),
+    ]
+    .map(OsStr::to_os_string)
+    .to_vec()
+}
+
+/// `krunner ARGS` inside the test's network world, mode `once` or `pair`.
+fn in_world(td: &TestDir, mode: &str) -> Krunner {
+    let w = world(td, mode);
+    let w: Vec<&OsStr> = w.iter().map(|a| a.as_os_str()).collect();
+    Krunner::wrapped(td, &w)
 }
 
 /// What each probe got.
@@ -84,7 +90,17 @@ pub fn probe_guest(
     backend_args: &[&str],
     policy: &str,
 ) -> Outcome {
-    let mut k = in_world(td, "once");
+    probe_guest_with(in_world(td, "once"), cache, image, backend_args, policy)
+}
+
+/// [`probe_guest`] with a krunner command of the caller's (inside [`world`], mode `once`).
+pub fn probe_guest_with(
+    mut k: Krunner,
+    cache: &Path,
+    image: &str,
+    backend_args: &[&str],
+    policy: &str,
+) -> Outcome {
     k.env("KRUNNER_CACHE_DIR", cache)
         .args(["exec", "--offline"])
         .args(backend_args)

@@ -30,6 +30,9 @@ mod umoci_compare;
 /// open`, bad values.
 mod jail;
 
+/// Rootless krunner: an ordinary user with a subordinate id range pulls and runs jailed guests.
+mod rootless;
+
 /// `krunner exec` and `krunner doctor`: the namespace backend end to end, libkrun up to the
 /// vCPU, crash recovery.
 mod launcher;

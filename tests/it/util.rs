@@ -123,8 +123,18 @@ impl Krunner {
         k
     }
 
+    /// Like [`Krunner::wrapped`], with another krunner binary (a copy another user can run).
+    pub fn wrapped_exe(td: &TestDir, wrapper: &[&OsStr], exe: &Path) -> Krunner {
+        let mut k = Krunner::through_exe(td, wrapper, exe.as_os_str());
+        k.env("KRUNNER_CACHE_DIR", td.cache());
+        k
+    }
+
     fn through(td: &TestDir, wrapper: &[&OsStr]) -> Krunner {
-        let exe = OsStr::new(env!("CARGO_BIN_EXE_krunner"));
+        Krunner::through_exe(td, wrapper, OsStr::new(env!("CARGO_BIN_EXE_krunner")))
+    }
+
+    fn through_exe(td: &TestDir, wrapper: &[&OsStr], exe: &OsStr) -> Krunner {
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
