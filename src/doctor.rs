@@ -195,6 +195,41 @@ pub fn cgroup_check() -> Check {
     }
 }
 
+/// Whose privileges krunner has: root of the host, or (an ordinary user) root of a user
+/// namespace of its own over the user's subordinate ids; or, failing that, why not.
+pub fn privileges_check() -> Check {
+    const NAME: &str = "privileges";
+    if crate::rootless::host_root() {
+        return Check::new(NAME, Status::Ok, "root of the host", None);
+    }
+    if crate::rootless::active() {
+        let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        let map: Vec<String> = map
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        return Check::new(
+            NAME,
+            Status::Ok,
+            format!(
+                "rootless: root of a user namespace of its own (uid map: {}); guests run as this user and its subordinate ids",
+                map.join(", ")
+            ),
+            None,
+        );
+    }
+    let why = match crate::rootless::entered() {
+        Some(Err(e)) => e,
+        _ => "not root, and no user namespace was tried".to_string(),
+    };
+    Check::new(
+        NAME,
+        Status::Fail,
+        format!("an ordinary user without rootless operation: {why}"),
+        Some("give the user a subordinate id range (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER), install uidmap, or run as root"),
+    )
+}
+
 /// The namespace backend's requirements: root and overlayfs.
 pub fn namespace_check() -> Check {
     let root = nix::unistd::geteuid().is_root();
@@ -210,8 +245,8 @@ pub fn namespace_check() -> Check {
         (false, _) => Check::new(
             "namespace backend",
             Status::Fail,
-            "needs root",
-            Some("run krunner as root to use --backend namespace"),
+            "needs root or rootless krunner",
+            Some("see the privileges line above"),
         ),
         (true, false) => Check::new(
             "namespace backend",
@@ -233,7 +268,7 @@ pub async fn jail_check(scratch: &Path, exe: &Path) -> Check {
                 NAME,
                 Status::Warn,
                 e.to_string(),
-                Some("install passt and nftables and run as root, or give --egress-policy open (guests then share the host's network)"),
+                Some("install passt and nftables, run as root or rootless (see the privileges line; rootless also needs /dev/net/tun mode 0666), or give --egress-policy open (guests then share the host's network)"),
             )
         }
     };

@@ -13,6 +13,7 @@ pub fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCode> {
     // The same lines as `krunner --version`: a pasted doctor report says which build it is.
     println!("krunner {}", crate::version::LONG);
     let (mut checks, can_boot) = doctor::static_checks(args.libkrunfw_dir.as_deref());
+    checks.insert(0, doctor::privileges_check());
     if args.no_boot {
         checks.push(skipped("--no-boot"));
     } else if can_boot {

@@ -8,6 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::jail;
+use crate::run_e2e;
 use crate::util::*;
 
 /// The user the tests run krunner as.
@@ -215,4 +216,41 @@ fn rootless_a_user_without_a_subordinate_range_is_told_how_to_get_one() {
         .error_has("usermod --add-subuids");
     assert!(!td.cache().join("runs").exists() || list_names(&td.cache().join("runs")).is_empty());
     let _ = nobody.name;
+}
+
+#[test]
+fn rootless_run_gives_single_use_runners_and_leaves_no_registration() {
+    if skip(ROOTLESS) || skip(run_e2e::NEEDS) {
+        return;
+    }
+    let Some(u) = rootless_user() else { return };
+    let f = run_e2e::fixture("rootless-run");
+    let exe = hand_over(&f.td, &u);
+    let k = as_user(&f.td, &u, &exe, &[]);
+    let out = run_e2e::krunner_run_with(&f, k, &["-n", "1", "-r", "2"]).run();
+    out.success().never_shows("e2e-token");
+    let ctx = format!("{out}\nsim log:\n{}", f.sim.log_text());
+    assert_eq!(
+        run_e2e::names(&f.record),
+        ["e2e-0-1", "e2e-0-2"],
+        "both runners ran\n{ctx}"
+    );
+    assert!(f.sim.runners().is_empty(), "registrations left\n{ctx}");
+    // The runner (guest uid 1001) wrote its record as one of the user's subordinate ids.
+    let m = std::fs::metadata(f.record.join("e2e-0-1")).unwrap();
+    let (first, _) = subordinate(USER);
+    assert_eq!(m.uid(), first + 1000, "guest uid 1001 on the host\n{ctx}");
+    assert!(run_e2e::names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
+}
+
+/// The first id and size of `user`'s range in /etc/subuid.
+fn subordinate(user: &str) -> (u32, u32) {
+    let text = std::fs::read_to_string("/etc/subuid").unwrap();
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == user).then_some(())?;
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .unwrap()
 }

@@ -104,7 +104,11 @@ pub(crate) fn fixture(name: &str) -> Fixture {
 }
 
 pub(crate) fn krunner_run(f: &Fixture, extra: &[&str]) -> Krunner {
-    let mut k = f.td.krunner();
+    krunner_run_with(f, f.td.krunner(), extra)
+}
+
+/// [`krunner_run`] with a krunner command of the caller's (another user's, say).
+pub(crate) fn krunner_run_with(f: &Fixture, mut k: Krunner, extra: &[&str]) -> Krunner {
     k.env("KRUNNER_TOKEN", "e2e-token").args([
         "run",
         "--backend",
