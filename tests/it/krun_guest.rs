@@ -522,6 +522,103 @@ fn userns_a_share_without_idmapped_mounts_is_refused_by_name() {
     assert!(mounts_under(&shared_cache()).is_empty());
 }
 
+#[test]
+#[ignore = "boots real microVMs: run inside the emulated KVM host by `cargo test --test l1`"]
+fn userns_rootless_an_ordinary_user_boots_a_jailed_microvm() {
+    use crate::rootless::{as_user, hand_over, rootless_user};
+    use std::os::unix::fs::MetadataExt;
+    let fw = in_l1();
+    let Some(u) = rootless_user() else { return };
+    let td = TestDir::new("krun-rootless");
+    let share = td.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("from-host"), "x").unwrap();
+    let exe = hand_over(&td, &u);
+    as_user(&td, &u, &exe, &[])
+        .args(["pull", &image()])
+        .run()
+        .success();
+    let script = "echo ids uid=$(id -u) passwd=$(stat -c %u /etc/passwd) share=$(stat -c %u /share/from-host); \
+        touch /share/made-by-root; mkdir -p /jt; touch /jt/f; chown 1001:1001 /jt/f && echo chown-ok; \
+        echo up >/share/up; sleep 600";
+    let m = format!("{}:/share", share.display());
+    let running = as_user(&td, &u, &exe, &[])
+        .args(["-v", "exec", "--backend", "krun", "--libkrunfw-dir"])
+        .arg(&fw)
+        .args([
+            "-c",
+            "1",
+            "-m",
+            "256",
+            "-M",
+            &m,
+            &image(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .spawn();
+    let pid = running.pid();
+    let up = wait_for(180, || share.join("up").exists());
+    // The VMM: the krun child of the user's krunner.
+    let vmm = processes_with("__krun-child")
+        .iter()
+        .filter_map(|p| p.split(':').next().map(str::to_string))
+        .find(|p| std::fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == u.uid));
+    let status = vmm
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    let own_userns = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let vmm_userns = vmm
+        .as_ref()
+        .and_then(|p| std::fs::read_link(format!("/proc/{p}/ns/user")).ok());
+    let mut tree: Vec<String> = vmm
+        .as_ref()
+        .map(|p| list_names(Path::new(&format!("/proc/{p}/root"))))
+        .unwrap_or_default();
+    tree.sort();
+    signal(pid, Signal::SIGTERM);
+    let out = match exit_within(running, 60) {
+        Ok(o) => o,
+        Err(e) => panic!("krunner did not end after SIGTERM: {e}"),
+    };
+    assert!(up, "the guest never started\n{out}");
+    assert!(vmm.is_some(), "no VMM running as {}\n{out}", u.uid);
+    let id = u.uid;
+    assert!(
+        status.contains(&format!("Uid:\t{id}\t{id}\t{id}\t{id}")),
+        "the VMM runs as the user:\n{status}"
+    );
+    assert!(
+        vmm_userns.is_some_and(|ns| ns != own_userns),
+        "the VMM is in the user's namespace, not the host's"
+    );
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    for name in ["dev", "proc", "root", "shares"] {
+        assert!(
+            tree.iter().any(|t| t == name),
+            "no {name} in the VMM's /: {tree:?}"
+        );
+    }
+    for name in &tree {
+        assert!(
+            ["console", "dev", "proc", "root", "shares"].contains(&name.as_str()),
+            "the VMM's / holds {name}: {tree:?}"
+        );
+    }
+    assert!(
+        out.stdout.contains("ids uid=0 passwd=0 share=0"),
+        "the guest sees root-owned files\n{out}"
+    );
+    assert!(out.stdout.contains("chown-ok"), "{out}");
+    // What guest root writes in a share is the user's on the host.
+    let made = std::fs::symlink_metadata(share.join("made-by-root")).map(|m| m.uid());
+    assert_eq!(made.ok(), Some(u.uid));
+    assert!(list_names(&td.cache().join("runs")).is_empty());
+}
+
 /// The cgroup v2 directory of process `pid` (under /sys/fs/cgroup, where L1 mounts cgroup2),
 /// if it is a krunner run cgroup.
 fn cgroup_of(pid: &str) -> Option<PathBuf> {

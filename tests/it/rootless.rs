@@ -12,7 +12,7 @@ use crate::run_e2e;
 use crate::util::*;
 
 /// The user the tests run krunner as.
-const USER: &str = "krunner-rootless";
+pub(crate) const USER: &str = "krunner-rootless";
 
 /// What the rootless tests need.
 const ROOTLESS: &[Need] = &[
@@ -27,24 +27,22 @@ const ROOTLESS: &[Need] = &[
 ];
 
 /// An ordinary user of this host.
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
+pub(crate) struct User {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 /// `name`, if it exists.
 fn user(name: &str) -> Option<User> {
     let u = nix::unistd::User::from_name(name).ok().flatten()?;
     Some(User {
-        name: name.to_string(),
         uid: u.uid.as_raw(),
         gid: u.gid.as_raw(),
     })
 }
 
 /// The test user with its subordinate range, or a skip saying why not.
-fn rootless_user() -> Option<User> {
+pub(crate) fn rootless_user() -> Option<User> {
     let has_range = |f: &str| {
         std::fs::read_to_string(f)
             .is_ok_and(|t| t.lines().any(|l| l.starts_with(&format!("{USER}:"))))
@@ -62,7 +60,7 @@ fn rootless_user() -> Option<User> {
 
 /// Gives the test directory to `user`, with a copy of krunner it can run (the build tree may
 /// be under a directory only root enters). Returns the copy.
-fn hand_over(td: &TestDir, user: &User) -> PathBuf {
+pub(crate) fn hand_over(td: &TestDir, user: &User) -> PathBuf {
     let exe = td.join("bin/krunner");
     std::fs::create_dir_all(td.join("bin")).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_krunner"), &exe).unwrap();
@@ -89,14 +87,19 @@ fn become_user(user: &User) -> Vec<OsString> {
 }
 
 /// Run as root before becoming the user: in a mount namespace of its own, a /dev/net/tun
-/// everyone may open, as Debian's udev makes it (our test hosts keep it 0600; pasta opens it
-/// as the user). The host's node is left alone.
+/// everyone may open, as Debian's udev makes it, and a /dev/kvm everyone may open (our test
+/// hosts keep both 0600 and have no kvm group; pasta opens the one as the user, the VMM the
+/// other). The host's nodes are left alone.
 fn open_tun() -> Vec<OsString> {
     let script = r#"set -e
 d=$(mktemp -d)
 mount -t tmpfs -o mode=0755 tmpfs "$d"
 mknod -m 0666 "$d/tun" c 10 200
 mount --bind "$d/tun" /dev/net/tun
+if [ -e /dev/kvm ]; then
+  mknod -m 0666 "$d/kvm" c 10 232
+  mount --bind "$d/kvm" /dev/kvm
+fi
 exec "$@""#;
     [
         "unshare",
@@ -113,7 +116,7 @@ exec "$@""#;
 }
 
 /// `krunner` as `user`, after `pre` (a wrapper run as root, or nothing) and [`open_tun`].
-fn as_user(td: &TestDir, user: &User, exe: &Path, pre: &[OsString]) -> Krunner {
+pub(crate) fn as_user(td: &TestDir, user: &User, exe: &Path, pre: &[OsString]) -> Krunner {
     let wrapper: Vec<OsString> = pre
         .iter()
         .cloned()
@@ -164,6 +167,16 @@ exit 7
     let m = std::fs::symlink_metadata(&busybox).unwrap();
     assert_eq!((m.uid(), m.gid()), (u.uid, u.gid), "{}", busybox.display());
     assert!(list_names(&td.cache().join("runs")).is_empty(), "{out}");
+    // The user's prune removes what the user could not (files of its subordinate ids).
+    as_user(&td, &u, &exe, &[])
+        .args(["prune", "--all"])
+        .run()
+        .success();
+    assert!(
+        !rootfs.exists(),
+        "{} left after prune --all",
+        rootfs.display()
+    );
 }
 
 #[test]
@@ -215,7 +228,6 @@ fn rootless_a_user_without_a_subordinate_range_is_told_how_to_get_one() {
         .error_has("/etc/subuid gives nobody no subordinate id range")
         .error_has("usermod --add-subuids");
     assert!(!td.cache().join("runs").exists() || list_names(&td.cache().join("runs")).is_empty());
-    let _ = nobody.name;
 }
 
 #[test]
@@ -240,7 +252,10 @@ fn rootless_run_gives_single_use_runners_and_leaves_no_registration() {
     let m = std::fs::metadata(f.record.join("e2e-0-1")).unwrap();
     let (first, _) = subordinate(USER);
     assert_eq!(m.uid(), first + 1000, "guest uid 1001 on the host\n{ctx}");
-    assert!(run_e2e::names(&f.td.cache().join("runs")).is_empty(), "{ctx}");
+    assert!(
+        run_e2e::names(&f.td.cache().join("runs")).is_empty(),
+        "{ctx}"
+    );
 }
 
 /// The first id and size of `user`'s range in /etc/subuid.

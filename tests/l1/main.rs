@@ -207,7 +207,7 @@ fn krun_exec_in_real_guests() {
 /// guest writes, a share on a file system without idmapped mounts.
 #[test]
 fn krun_userns_in_real_guests() {
-    group("krun_guest::userns_", 2);
+    group("krun_guest::userns_", 3);
 }
 
 /// `run` in JIT and token modes, shutdown (idle, drain, forced), SIGKILL and restart.
