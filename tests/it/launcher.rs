@@ -201,11 +201,17 @@ fn ns_nothing_left_after_krunner_is_killed() {
         return;
     }
     let td = TestDir::new("ns-kill");
+    nothing_left_after_a_kill(&td, &|| td.krunner());
+}
+
+/// The body of [`ns_nothing_left_after_krunner_is_killed`]; `krunner` gives a krunner command
+/// on `td`'s cache (root's, or an ordinary user's: `rootless::*`).
+pub(crate) fn nothing_left_after_a_kill(td: &TestDir, krunner: &dyn Fn() -> Krunner) {
     // Pull first so the run starts at once.
-    td.krunner().args(["pull", &image()]).run().success();
+    krunner().args(["pull", &image()]).run().success();
     // A sleep duration nobody else uses marks the guest's process.
     let marker = format!("{}", 100_000 + std::process::id() % 100_000);
-    let mut k = td.krunner();
+    let mut k = krunner();
     k.args([
         "exec",
         "--backend",
@@ -223,7 +229,7 @@ fn ns_nothing_left_after_krunner_is_killed() {
         assert!(Instant::now() < deadline, "the guest never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(runs_left(&td).len(), 1, "one run directory while running");
+    assert_eq!(runs_left(td).len(), 1, "one run directory while running");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -260,12 +266,15 @@ fn ns_nothing_left_after_krunner_is_killed() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The run directory is left; the next krunner removes it.
-    let left = runs_left(&td);
+    let left = runs_left(td);
     assert_eq!(left.len(), 1, "{left:?}");
-    let out = exec_ns(&td, &[], "true");
+    let out = krunner()
+        .args(["exec", "--backend", "namespace", image().as_str()])
+        .args(["--", "true"])
+        .run();
     out.success();
     assert!(out.stderr.contains("removed the leftovers"), "{out}");
-    assert!(runs_left(&td).is_empty(), "{:?}", runs_left(&td));
+    assert!(runs_left(td).is_empty(), "{:?}", runs_left(td));
 }
 
 /// Guest processes: `sleep <marker>` (krunner's own argv holds the marker too, inside a
@@ -504,9 +513,15 @@ fn ns_a_setuid_file_the_job_writes_is_out_of_other_users_reach() {
         return;
     }
     let td = TestDir::new("ns-setuid");
+    setuid_file_out_of_reach(&td, &|| td.krunner());
+}
+
+/// The body of [`ns_a_setuid_file_the_job_writes_is_out_of_other_users_reach`], with
+/// `krunner` as in [`nothing_left_after_a_kill`].
+pub(crate) fn setuid_file_out_of_reach(td: &TestDir, krunner: &dyn Fn() -> Krunner) {
     // Where a cache usually lives (/var/cache) anyone may pass: only krunner's modes protect.
     std::fs::set_permissions(td.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut k = td.krunner();
+    let mut k = krunner();
     k.args(["exec", "--backend", "namespace", image().as_str(), "--"])
         .args(["sh", "-c"])
         .arg("cp /bin/busybox /sush-planted && chmod 4755 /sush-planted && sleep 120");
@@ -557,7 +572,7 @@ fn ns_a_setuid_file_the_job_writes_is_out_of_other_users_reach() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&td.cache()), 0o700, "the cache root is private");
     assert_eq!(mode(&runs), 0o700, "the runs dir is private");
-    assert!(runs_left(&td).is_empty(), "{out}");
+    assert!(runs_left(td).is_empty(), "{out}");
 }
 
 /// The namespace workload runs under krunner's seccomp deny-list: `swapon`, which a CI job

@@ -269,3 +269,25 @@ fn subordinate(user: &str) -> (u32, u32) {
         })
         .unwrap()
 }
+
+#[test]
+fn rootless_nothing_is_left_after_krunner_is_killed() {
+    if skip(ROOTLESS) {
+        return;
+    }
+    let Some(u) = rootless_user() else { return };
+    let td = TestDir::new("rootless-kill");
+    let exe = hand_over(&td, &u);
+    crate::launcher::nothing_left_after_a_kill(&td, &|| as_user(&td, &u, &exe, &[]));
+}
+
+#[test]
+fn rootless_a_setuid_file_the_job_writes_is_out_of_other_users_reach() {
+    if skip(ROOTLESS) {
+        return;
+    }
+    let Some(u) = rootless_user() else { return };
+    let td = TestDir::new("rootless-setuid");
+    let exe = hand_over(&td, &u);
+    crate::launcher::setuid_file_out_of_reach(&td, &|| as_user(&td, &u, &exe, &[]));
+}
