@@ -613,6 +613,15 @@ fn deb_installs_and_runs_in_a_fresh_debian_12() {
         verify.code == Some(0) && verify.stderr.trim().is_empty(),
         "{verify}"
     );
+    // The rootless user unit (%h is root's home here, which is all verify needs).
+    let verify = in_root(
+        &root,
+        "systemd-analyze verify /usr/lib/systemd/user/krunner.service",
+    );
+    assert!(
+        verify.code == Some(0) && verify.stderr.trim().is_empty(),
+        "{verify}"
+    );
     let security = in_root(
         &root,
         "systemd-analyze security --offline=yes /usr/lib/systemd/system/krunner.service",
@@ -760,6 +769,7 @@ fn rpm_has_the_files_scripts_and_requirements() {
     for want in [
         "-rwxr-xr-x  /usr/bin/krunner",
         "-rw-r--r--  /usr/lib/systemd/system/krunner.service",
+        "-rw-r--r--  /usr/lib/systemd/user/krunner.service",
         "-rw------- cn /etc/krunner/krunner.env",
         "-rw-r--r--  /usr/share/bash-completion/completions/krunner",
         "-rw-r--r--  /usr/share/zsh/site-functions/_krunner",
