@@ -605,6 +605,18 @@ mod tests {
         }
     }
 
+    /// Each of `wants` begins a call of `calls`, in this order (others may come between).
+    fn assert_in_order(calls: &[String], wants: &[&str]) {
+        let mut at = 0;
+        for want in wants {
+            let found = calls[at..].iter().position(|c| c.starts_with(want));
+            let Some(i) = found else {
+                panic!("{want:?} missing (or out of order) in {calls:#?}");
+            };
+            at += i + 1;
+        }
+    }
+
     fn jailed_spec() -> LaunchSpec {
         let mut spec = overlay_spec();
         spec.shares = vec![Share {
@@ -650,14 +662,7 @@ mod tests {
             "mount proc /r/jail/proc proc MS_NOSUID|MS_NODEV|MS_NOEXEC subset=pid,hidepid=invisible",
             "write_file /proc/sys/net/ipv4/ip_unprivileged_port_start 0",
         ];
-        let mut at = 0;
-        for want in want_in_order {
-            let found = calls[at..].iter().position(|c| c.starts_with(want));
-            let Some(i) = found else {
-                panic!("{want:?} missing (or out of order) in {calls:#?}");
-            };
-            at += i + 1;
-        }
+        assert_in_order(&calls, &want_in_order);
         // Nothing of the host is bound but the shares, the console and the four devices.
         let binds: Vec<&String> = calls
             .iter()
@@ -687,14 +692,7 @@ mod tests {
             "mount /dev/kvm /r/jail/dev/kvm - MS_BIND -",
             "mount /proc /r/jail/proc - MS_BIND|MS_REC -",
         ];
-        let mut at = 0;
-        for want in want_in_order {
-            let found = calls[at..].iter().position(|c| c.starts_with(want));
-            let Some(i) = found else {
-                panic!("{want:?} missing (or out of order) in {calls:#?}");
-            };
-            at += i + 1;
-        }
+        assert_in_order(&calls, &want_in_order);
         for never in [
             "new_user_ns",
             "idmap_bind",
