@@ -6,7 +6,7 @@
 //! this instance's offline leftovers, the runner group, then the [`Pool`] until it ends.
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +20,15 @@ use crate::github::{
     GitHub, RetryPolicy, Scope,
 };
 use crate::image::{Cancel, ImageStore};
+use crate::jail::egress::EgressPolicy;
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
 use crate::launcher::spec::{check_outside_cache, Share};
 use crate::metrics::Metrics;
 use crate::orchestrator::identity;
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};
-use crate::orchestrator::{BackoffPolicy, Pool, PoolConfig, RegistrationMode, Shutdown, SlotStop};
+use crate::orchestrator::{
+    BackoffPolicy, Pool, PoolConfig, PoolReport, RegistrationMode, Shutdown, SlotStop,
+};
 use crate::runner::releases;
 use crate::runner::store::RunnerStore;
 use crate::runner::supply::{self, Source, Updater};
@@ -43,18 +46,7 @@ const RUNNER_STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs the command.
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
-    if args.scale_set.is_some() || args.config.is_some() {
-        if args.registration == RegistrationKind::Token {
-            bail!("scale sets register their runners with JIT configs: --registration token cannot go with --scale-set or --config");
-        }
-        if args.min_idle > args.max {
-            bail!(
-                "--min-idle {} is more than --max {}",
-                args.min_idle,
-                args.max
-            );
-        }
-    }
+    let scale_sets = check_scale_set_flags(&args)?;
     let auth = auth(&args)?;
     let scope = Scope::parse(args.scope.as_str(), &args.principal)?;
     let base = api_base(args.github_host.as_deref(), args.api_url.as_deref())?;
@@ -84,35 +76,10 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         .mode(0o700)
         .create(&log_dir)
         .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
-    let mut shares = super::exec::user_shares(&args.guest, cache.root())?;
-    if let Some(dir) = job_cache(&args) {
-        check_outside_cache("--job-cache", dir, cache.root())?;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the job cache {}", dir.display()))?;
-        shares.push(Share {
-            tag: "krunner-cache".into(),
-            host: dir.to_path_buf(),
-            guest: "/cache".into(),
-            read_only: false,
-        });
-    }
+    let shares = shares(&args, cache.root())?;
     // Before the launcher sweeps anything: a second instance with this prefix stops here.
     let _instance_lock = InstanceLock::acquire(cache.root(), &prefix)?;
-    let state_file = state::state_path(cache.root(), &prefix);
-    // Each scale set's id, session and last message (never a token): what a restart needs.
-    // In a directory of its own: `krunner status` reads every JSON file of the state dir.
-    let scaleset_state_dir = state::state_dir(cache.root()).join("scalesets");
-    std::fs::create_dir_all(&scaleset_state_dir).with_context(|| {
-        format!(
-            "cannot create the state directory {}",
-            scaleset_state_dir.display()
-        )
-    })?;
-    if let Some(dir) = state_file.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-    }
-    let scale_sets = args.scale_set.is_some() || args.config.is_some();
+    let (state_file, state_dir) = state_paths(cache.root(), &prefix)?;
     let reporter = Reporter::new(
         &prefix,
         // Scale sets have pools, not loops.
@@ -136,130 +103,212 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 crate::metrics::serve(addr, reporter.metrics().clone(), github.clone()).await?;
             reporter.set_metrics_addr(bound.to_string());
         }
-        if args.scale_set.is_some() || args.config.is_some() {
-            let ctx = super::scaleset::Ctx {
-                global,
-                args: &args,
-                store: &store,
-                github: &github,
-                base: &base,
-                scope: &scope,
-                prefix: &prefix,
-                instance: &instance,
-                shares,
-                egress,
-                log_dir,
-                state_dir: scaleset_state_dir,
-                launcher,
-                shutdown: &shutdown,
-                reporter: reporter.clone(),
-            };
-            return super::scaleset::serve(ctx).await;
-        }
-        let pull_cancel = Cancel::default();
-        let image = tokio::select! {
-            i = pull_image(global, &args, &args.image, &store, &pull_cancel) => i?,
-            _ = shutdown.drain.cancelled() => {
-                pull_cancel.cancel();
-                tracing::info!("stopped before the image was ready");
-                return Ok(ExitCode::SUCCESS);
-            }
-        };
-        let (runner, updater) = tokio::select! {
-            r = runner_plan(&args, &image, &store) => r?,
-            _ = shutdown.drain.cancelled() => {
-                tracing::info!("stopped before the actions runner was ready");
-                return Ok(ExitCode::SUCCESS);
-            }
-        };
-        if let Some(u) = updater {
-            let interval = Duration::from_secs(args.runner_check_interval);
-            tokio::spawn(u.run(interval, shutdown.drain.clone()));
-        }
-        let template = template(&args, &image, shares, egress.clone(), &prefix);
-        // A stalled or rate-limiting API must not keep a stop signal from ending the start.
-        let prepared = tokio::select! {
-            p = prepare(&github, &args, &base, &scope, &prefix, &instance) => p?,
-            _ = shutdown.drain.cancelled() => {
-                tracing::info!("stopped before the first runner was registered");
-                return Ok(ExitCode::SUCCESS);
-            }
-        };
-        let Prepared {
-            registration,
-            runner_group,
-            last_seq,
-        } = prepared;
-        let cfg = PoolConfig {
-            slots: usize::from(args.runners),
-            repeat: args.repeat,
-            name_prefix: prefix.clone(),
-            seq_floor: last_seq,
+        let ctx = Ctx {
+            global,
+            args: &args,
+            store: &store,
+            github: &github,
+            base: &base,
+            scope: &scope,
+            prefix: &prefix,
+            instance: &instance,
             labels,
-            instance_label: instance.clone(),
-            delete_deadline: Duration::from_secs(args.delete_deadline),
-            online_timeout: Duration::from_secs(args.online_timeout),
-            runner_group,
-            registration,
-            backoff: BackoffPolicy {
-                max_failures: args.max_failures,
-                base: env_ms("KRUNNER_BACKOFF_BASE_MS").unwrap_or(BackoffPolicy::default().base),
-                ..BackoffPolicy::default()
-            },
-            drain_timeout: Duration::from_secs(args.drain_timeout),
-            stagger: Duration::from_millis(500),
-            max_concurrent_boots: usize::from(args.max_concurrent_boots),
-            boot_window: Duration::from_secs(15),
+            shares,
+            egress,
             log_dir,
-            keep_logs: KEEP_LOGS,
-            template,
-            runner,
+            state_dir,
+            launcher,
+            shutdown: &shutdown,
+            reporter,
         };
-        tracing::info!(
-            "starting {} runner loop(s) for {} from {}",
-            cfg.slots,
-            args.principal,
-            image.reference
-        );
-        reporter.watch(
-            github.hurry_on(&shutdown.force),
-            shutdown.clone(),
-            env_ms("KRUNNER_STATUS_POLL_MS").unwrap_or(state::POLL_INTERVAL),
-        );
-        let report = Pool::new(cfg, github, launcher)
-            .with_reporter(reporter)
-            .run(&shutdown)
-            .await;
-        for s in &report.slots {
-            if let SlotStop::Failed(e) = &s.stop {
-                tracing::error!(
-                    slot = s.index,
-                    runs = s.runs,
-                    "stopped: {}",
-                    crate::error_chain(e)
-                );
-            }
+        match scale_sets {
+            true => super::scaleset::serve(ctx).await,
+            false => serve_loops(ctx).await,
         }
-        tracing::info!(
-            runs = report.runs(),
-            registrations_left = report.left.len(),
-            "all runner loops ended"
-        );
-        if report.shutdown_requested {
+    })
+}
+
+/// What `krunner run` has ready once started: the loops or the scale sets take it from here.
+pub(super) struct Ctx<'a> {
+    pub(super) global: &'a GlobalArgs,
+    pub(super) args: &'a RunArgs,
+    pub(super) store: &'a ImageStore,
+    pub(super) github: &'a GitHub,
+    pub(super) base: &'a Url,
+    pub(super) scope: &'a Scope,
+    pub(super) prefix: &'a str,
+    pub(super) instance: &'a str,
+    /// The loops' runner labels (scale sets take theirs from each pool).
+    pub(super) labels: Vec<String>,
+    pub(super) shares: Vec<Share>,
+    pub(super) egress: EgressPolicy,
+    pub(super) log_dir: PathBuf,
+    /// Where scale sets keep what a restart needs.
+    pub(super) state_dir: PathBuf,
+    pub(super) launcher: Launcher,
+    pub(super) shutdown: &'a Shutdown,
+    pub(super) reporter: Reporter,
+}
+
+/// Whether this start serves scale sets, after checking the flags that go with them.
+fn check_scale_set_flags(args: &RunArgs) -> anyhow::Result<bool> {
+    let scale_sets = args.scale_set.is_some() || args.config.is_some();
+    if scale_sets {
+        if args.registration == RegistrationKind::Token {
+            bail!("scale sets register their runners with JIT configs: --registration token cannot go with --scale-set or --config");
+        }
+        if args.min_idle > args.max {
+            bail!(
+                "--min-idle {} is more than --max {}",
+                args.min_idle,
+                args.max
+            );
+        }
+    }
+    Ok(scale_sets)
+}
+
+/// The user's shares, and the job cache as `/cache` when one is set.
+fn shares(args: &RunArgs, cache_root: &Path) -> anyhow::Result<Vec<Share>> {
+    let mut shares = super::exec::user_shares(&args.guest, cache_root)?;
+    if let Some(dir) = job_cache(args) {
+        check_outside_cache("--job-cache", dir, cache_root)?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the job cache {}", dir.display()))?;
+        shares.push(Share {
+            tag: "krunner-cache".into(),
+            host: dir.to_path_buf(),
+            guest: "/cache".into(),
+            read_only: false,
+        });
+    }
+    Ok(shares)
+}
+
+/// This instance's state file and the scale sets' state directory, their directories made.
+fn state_paths(cache_root: &Path, prefix: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let state_file = state::state_path(cache_root, prefix);
+    // Each scale set's id, session and last message (never a token): what a restart needs.
+    // In a directory of its own: `krunner status` reads every JSON file of the state dir.
+    let scaleset_dir = state::state_dir(cache_root).join("scalesets");
+    for dir in [Some(scaleset_dir.as_path()), state_file.parent()]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
+    Ok((state_file, scaleset_dir))
+}
+
+/// Serves `-n` runner loops until they end: the image and the actions runner, the start's
+/// GitHub calls, then the [`Pool`]. A stop signal during the start ends it at once.
+async fn serve_loops(ctx: Ctx<'_>) -> anyhow::Result<ExitCode> {
+    let (args, shutdown) = (ctx.args, ctx.shutdown);
+    let pull_cancel = Cancel::default();
+    let image = tokio::select! {
+        i = pull_image(ctx.global, args, &args.image, ctx.store, &pull_cancel) => i?,
+        _ = shutdown.drain.cancelled() => {
+            pull_cancel.cancel();
+            tracing::info!("stopped before the image was ready");
             return Ok(ExitCode::SUCCESS);
         }
-        if report.all_failed() {
-            bail!("every runner loop stopped on errors");
+    };
+    let (runner, updater) = tokio::select! {
+        r = runner_plan(args, &image, ctx.store) => r?,
+        _ = shutdown.drain.cancelled() => {
+            tracing::info!("stopped before the actions runner was ready");
+            return Ok(ExitCode::SUCCESS);
         }
-        if report
-            .slots
-            .iter()
-            .any(|s| matches!(s.stop, SlotStop::Failed(_)))
-        {
-            return Ok(ExitCode::FAILURE);
+    };
+    if let Some(u) = updater {
+        let interval = Duration::from_secs(args.runner_check_interval);
+        tokio::spawn(u.run(interval, shutdown.drain.clone()));
+    }
+    let template = template(args, &image, ctx.shares, ctx.egress, ctx.prefix);
+    // A stalled or rate-limiting API must not keep a stop signal from ending the start.
+    let prepared = tokio::select! {
+        p = prepare(ctx.github, args, ctx.base, ctx.scope, ctx.prefix, ctx.instance) => p?,
+        _ = shutdown.drain.cancelled() => {
+            tracing::info!("stopped before the first runner was registered");
+            return Ok(ExitCode::SUCCESS);
         }
-        Ok(ExitCode::SUCCESS)
-    })
+    };
+    let cfg = PoolConfig {
+        slots: usize::from(args.runners),
+        repeat: args.repeat,
+        name_prefix: ctx.prefix.to_string(),
+        seq_floor: prepared.last_seq,
+        labels: ctx.labels,
+        instance_label: ctx.instance.to_string(),
+        delete_deadline: Duration::from_secs(args.delete_deadline),
+        online_timeout: Duration::from_secs(args.online_timeout),
+        runner_group: prepared.runner_group,
+        registration: prepared.registration,
+        backoff: BackoffPolicy {
+            max_failures: args.max_failures,
+            base: env_ms("KRUNNER_BACKOFF_BASE_MS").unwrap_or(BackoffPolicy::default().base),
+            ..BackoffPolicy::default()
+        },
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        stagger: Duration::from_millis(500),
+        max_concurrent_boots: usize::from(args.max_concurrent_boots),
+        boot_window: Duration::from_secs(15),
+        log_dir: ctx.log_dir,
+        keep_logs: KEEP_LOGS,
+        template,
+        runner,
+    };
+    tracing::info!(
+        "starting {} runner loop(s) for {} from {}",
+        cfg.slots,
+        args.principal,
+        image.reference
+    );
+    ctx.reporter.watch(
+        ctx.github.hurry_on(&shutdown.force),
+        shutdown.clone(),
+        env_ms("KRUNNER_STATUS_POLL_MS").unwrap_or(state::POLL_INTERVAL),
+    );
+    let report = Pool::new(cfg, ctx.github.clone(), ctx.launcher)
+        .with_reporter(ctx.reporter)
+        .run(shutdown)
+        .await;
+    exit_code(&report)
+}
+
+/// Logs how the loops ended and maps it to krunner's exit: success after a requested stop,
+/// an error when every loop failed, failure when some did.
+fn exit_code(report: &PoolReport) -> anyhow::Result<ExitCode> {
+    for s in &report.slots {
+        if let SlotStop::Failed(e) = &s.stop {
+            tracing::error!(
+                slot = s.index,
+                runs = s.runs,
+                "stopped: {}",
+                crate::error_chain(e)
+            );
+        }
+    }
+    tracing::info!(
+        runs = report.runs(),
+        registrations_left = report.left.len(),
+        "all runner loops ended"
+    );
+    if report.shutdown_requested {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if report.all_failed() {
+        bail!("every runner loop stopped on errors");
+    }
+    if report
+        .slots
+        .iter()
+        .any(|s| matches!(s.stop, SlotStop::Failed(_)))
+    {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The start's GitHub calls: reconcile this instance's offline leftovers, then how runners

@@ -5,44 +5,18 @@
 //! per reference) and its runner → one Actions service client → every pool's listener and
 //! reconciler at once, until the shutdown ends them all.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use url::Url;
 
-use super::run::{env_ms, pull_image, runner_plan, template, web_url};
-use crate::cli::{GlobalArgs, RunArgs};
+use super::run::{env_ms, pull_image, runner_plan, template, web_url, Ctx};
+use crate::cli::RunArgs;
 use crate::github::actions::Actions;
-use crate::github::{GitHub, Scope};
-use crate::image::{Cancel, ImageStore, PulledImage};
-use crate::jail::egress::EgressPolicy;
-use crate::launcher::run::Launcher;
-use crate::launcher::spec::Share;
+use crate::image::{Cancel, PulledImage};
 use crate::orchestrator::budget::{Budget, Size};
 use crate::orchestrator::pools::{self, PoolSection};
 use crate::orchestrator::scaleset::{self, ScaleSetConfig};
-use crate::orchestrator::Shutdown;
-
-/// What `krunner run` has ready when it hands over to the scale sets.
-pub(super) struct Ctx<'a> {
-    pub(super) global: &'a GlobalArgs,
-    pub(super) args: &'a RunArgs,
-    pub(super) store: &'a ImageStore,
-    pub(super) github: &'a GitHub,
-    pub(super) base: &'a Url,
-    pub(super) scope: &'a Scope,
-    pub(super) prefix: &'a str,
-    pub(super) instance: &'a str,
-    pub(super) shares: Vec<Share>,
-    pub(super) egress: EgressPolicy,
-    pub(super) log_dir: PathBuf,
-    pub(super) state_dir: PathBuf,
-    pub(super) launcher: Launcher,
-    pub(super) shutdown: &'a Shutdown,
-    pub(super) reporter: crate::orchestrator::state::Reporter,
-}
 
 /// The pools to serve, and the host budget they share.
 fn pools_and_budget(args: &RunArgs) -> anyhow::Result<(Vec<PoolSection>, Size)> {

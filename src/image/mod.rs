@@ -428,47 +428,79 @@ impl ImageStore {
             .map_err(|e| ctx.bad("manifest", manifest_digest, e.to_string()))?;
         let config_digest = Digest::try_from(manifest.config.digest.as_str())
             .map_err(|e| ctx.bad("manifest", manifest_digest, e.to_string()))?;
-        let progress = Progress::new(&ctx.image, opts.interactive);
-
         // Validate every layer before downloading anything.
-        let mut layers = Vec::with_capacity(manifest.layers.len());
-        for l in &manifest.layers {
-            let d = Digest::try_from(l.digest.as_str())
-                .map_err(|e| ctx.bad("manifest", manifest_digest, e.to_string()))?;
-            let comp = unpack::compression_for_media_type(&l.media_type).ok_or_else(|| {
-                PullError::UnsupportedLayer {
-                    image: ctx.image.clone(),
-                    digest: l.digest.clone(),
-                    media_type: l.media_type.clone(),
-                }
-            })?;
-            if l.size < 0 {
-                return Err(ctx.bad(
-                    "manifest",
-                    manifest_digest,
-                    format!("layer {d} has a negative size"),
-                ));
-            }
-            layers.push((d, comp, l.clone()));
-        }
-
-        // The config first: it has the diff_ids that check each unpacked layer.
-        fetch_blob(
+        let layers = checked_layers(ctx, &manifest, manifest_digest)?;
+        let src = Source {
             ctx,
-            &reg,
+            reg,
             reference,
-            &manifest.config,
-            &config_digest,
-            None,
             cancel,
-        )
-        .await?;
-        let config_bytes = self
+        };
+        // The config first: it has the diff_ids that check each unpacked layer.
+        let config = self
+            .fetch_config(
+                &src,
+                &manifest.config,
+                &config_digest,
+                platform,
+                layers.len(),
+            )
+            .await?;
+
+        let build_dir = self
             .cache
-            .read_blob(&config_digest)
+            .new_build_dir(manifest_digest)
             .map_err(|e| ctx.cache(e))?;
-        let config: ConfigJson = serde_json::from_slice(&config_bytes)
-            .map_err(|e| ctx.bad("config", &config_digest, e.to_string()))?;
+        let mut scrap = Scrap(Some(build_dir.clone()));
+        let progress = Progress::new(&ctx.image, opts.interactive);
+        let stats = self
+            .download_and_unpack(
+                &src,
+                &layers,
+                &config.rootfs.diff_ids,
+                build_dir.join("rootfs"),
+                opts,
+                &progress,
+            )
+            .await;
+        progress.finish();
+        let stats = stats?;
+
+        let meta = ImageMeta {
+            manifest: manifest_digest.clone(),
+            config: config_digest,
+            platform: platform.clone(),
+            layers: layers.iter().map(|l| l.digest.clone()).collect(),
+            size: stats.bytes,
+            entries: stats.entries,
+            unpacker: cache::UNPACKER_VERSION,
+            created: cache::now_secs(),
+        };
+        self.install(ctx, &build_dir, &meta)?;
+        scrap.disarm();
+        progress.step(&format!(
+            "unpacked {} layers: {} entries, {}",
+            layers.len(),
+            stats.entries,
+            progress::human_bytes(stats.bytes)
+        ));
+        Ok(meta)
+    }
+
+    /// Fetches the image config and checks it against the platform and the layer count.
+    async fn fetch_config(
+        &self,
+        src: &Source<'_>,
+        desc: &OciDescriptor,
+        digest: &Digest,
+        platform: &Platform,
+        layer_count: usize,
+    ) -> Result<ConfigJson, PullError> {
+        let ctx = src.ctx;
+        fetch_blob(ctx, &src.reg, src.reference, desc, digest, None, src.cancel).await?;
+        let bytes = self.cache.read_blob(digest).map_err(|e| ctx.cache(e))?;
+        let config: ConfigJson =
+            serde_json::from_slice(&bytes).map_err(|e| ctx.bad("config", digest, e.to_string()))?;
         if !config.os.is_empty()
             && !platform.matches(&config.os, &config.architecture, config.variant.as_deref())
         {
@@ -482,67 +514,57 @@ impl ImageStore {
                 ),
             });
         }
-        if config.rootfs.diff_ids.len() != layers.len() {
+        if config.rootfs.diff_ids.len() != layer_count {
             return Err(ctx.bad(
                 "config",
-                &config_digest,
+                digest,
                 format!(
                     "{} diff_ids for {} layers",
                     config.rootfs.diff_ids.len(),
-                    layers.len()
+                    layer_count
                 ),
             ));
         }
+        Ok(config)
+    }
 
-        // Downloads run in parallel; the unpack thread applies layer i once 0..=i are there.
-        let build_dir = self
-            .cache
-            .new_build_dir(manifest_digest)
-            .map_err(|e| ctx.cache(e))?;
-        let mut scrap = Scrap(Some(build_dir.clone()));
+    /// Downloads the layers in parallel while one thread applies layer i into `root` once
+    /// layers 0..=i are there. On any error both sides stop before this returns, so the
+    /// caller's scrap guard removes a tree nobody writes to any more.
+    async fn download_and_unpack(
+        &self,
+        src: &Source<'_>,
+        layers: &[Layer],
+        diff_ids: &[String],
+        root: PathBuf,
+        opts: &PullOptions,
+        progress: &Progress,
+    ) -> Result<TreeStats, PullError> {
+        let ctx = src.ctx;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
         let abort = Arc::new(AtomicBool::new(false));
         let unpack_job = UnpackJob {
-            root: build_dir.join("rootfs"),
+            root,
             layers: layers
                 .iter()
-                .zip(&config.rootfs.diff_ids)
-                .map(|((d, comp, desc), diff_id)| LayerJob {
-                    path: self.cache.blob_path(d),
-                    digest: d.to_string(),
+                .zip(diff_ids)
+                .map(|(l, diff_id)| LayerJob {
+                    path: self.cache.blob_path(&l.digest),
+                    digest: l.digest.to_string(),
                     diff_id: diff_id.clone(),
-                    compression: *comp,
-                    size: u64::try_from(desc.size).unwrap_or(0),
+                    compression: l.compression,
+                    size: u64::try_from(l.desc.size).unwrap_or(0),
                 })
                 .collect(),
             opts: opts.unpack.clone(),
-            cancel: cancel.clone(),
+            cancel: src.cancel.clone(),
             abort: abort.clone(),
             progress: progress.clone(),
         };
         let mut unpacker = tokio::task::spawn_blocking(move || unpack_job.run(ready_rx));
+        let mut downloads = spawn_downloads(src, layers, opts.parallel_downloads, progress);
 
-        let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel_downloads.max(1)));
-        let mut downloads = JoinSet::new();
         let count = layers.len();
-        for (i, (d, _, desc)) in layers.iter().enumerate() {
-            let (reg, reference, desc, d, sem) = (
-                reg.clone(),
-                reference.clone(),
-                desc.clone(),
-                d.clone(),
-                sem.clone(),
-            );
-            let lp = progress.layer(i, count, d.as_str(), u64::try_from(desc.size).unwrap_or(0));
-            let ctx = ctx.clone();
-            let cancel = cancel.clone();
-            downloads.spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                fetch_blob(&ctx, &reg, &reference, &desc, &d, Some(lp), &cancel)
-                    .await
-                    .map(|()| i)
-            });
-        }
         let mut ready = vec![false; count];
         let mut next = 0;
         let mut unpack_result = None;
@@ -574,12 +596,9 @@ impl ImageStore {
         }
         drop(ready_tx);
         if let Some(e) = download_error {
-            // Stop the unpack thread and wait for it, so the scrap guard removes a tree
-            // nobody writes to any more.
             abort.store(true, Ordering::Relaxed);
             downloads.abort_all();
             let _ = unpacker.await;
-            progress.finish();
             return Err(e);
         }
         let result = match unpack_result {
@@ -587,36 +606,23 @@ impl ImageStore {
             None => unpacker.await,
         }
         .map_err(|e| ctx.internal(e))?;
-        progress.finish();
-        let stats = match result {
-            Ok(s) => s,
-            Err(UnpackFailure::Cancelled) => return Err(ctx.interrupted()),
-            Err(UnpackFailure::Layer(source)) => {
-                return Err(PullError::Unpack {
-                    image: ctx.image.clone(),
-                    source,
-                })
-            }
-            Err(UnpackFailure::Open(path, e)) => {
-                return Err(ctx.cache(CacheError::Io {
-                    op: "open blob",
-                    path,
-                    source: e,
-                }))
-            }
-        };
+        result.map_err(|failure| match failure {
+            UnpackFailure::Cancelled => ctx.interrupted(),
+            UnpackFailure::Layer(source) => PullError::Unpack {
+                image: ctx.image.clone(),
+                source,
+            },
+            UnpackFailure::Open(path, e) => ctx.cache(CacheError::Io {
+                op: "open blob",
+                path,
+                source: e,
+            }),
+        })
+    }
 
-        let meta = ImageMeta {
-            manifest: manifest_digest.clone(),
-            config: config_digest,
-            platform: platform.clone(),
-            layers: layers.iter().map(|(d, _, _)| d.clone()).collect(),
-            size: stats.bytes,
-            entries: stats.entries,
-            unpacker: cache::UNPACKER_VERSION,
-            created: cache::now_secs(),
-        };
-        let meta_json = serde_json::to_vec_pretty(&meta).map_err(|e| ctx.internal(e))?;
+    /// Writes the image's record into its build directory and moves the tree into place.
+    fn install(&self, ctx: &Ctx, build_dir: &Path, meta: &ImageMeta) -> Result<(), PullError> {
+        let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| ctx.internal(e))?;
         let meta_path = build_dir.join("image.json");
         std::fs::write(&meta_path, meta_json).map_err(|e| {
             ctx.cache(CacheError::Io {
@@ -626,17 +632,93 @@ impl ImageStore {
             })
         })?;
         self.cache
-            .install_rootfs(&build_dir, manifest_digest)
+            .install_rootfs(build_dir, &meta.manifest)
             .map_err(|e| ctx.cache(e))?;
-        scrap.disarm();
-        progress.step(&format!(
-            "unpacked {} layers: {} entries, {}",
-            count,
-            stats.entries,
-            progress::human_bytes(stats.bytes)
-        ));
-        Ok(meta)
+        Ok(())
     }
+}
+
+/// Where one pull downloads from, and what stops it.
+struct Source<'a> {
+    ctx: &'a Ctx,
+    reg: Arc<Registry>,
+    reference: &'a Reference,
+    cancel: &'a Cancel,
+}
+
+/// One layer of a manifest, checked: its digest, how it is compressed, its descriptor.
+struct Layer {
+    digest: Digest,
+    compression: unpack::Compression,
+    desc: OciDescriptor,
+}
+
+/// The manifest's layers, each with a valid digest, a known media type and a size.
+fn checked_layers(
+    ctx: &Ctx,
+    manifest: &ManifestJson,
+    manifest_digest: &Digest,
+) -> Result<Vec<Layer>, PullError> {
+    manifest
+        .layers
+        .iter()
+        .map(|l| {
+            let digest = Digest::try_from(l.digest.as_str())
+                .map_err(|e| ctx.bad("manifest", manifest_digest, e.to_string()))?;
+            let compression =
+                unpack::compression_for_media_type(&l.media_type).ok_or_else(|| {
+                    PullError::UnsupportedLayer {
+                        image: ctx.image.clone(),
+                        digest: l.digest.clone(),
+                        media_type: l.media_type.clone(),
+                    }
+                })?;
+            if l.size < 0 {
+                return Err(ctx.bad(
+                    "manifest",
+                    manifest_digest,
+                    format!("layer {digest} has a negative size"),
+                ));
+            }
+            Ok(Layer {
+                digest,
+                compression,
+                desc: l.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Starts every layer's download, at most `parallel` at a time; each yields its index.
+fn spawn_downloads(
+    src: &Source<'_>,
+    layers: &[Layer],
+    parallel: usize,
+    progress: &Progress,
+) -> JoinSet<Result<usize, PullError>> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut downloads = JoinSet::new();
+    let count = layers.len();
+    for (i, l) in layers.iter().enumerate() {
+        let size = u64::try_from(l.desc.size).unwrap_or(0);
+        let lp = progress.layer(i, count, l.digest.as_str(), size);
+        let (reg, reference, desc, digest, sem) = (
+            src.reg.clone(),
+            src.reference.clone(),
+            l.desc.clone(),
+            l.digest.clone(),
+            sem.clone(),
+        );
+        let ctx = src.ctx.clone();
+        let cancel = src.cancel.clone();
+        downloads.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            fetch_blob(&ctx, &reg, &reference, &desc, &digest, Some(lp), &cancel)
+                .await
+                .map(|()| i)
+        });
+    }
+    downloads
 }
 
 /// The image being pulled, for errors and for recording the result.

@@ -76,6 +76,16 @@ pub struct JailedPaths {
     pub console: Option<PathBuf>,
 }
 
+/// The VMM's user namespace and its map, through which its views are idmapped; `None`
+/// rootless (plain binds).
+type View<'a> = Option<(BorrowedFd<'a>, IdMap)>;
+
+/// Maps a failed step of the jail's setup to its error, naming the step and the path.
+fn err(step: &'static str, path: &Path) -> impl FnOnce(Errno) -> SetupError {
+    let path = path.to_path_buf();
+    move |source| SetupError::Jail { step, path, source }
+}
+
 /// Host devices bound into the tree's `/dev` (the VMM or its libraries may open them).
 const BOUND_DEVICES: &[&str] = &["null", "zero", "urandom", "random"];
 /// /dev/kvm: character device 10:232 (Documentation/admin-guide/devices.txt).
@@ -90,10 +100,6 @@ pub fn build(
     spec: &LaunchSpec,
     jail: &VmmJail,
 ) -> Result<(Option<OwnedFd>, JailedPaths), SetupError> {
-    let err = |step: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SetupError::Jail { step, path, source }
-    };
     let userns = match jail.ids {
         Some(ids) => Some((
             sys.new_user_ns(ids)
@@ -119,6 +125,37 @@ pub fn build(
         .map_err(err("create the root mount point", &root))?;
     mount_root(sys, &spec.root, &root, &dir.join(".layers"), view, true)?;
 
+    let shares = bind_shares(sys, spec, dir, view)?;
+    let console = console_in_tree(sys, spec, dir, view)?;
+    make_dev(sys, dir, view)?;
+    make_proc(sys, dir, view)?;
+
+    // In the jail's network namespace only (never the host's): TSI binds a guest's listening
+    // port in the VMM, which loses CAP_NET_BIND_SERVICE with the host's user namespace.
+    if spec.netns.is_some() {
+        let knob = Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start");
+        sys.write_file(knob, b"0")
+            .map_err(err("open low ports in the jail's network namespace", knob))?;
+    }
+
+    Ok((
+        userns.map(|(fd, _)| fd),
+        JailedPaths {
+            root: PathBuf::from("/root"),
+            shares,
+            console,
+        },
+    ))
+}
+
+/// Binds each share at `shares/N` in the tree (idmapped when the VMM has a range); returns
+/// where the VMM finds them.
+fn bind_shares(
+    sys: &dyn Sys,
+    spec: &LaunchSpec,
+    dir: &Path,
+    view: View<'_>,
+) -> Result<Vec<PathBuf>, SetupError> {
     let mut shares = Vec::with_capacity(spec.shares.len());
     for (i, share) in spec.shares.iter().enumerate() {
         let rel = PathBuf::from(format!("shares/{i}"));
@@ -135,7 +172,17 @@ pub fn build(
         .map_err(err("idmap a share", &share.host))?;
         shares.push(Path::new("/").join(rel));
     }
+    Ok(shares)
+}
 
+/// Makes the console reachable from the tree: a pipe through `/proc`, a log file bound at
+/// `/console`; either given to the range when there is one.
+fn console_in_tree(
+    sys: &dyn Sys,
+    spec: &LaunchSpec,
+    dir: &Path,
+    view: View<'_>,
+) -> Result<Option<PathBuf>, SetupError> {
     let console = match &spec.console_log {
         // One of this process's descriptors (the run's output pipe), which libkrun opens
         // anew through /proc: the tree's /proc has it too, and the range's root may reopen
@@ -162,7 +209,12 @@ pub fn build(
         }
         None => None,
     };
+    Ok(console)
+}
 
+/// The tree's `/dev`: `kvm` (a node owned by the range, or rootless the host's node bound)
+/// and the harmless devices bound from the host.
+fn make_dev(sys: &dyn Sys, dir: &Path, view: View<'_>) -> Result<(), SetupError> {
     let dev = dir.join("dev");
     sys.mkdir_all(&dev, 0o755)
         .map_err(err("create the tree's /dev", &dev))?;
@@ -191,7 +243,12 @@ pub fn build(
         sys.mount(Some(&host), &at, None, MsFlags::MS_BIND, None)
             .map_err(err("bind a device", &host))?;
     }
+    Ok(())
+}
 
+/// The tree's `/proc`: a procfs of the VMM's pid view with other users' processes hidden, or
+/// rootless the host's bound.
+fn make_proc(sys: &dyn Sys, dir: &Path, view: View<'_>) -> Result<(), SetupError> {
     let proc = dir.join("proc");
     sys.mkdir_all(&proc, 0o555)
         .map_err(err("create the tree's /proc", &proc))?;
@@ -219,23 +276,7 @@ pub fn build(
             .map_err(err("bind the host's /proc", host))?
         }
     }
-
-    // In the jail's network namespace only (never the host's): TSI binds a guest's listening
-    // port in the VMM, which loses CAP_NET_BIND_SERVICE with the host's user namespace.
-    if spec.netns.is_some() {
-        let knob = Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start");
-        sys.write_file(knob, b"0")
-            .map_err(err("open low ports in the jail's network namespace", knob))?;
-    }
-
-    Ok((
-        userns.map(|(fd, _)| fd),
-        JailedPaths {
-            root: PathBuf::from("/root"),
-            shares,
-            console,
-        },
-    ))
+    Ok(())
 }
 
 /// Mounts the guest's root at `target` over idmapped views of the cache: for an overlay,
@@ -248,13 +289,9 @@ pub fn mount_root(
     root_spec: &RootSpec,
     target: &Path,
     staging: &Path,
-    view: Option<(BorrowedFd<'_>, IdMap)>,
+    view: View<'_>,
     nosuid: bool,
 ) -> Result<(), SetupError> {
-    let err = |step: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SetupError::Jail { step, path, source }
-    };
     let attrs = |read_only| IdmapAttrs { read_only, nosuid };
     let root = target.to_path_buf();
     let layers = staging.to_path_buf();
@@ -328,7 +365,7 @@ fn bind_view(
     sys: &dyn Sys,
     src: &Path,
     dst: &Path,
-    view: Option<(BorrowedFd<'_>, IdMap)>,
+    view: View<'_>,
     attrs: IdmapAttrs,
 ) -> nix::Result<()> {
     if let Some((userns, _)) = view {
@@ -356,10 +393,6 @@ pub fn enter(
     jail: &VmmJail,
     userns: Option<BorrowedFd<'_>>,
 ) -> Result<(), SetupError> {
-    let err = |step: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SetupError::Jail { step, path, source }
-    };
     let dir = &jail.dir;
     let old = dir.join(".old");
     sys.mkdir_all(&old, 0o700)
