@@ -10,6 +10,8 @@
 //!   or the namespace backend; nothing left behind.
 //! - [`runner`]: the actions runner a guest gets: the image's own, or a release krunner
 //!   downloads, verifies and caches itself and keeps current.
+//! - [`guestfs`]: what a guest's file system is made of (its root, its shares), below the
+//!   modules that make, fill and mount it.
 //! - [`guest`]: what the host writes into a clone (the guest agent and its configuration) and
 //!   reads back (the runner's result).
 //! - [`github`]: the GitHub REST client: PAT and App auth, JIT registrations, reconcile, rate
@@ -43,6 +45,7 @@ pub mod commands;
 pub mod doctor;
 pub mod github;
 pub mod guest;
+pub mod guestfs;
 pub mod image;
 pub mod jail;
 pub mod launcher;

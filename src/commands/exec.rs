@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::{ExecArgs, GlobalArgs, GuestArgs};
+use crate::guestfs::{check_outside_cache, Share, ShareError};
 use crate::image::{Cancel, ImageStore};
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
-use crate::launcher::spec::{check_outside_cache, Share, ShareError};
 use crate::launcher::Backend;
 
 /// Shares from `-M` options: tags `krunner-m0`, `krunner-m1`, …; none may touch the image

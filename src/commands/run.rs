@@ -19,10 +19,10 @@ use crate::github::{
     api_base, default_name_prefix, instance_label, validate_name_prefix, Auth, ClientConfig,
     GitHub, RetryPolicy, Scope,
 };
+use crate::guestfs::{check_outside_cache, Share};
 use crate::image::{Cancel, ImageStore};
 use crate::jail::egress::EgressPolicy;
 use crate::launcher::run::{Launcher, Output, RunRequest, Workload};
-use crate::launcher::spec::{check_outside_cache, Share};
 use crate::metrics::Metrics;
 use crate::orchestrator::identity;
 use crate::orchestrator::state::{self, CloseOnDrop, InstanceLock, Reporter};

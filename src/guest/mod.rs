@@ -4,7 +4,7 @@
 //! into the clone is secret: the registration travels in the per-run secrets share, which the
 //! agent empties and unmounts before the runner starts.
 
-use crate::launcher::spec::Share;
+use crate::guestfs::Share;
 use crate::secret::Secret;
 
 /// Where the per-run secrets share appears in the guest.

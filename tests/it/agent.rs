@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use krunner::guest::{Registration, RunnerJob};
+use krunner::guestfs::Share;
 use krunner::image::cache::Cache;
 use krunner::image::Cancel;
 use krunner::jail::egress::EgressPolicy;
 use krunner::launcher::run::{Launcher, Output, RunOutcome, RunRequest, VmExit, Workload};
-use krunner::launcher::spec::Share;
 use krunner::launcher::Backend;
 use krunner::secret::Secret;
 
