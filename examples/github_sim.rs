@@ -50,6 +50,8 @@
 
 #[path = "../tests/it/util/github_sim.rs"]
 mod github_sim;
+#[path = "../tests/it/util/http.rs"]
+mod http;
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -3,9 +3,9 @@
 //! [`Metrics`] is a handful of atomics the slots update through their state reporter
 //! ([`crate::orchestrator::state`]); [`Metrics::render`] turns them, plus the GitHub client's
 //! own counters, into the Prometheus text format (0.0.4). [`serve`] is a deliberately tiny
-//! HTTP/1.1 server on a tokio `TcpListener`: one request per connection, `GET /metrics` only,
-//! `Connection: close`. A scrape endpoint needs nothing more, and a web framework would cost
-//! more build time and RSS than everything else here.
+//! HTTP/1.1 server on a tokio `TcpListener`: one request per connection, its head parsed by
+//! httparse, `GET /metrics` only, `Connection: close`. A scrape endpoint needs nothing more,
+//! and a web framework would cost more build time and RSS than everything else here.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -387,9 +387,10 @@ async fn answer(mut conn: TcpStream, metrics: &Metrics, github: &GitHub) -> std:
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let first = String::from_utf8_lossy(&head);
-    let first = first.lines().next().unwrap_or("");
-    let (status, body) = route(first, || metrics.render(ApiStats::of(github)));
+    let (status, body) = match request_target(&head) {
+        Some((method, target)) => route(method, target, || metrics.render(ApiStats::of(github))),
+        None => ("400 Bad Request", "not an HTTP request\n".into()),
+    };
     let content_type = if status == "200 OK" {
         "text/plain; version=0.0.4; charset=utf-8"
     } else {
@@ -403,11 +404,19 @@ async fn answer(mut conn: TcpStream, metrics: &Metrics, github: &GitHub) -> std:
     conn.shutdown().await
 }
 
-/// The status line and body for a request line.
-fn route(request_line: &str, render: impl FnOnce() -> String) -> (&'static str, String) {
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let target = parts.next().unwrap_or("");
+/// The method and target of a request head (httparse; headers are not needed), or `None`
+/// when it is not a complete, valid HTTP/1.x request head.
+fn request_target(head: &[u8]) -> Option<(&str, &str)> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut slots);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => Some((req.method?, req.path?)),
+        _ => None,
+    }
+}
+
+/// The status line and body for a request's method and target.
+fn route(method: &str, target: &str, render: impl FnOnce() -> String) -> (&'static str, String) {
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET", "/metrics") => ("200 OK", render()),
@@ -497,13 +506,26 @@ mod tests {
     #[test]
     fn routes() {
         let r = || "x".to_string();
-        assert_eq!(route("GET /metrics HTTP/1.1", r), ("200 OK", "x".into()));
-        assert_eq!(route("GET /metrics?a=b HTTP/1.0", r).0, "200 OK");
+        assert_eq!(route("GET", "/metrics", r), ("200 OK", "x".into()));
+        assert_eq!(route("GET", "/metrics?a=b", r).0, "200 OK");
+        assert_eq!(route("POST", "/metrics", r).0, "405 Method Not Allowed");
+        assert_eq!(route("GET", "/", r).0, "404 Not Found");
+    }
+
+    #[test]
+    fn request_heads() {
+        let head = b"GET /metrics?a=b HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(request_target(head), Some(("GET", "/metrics?a=b")));
         assert_eq!(
-            route("POST /metrics HTTP/1.1", r).0,
-            "405 Method Not Allowed"
+            request_target(b"GET /metrics HTTP/1.0\n\n"),
+            Some(("GET", "/metrics"))
         );
-        assert_eq!(route("GET / HTTP/1.1", r).0, "404 Not Found");
-        assert_eq!(route("", r).0, "404 Not Found");
+        assert_eq!(
+            request_target(b"GET /metrics HTTP/1.1\r\n"),
+            None,
+            "incomplete"
+        );
+        assert_eq!(request_target(b""), None);
+        assert_eq!(request_target(b"\x16\x03\x01 TLS\r\n\r\n"), None);
     }
 }

@@ -2229,19 +2229,25 @@ impl PushBench {
     }
 }
 
-/// The `run:` script of the images workflow's step that runs images/build.sh.
-fn workflow_build_script(text: &str) -> String {
-    let doc = Yaml::parse(text).unwrap_or_else(|e| panic!("images.yml: {e}"));
+/// The `run:` script of the one step of workflow `file` (its text) whose script contains
+/// `needle`.
+fn workflow_step(text: &str, file: &str, needle: &str) -> String {
+    let doc = Yaml::parse(text).unwrap_or_else(|e| panic!("{file}: {e}"));
     let jobs = doc.get("jobs").and_then(Yaml::as_map).expect("jobs:");
     let scripts: Vec<&str> = jobs
         .iter()
         .filter_map(|(_, job)| job.get("steps").and_then(Yaml::as_list))
         .flatten()
         .filter_map(|step| step.get("run").and_then(Yaml::as_str))
-        .filter(|run| run.contains("images/build.sh"))
+        .filter(|run| run.contains(needle))
         .collect();
-    assert_eq!(scripts.len(), 1, "one step runs images/build.sh");
+    assert_eq!(scripts.len(), 1, "one step of {file} runs {needle}");
     scripts[0].to_string()
+}
+
+/// The `run:` script of the images workflow's step that runs images/build.sh.
+fn workflow_build_script(text: &str) -> String {
+    workflow_step(text, "images.yml", "images/build.sh")
 }
 
 /// What the images workflow's build step pushes for both distributions when it runs on
@@ -2269,17 +2275,7 @@ fn workflow_pushes(b: &PushBench, script: &str, owner: &str, event: &str) -> Vec
 fn release_build_script() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/release.yml");
     let text = fs::read_to_string(path).unwrap();
-    let doc = Yaml::parse(&text).unwrap_or_else(|e| panic!("release.yml: {e}"));
-    let jobs = doc.get("jobs").and_then(Yaml::as_map).expect("jobs:");
-    let scripts: Vec<&str> = jobs
-        .iter()
-        .filter_map(|(_, job)| job.get("steps").and_then(Yaml::as_list))
-        .flatten()
-        .filter_map(|step| step.get("run").and_then(Yaml::as_str))
-        .filter(|run| run.contains("cargo build --release"))
-        .collect();
-    assert_eq!(scripts.len(), 1, "one step of release.yml builds krunner");
-    scripts[0].to_string()
+    workflow_step(&text, "release.yml", "cargo build --release")
 }
 
 /// The `--image-repo` default the release workflow's build step builds into krunner when it

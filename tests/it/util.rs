@@ -9,6 +9,7 @@
 
 pub mod fake_registry;
 pub mod github_sim;
+pub mod http;
 pub mod oci;
 pub mod registry;
 

@@ -6,12 +6,13 @@
 //! One thread accepts; each connection gets a thread and one request (`Connection: close`).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::http::read_request;
 use super::oci::Image;
 
 /// How a blob is served.
@@ -152,42 +153,6 @@ impl Drop for FakeRegistry {
     }
 }
 
-struct Req {
-    method: String,
-    path: String,
-    query: String,
-    headers: HashMap<String, String>,
-}
-
-fn read_request(conn: &TcpStream) -> std::io::Result<Req> {
-    let mut r = BufReader::new(conn);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (target, String::new()),
-    };
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_lowercase(), v.trim().to_string());
-        }
-    }
-    Ok(Req {
-        method,
-        path,
-        query,
-        headers,
-    })
-}
-
 fn respond(
     mut conn: &TcpStream,
     status: &str,
@@ -221,10 +186,9 @@ fn serve(
     counter: &AtomicU64,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let req = read_request(&conn)?;
-    if req.method.is_empty() {
+    let Some(req) = read_request(&mut BufReader::new(&conn))? else {
         return Ok(());
-    }
+    };
     let shown = if req.query.is_empty() {
         format!("{} {}", req.method, req.path)
     } else {

@@ -70,7 +70,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,6 +78,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
+
+use super::http::{read_request, Request};
 
 // Runner scale sets (the Actions service): a sibling file, so both users of this file (the
 // integration tests' `util` and `examples/github_sim.rs`) get it through this one.
@@ -1050,19 +1052,7 @@ impl State {
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
 impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-
     fn query_param(&self, name: &str) -> Option<String> {
         self.query.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -1168,63 +1158,6 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             }
         }
     }
-}
-
-fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Request>> {
-    let mut line = String::new();
-    // Tolerate blank lines between requests.
-    while line.trim().is_empty() {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (target, String::new()),
-    };
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_lowercase(), v.trim().to_string());
-        }
-    }
-    let mut body = Vec::new();
-    let chunked = headers
-        .get("transfer-encoding")
-        .is_some_and(|t| t.to_lowercase().contains("chunked"));
-    if chunked {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size)?;
-            let size = size.trim().split(';').next().unwrap_or("0");
-            let n = usize::from_str_radix(size, 16).map_err(std::io::Error::other)?;
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-    } else if let Some(n) = headers.get("content-length") {
-        let n: usize = n.parse().map_err(std::io::Error::other)?;
-        body = vec![0; n];
-        r.read_exact(&mut body)?;
-    }
-    Ok(Some(Request {
-        method,
-        path,
-        query,
-        headers,
-        body,
-    }))
 }
 
 fn reason(status: u16) -> &'static str {
@@ -2647,6 +2580,7 @@ mod tests {
 
     use super::*;
     use aws_lc_rs::signature::KeyPair as _;
+    use std::io::{BufRead, Read};
 
     pub(super) struct Resp {
         pub(super) status: u16,
