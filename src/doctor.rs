@@ -282,7 +282,7 @@ pub async fn jail_check(scratch: &Path, exe: &Path) -> Check {
         );
     }
     let t = std::time::Instant::now();
-    let made = NetJail::create(&dir, exe, &[], None, &tools).await;
+    let made = NetJail::create(&dir, exe, &[], None, &tools, None).await;
     let took = t.elapsed();
     let check = match made {
         Ok(jail) => {

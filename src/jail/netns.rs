@@ -13,8 +13,9 @@
 //!    descriptor, kept by [`NetJail`], is what keeps it alive) and loads the egress rules with
 //!    `nft -f -` (a process the thread spawns starts in its namespace);
 //! 2. pasta is started through `krunner __pasta` (the *keeper*, [`keeper_main`]), which arms
-//!    the parent-death signal, bind-mounts the namespace on `RUN/netns` in a mount namespace
-//!    of its own, and execs pasta in the foreground with the safe options (no inbound port, no
+//!    the parent-death signal, joins the run's cgroup (when it has one: what the guest's
+//!    traffic costs pasta counts against the guest's limits), bind-mounts the namespace on
+//!    `RUN/netns` in a mount namespace of its own, and execs pasta in the foreground with the safe options (no inbound port, no
 //!    gateway mapping, only the allowed loopback ports; `../shared/reference/jail-network.md`).
 //!    This pasta opens a namespace only by a mounted path, and a mount private to pasta dies
 //!    with it: nothing is mounted on the host, and pasta dies with krunner, even by SIGKILL;
@@ -53,6 +54,8 @@ const PASTA_PID: &str = "pasta.pid";
 const PASTA_LOG: &str = "pasta.log";
 /// The keeper's own stderr (errors before pasta runs).
 const KEEPER_ERR: &str = "pasta.err";
+/// The keeper's CGROUP argument for a run without a cgroup.
+const NO_CGROUP: &str = "-";
 /// How long pasta may take to configure the namespace.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -71,7 +74,8 @@ pub struct NetJail {
 impl NetJail {
     /// Makes the namespace for the run in `dir`: the rules for `allow` and `dns` (the
     /// guest's resolver, allowed on port 53), and pasta forwarding the allowed host loopback
-    /// ports. `exe` is the krunner binary (for the keeper).
+    /// ports, in the run's cgroup `cgroup` if it has one. `exe` is the krunner binary (for the
+    /// keeper).
     ///
     /// Call it from the run's own task, i.e. a runtime worker thread that lives as long as
     /// the runtime, never from `spawn_blocking`: the keeper's parent-death signal fires when
@@ -82,6 +86,7 @@ impl NetJail {
         allow: &[Allow],
         dns: Option<IpAddr>,
         tools: &Tools,
+        cgroup: Option<&Path>,
     ) -> Result<NetJail, JailError> {
         let rules = egress::ruleset(allow, dns, &egress::host_addresses());
         let nft = tools.nft.clone();
@@ -93,7 +98,8 @@ impl NetJail {
             std::process::id(),
             ns.as_raw_fd()
         ));
-        let pasta = start_pasta(dir, exe, &path, &egress::loopback_ports(allow), tools).await?;
+        let ports = egress::loopback_ports(allow);
+        let pasta = start_pasta(dir, exe, &path, &ports, tools, cgroup).await?;
         Ok(NetJail { ns, path, pasta })
     }
 
@@ -207,6 +213,7 @@ async fn start_pasta(
     netns: &Path,
     ports: &[u16],
     tools: &Tools,
+    cgroup: Option<&Path>,
 ) -> Result<tokio::process::Child, JailError> {
     let mountpoint = dir.join(NETNS_FILE);
     let err_path = dir.join(KEEPER_ERR);
@@ -224,6 +231,7 @@ async fn start_pasta(
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg(PASTA_KEEPER)
         .arg(std::process::id().to_string())
+        .arg(cgroup.unwrap_or(Path::new(NO_CGROUP)))
         .arg(netns)
         .arg(&mountpoint)
         .arg(&tools.pasta)
@@ -294,8 +302,12 @@ fn startup_errors(dir: &Path) -> String {
 /// Why the keeper could not exec pasta.
 #[derive(Debug, thiserror::Error)]
 enum KeeperError {
-    #[error("usage: krunner {PASTA_KEEPER} PARENT NETNS MOUNTPOINT PASTA [ARGS…] (internal)")]
+    #[error(
+        "usage: krunner {PASTA_KEEPER} PARENT CGROUP NETNS MOUNTPOINT PASTA [ARGS…] (internal)"
+    )]
     Usage,
+    #[error("join the run's cgroup {0}")]
+    Cgroup(PathBuf, #[source] std::io::Error),
     #[error("prctl(PR_SET_PDEATHSIG)")]
     DeathSignal(#[source] nix::Error),
     #[error("the krunner parent is gone")]
@@ -306,8 +318,8 @@ enum KeeperError {
     Exec(String, #[source] std::io::Error),
 }
 
-/// `krunner __pasta PARENT NETNS MOUNTPOINT PASTA ARGS…`: step 2 of the module docs. Returns
-/// only on failure, with the exit code.
+/// `krunner __pasta PARENT CGROUP NETNS MOUNTPOINT PASTA ARGS…` (CGROUP `-` for none): step 2
+/// of the module docs. Returns only on failure, with the exit code.
 pub fn keeper_main(args: &[OsString]) -> i32 {
     match keep(args) {
         Ok(never) => match never {},
@@ -319,7 +331,7 @@ pub fn keeper_main(args: &[OsString]) -> i32 {
 }
 
 fn keep(args: &[OsString]) -> Result<std::convert::Infallible, KeeperError> {
-    let [parent, netns, mountpoint, pasta, rest @ ..] = args else {
+    let [parent, cgroup, netns, mountpoint, pasta, rest @ ..] = args else {
         return Err(KeeperError::Usage);
     };
     let parent: i32 = parent
@@ -331,6 +343,12 @@ fn keep(args: &[OsString]) -> Result<std::convert::Infallible, KeeperError> {
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(KeeperError::DeathSignal)?;
     if nix::unistd::getppid().as_raw() != parent {
         return Err(KeeperError::ParentGone);
+    }
+    // Before pasta allocates anything: memory is charged to the cgroup that first touches it.
+    if cgroup != NO_CGROUP {
+        let procs = Path::new(cgroup).join("cgroup.procs");
+        // "0" is the writing process itself.
+        fs::write(&procs, "0").map_err(|e| KeeperError::Cgroup(PathBuf::from(cgroup), e))?;
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| KeeperError::Sys("unshare(CLONE_NEWNS)", e))?;
     mount(
@@ -383,7 +401,12 @@ mod tests {
     #[test]
     fn the_keeper_refuses_bad_arguments() {
         assert!(matches!(keep(&[]), Err(KeeperError::Usage)));
-        let args: Vec<OsString> = ["x", "/n", "/m", "/p"].map(OsString::from).to_vec();
-        assert!(matches!(keep(&args), Err(KeeperError::Usage)));
+        let args: Vec<OsString> = ["1", "-", "/n", "/m"].map(OsString::from).to_vec();
+        assert!(matches!(keep(&args), Err(KeeperError::Usage)), "no pasta");
+        let args: Vec<OsString> = ["x", "-", "/n", "/m", "/p"].map(OsString::from).to_vec();
+        assert!(
+            matches!(keep(&args), Err(KeeperError::Usage)),
+            "no parent pid"
+        );
     }
 }

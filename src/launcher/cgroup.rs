@@ -25,7 +25,8 @@
 //! run cgroups of krunner processes that died before they could.
 //!
 //! Limits ([`Limits::for_run`]): `memory.max` is the guest RAM plus an overhead (see
-//! [`VMM_OVERHEAD_MIB`]), `memory.swap.max` 0 (so the limit is RAM, not RAM plus swap),
+//! [`VMM_OVERHEAD_MIB`]; more with the network jail, whose pasta joins the run's cgroup),
+//! `memory.swap.max` 0 (so the limit is RAM, not RAM plus swap),
 //! `memory.oom.group` 1 (an OOM kill takes the whole run, never half of a job), `cpu.max`
 //! `cpus × period`, `pids.max` a bound on forks.
 
@@ -54,6 +55,10 @@ pub const VMM_OVERHEAD_DIVISOR: u64 = 16;
 /// Memory above `-m` for the namespace backend, in MiB: its supervisor and PID 1 (two small
 /// krunner processes). The workload itself gets `-m`.
 pub const NS_OVERHEAD_MIB: u64 = 32;
+/// Memory above the rest for a run in the network jail, in MiB: its pasta, which runs in the
+/// run's cgroup so that what a guest's traffic costs counts against the guest (about 30 MB
+/// resident, mostly its packet buffers).
+pub const NETWORK_JAIL_MIB: u64 = 64;
 /// `cpu.max` period in microseconds (the kernel's default).
 pub const CPU_PERIOD_US: u64 = 100_000;
 /// `pids.max` of a libkrun run: the VMM's threads (vCPUs, devices, virtio-fs workers); guest
@@ -149,6 +154,12 @@ impl Limits {
             cpu_quota_us: u64::from(cpus.max(1)) * CPU_PERIOD_US,
             pids_max,
         }
+    }
+
+    /// The same with room for the run's pasta ([`NETWORK_JAIL_MIB`]).
+    pub fn with_network_jail(mut self) -> Limits {
+        self.memory_max += NETWORK_JAIL_MIB * 1024 * 1024;
+        self
     }
 
     /// The interface files to write, with their values, for the controllers in `enabled`.
@@ -534,6 +545,9 @@ mod tests {
         assert_eq!(l.memory_max, (64 + 32) * mib);
         assert_eq!(l.cpu_quota_us, 100_000);
         assert_eq!(l.pids_max, NS_PIDS_MAX);
+        let jailed = Limits::for_run(Backend::Namespace, 1, 64).with_network_jail();
+        assert_eq!(jailed.memory_max, (64 + 32 + 64) * mib);
+        assert_eq!(jailed.cpu_quota_us, l.cpu_quota_us);
         // 0 vCPUs cannot reach here (clap refuses it), but must not mean "no CPU".
         assert_eq!(Limits::for_run(Backend::Krun, 0, 512).cpu_quota_us, 100_000);
         let all: Vec<String> = CONTROLLERS.iter().map(|c| c.to_string()).collect();

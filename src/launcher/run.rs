@@ -417,12 +417,20 @@ impl Launcher {
             false => None,
         };
         let shares = prepare::run_shares(req, &claimed.dir, &run_id)?;
-        let t = Instant::now();
-        claimed.net = jail(req, &claimed.dir, &self.child_exe, &run_id).await?;
-        let jail_time = t.elapsed();
-        let netns = claimed.net.as_ref().map(|n| n.path().to_path_buf());
+        // Before the network jail: its pasta runs in the run's cgroup.
         let cgroup = run_cgroup(req, &run_id)?;
         let cgroup_dir = cgroup.as_ref().map(|c| c.path().to_path_buf());
+        let t = Instant::now();
+        claimed.net = jail(
+            req,
+            &claimed.dir,
+            &self.child_exe,
+            &run_id,
+            cgroup_dir.as_deref(),
+        )
+        .await?;
+        let jail_time = t.elapsed();
+        let netns = claimed.net.as_ref().map(|n| n.path().to_path_buf());
         let confined = Confinement {
             netns,
             cgroup: cgroup_dir,
@@ -557,6 +565,7 @@ async fn jail(
     dir: &Path,
     exe: &Path,
     run_id: &str,
+    cgroup: Option<&Path>,
 ) -> Result<Option<NetJail>, LaunchError> {
     let EgressPolicy::Public { allow } = &req.egress else {
         return Ok(None);
@@ -574,7 +583,7 @@ async fn jail(
             TOOLS.get_or_init(|| found)
         }
     };
-    NetJail::create(dir, exe, allow, req.dns.parse().ok(), tools)
+    NetJail::create(dir, exe, allow, req.dns.parse().ok(), tools, cgroup)
         .await
         .map(Some)
         .map_err(err)
@@ -586,7 +595,10 @@ fn run_cgroup(req: &RunRequest, run_id: &str) -> Result<Option<RunCgroup>, Launc
     let Some(base) = cgroup::host() else {
         return Ok(None);
     };
-    let limits = Limits::for_run(req.backend, req.cpus, req.memory_mib);
+    let mut limits = Limits::for_run(req.backend, req.cpus, req.memory_mib);
+    if matches!(req.egress, EgressPolicy::Public { .. }) {
+        limits = limits.with_network_jail();
+    }
     base.create_run(run_id, limits)
         .map(Some)
         .map_err(|source| LaunchError::Cgroup {

@@ -335,6 +335,12 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
     // The VMM runs in its run's cgroup, with the limits of `-c 1 -m 256`.
     let vmm_cgroup = cgroup_of(vmm_pid);
     let vmm_limits = vmm_cgroup.as_deref().map(cgroup_limits);
+    // Its pasta is in the same cgroup.
+    let pastas: Vec<String> = processes_with("pasta.pid");
+    let pasta_cgroups: Vec<Option<PathBuf>> = pastas
+        .iter()
+        .map(|p| cgroup_of(p.split(':').next().unwrap_or_default()))
+        .collect();
     signal(pid, Signal::SIGKILL);
     if let Err(e) = exit_within(running, 30) {
         panic!("krunner's output did not end after SIGKILL: something holds its pipes\n{e}\nVMMs: {:?}", processes_with("__krun-child"));
@@ -362,13 +368,19 @@ fn exec_sigkill_of_krunner_kills_the_vmm_and_the_next_start_sweeps() {
     assert_eq!(
         vmm_limits,
         Some(CgroupLimits {
-            // -m 256: the guest RAM, 256 MiB of VMM overhead and 1/16 of the RAM.
-            memory_max: ((256 + 256 + 16) << 20).to_string(),
+            // -m 256: the guest RAM, 256 MiB of VMM overhead, 1/16 of the RAM, and 64 MiB
+            // for the network jail's pasta.
+            memory_max: ((256 + 256 + 16 + 64) << 20).to_string(),
             cpu_max: "100000 100000".into(),
             pids_max: "1024".into(),
         }),
         "{}",
         cg.display()
+    );
+    assert_eq!(
+        pasta_cgroups,
+        vec![Some(cg.clone())],
+        "the run's one pasta is in its cgroup: {pastas:?}"
     );
     // The run directory and cgroup are left; the next krunner removes them (and nothing is
     // mounted).
@@ -691,6 +703,13 @@ fn exec_cgroup_holds_the_run_with_its_limits_and_goes_with_it() {
         .as_ref()
         .and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
         .unwrap_or_default();
+    let commands: Vec<String> = procs
+        .split_whitespace()
+        .map(|pid| {
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&argv).replace('\0', " ")
+        })
+        .collect();
     std::fs::write(share.join("go"), "").unwrap();
     let out = running.wait();
     assert!(seen, "the workload never started\n{out}");
@@ -705,8 +724,9 @@ fn exec_cgroup_holds_the_run_with_its_limits_and_goes_with_it() {
     assert_eq!(
         limits,
         Some(CgroupLimits {
-            // -m 128 under namespaces: the RAM and 32 MiB for krunner's two processes.
-            memory_max: ((128 + 32) << 20).to_string(),
+            // -m 128 under namespaces: the RAM, 32 MiB for krunner's two processes and 64 MiB
+            // for the network jail's pasta.
+            memory_max: ((128 + 32 + 64) << 20).to_string(),
             cpu_max: "200000 100000".into(),
             pids_max: "8192".into(),
         })
@@ -715,6 +735,11 @@ fn exec_cgroup_holds_the_run_with_its_limits_and_goes_with_it() {
     assert!(
         procs.split_whitespace().count() >= 3,
         "the run's processes are in it: {procs:?}"
+    );
+    // What the guest's traffic costs counts against it.
+    assert!(
+        commands.iter().any(|c| c.contains("pasta.pid")),
+        "the run's pasta is in its cgroup: {commands:#?}"
     );
     assert!(!dir.exists(), "{} outlived its run\n{out}", dir.display());
 }
@@ -727,7 +752,7 @@ fn exec_cgroup_out_of_memory_kills_only_its_own_run() {
     // Pulled first, so that both runs start together.
     krunner(&td).args(["pull", &image()]).run().success();
     // 300 MB into a shell variable (anonymous memory of sh) against -m 128 (the least krunner
-    // takes), i.e. a memory.max of 160 MiB; the neighbour, with the same limit, needs little
+    // takes), i.e. a memory.max of 224 MiB with the network jail; the neighbour, with the same limit, needs little
     // and outlives the hog's end.
     let hog = exec_ns(
         &td,
