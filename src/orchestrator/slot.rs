@@ -295,32 +295,19 @@ impl Slot {
             runner: name.clone(),
             source,
         })?;
-        let used = outcome
-            .guest_result
-            .as_ref()
-            .is_some_and(|r| r.runner_started.is_some());
-        match &outcome.exit {
-            VmExit::Exited(0) => {
-                tracing::info!(slot = self.index, runner = %name, runner_started = used, "runner finished");
+        match ending(&outcome) {
+            Ending::Finished { runner_started } => {
+                tracing::info!(slot = self.index, runner = %name, runner_started, "runner finished");
                 Ok(TurnEnd::Finished)
             }
-            VmExit::Stopped => {
+            Ending::Stopped => {
                 tracing::info!(slot = self.index, runner = %name, "runner stopped");
                 Ok(TurnEnd::Stopped)
             }
-            _ => Err(OrchestratorError::Guest {
+            Ending::Failed(how) => Err(OrchestratorError::Guest {
                 slot: self.index,
                 runner: name,
-                how: if outcome.kvm_internal_error {
-                    format!(
-                        "{}; {} (log: {})",
-                        outcome.describe_exit(),
-                        crate::doctor::KVM_INTERNAL_ERROR_HELP,
-                        log.display()
-                    )
-                } else {
-                    format!("{} (log: {})", outcome.describe_exit(), log.display())
-                },
+                how: format!("{how} (log: {})", log.display()),
             }),
         }
     }
@@ -559,9 +546,96 @@ fn is_log_of(file: &str, prefix: &str) -> bool {
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// How a runner's guest ended, as the slot judges it.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    /// Exit 0 with the agent's result; whether the runner got to start.
+    Finished { runner_started: bool },
+    /// krunner stopped it on request.
+    Stopped,
+    /// Anything else, said for the log.
+    Failed(String),
+}
+
+/// Judges a runner guest's outcome. Exit 0 without the agent's result is a failure: the
+/// agent writes one on every path, so the guest ended before the agent was done (it crashed
+/// or never booted), and a slot must back off rather than register runner after runner.
+fn ending(outcome: &RunOutcome) -> Ending {
+    match (&outcome.exit, &outcome.guest_result) {
+        (VmExit::Exited(0), Some(r)) => Ending::Finished {
+            runner_started: r.runner_started.is_some(),
+        },
+        (VmExit::Exited(0), None) => Ending::Failed(
+            "exited 0 without the agent's result: the guest ended before its agent was done"
+                .to_string(),
+        ),
+        (VmExit::Stopped, _) => Ending::Stopped,
+        _ if outcome.kvm_internal_error => Ending::Failed(format!(
+            "{}; {}",
+            outcome.describe_exit(),
+            crate::doctor::KVM_INTERNAL_ERROR_HELP
+        )),
+        _ => Ending::Failed(outcome.describe_exit()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::GuestResult;
+
+    fn outcome(exit: VmExit, result: Option<GuestResult>) -> RunOutcome {
+        RunOutcome {
+            run_id: "r".into(),
+            exit,
+            events: Vec::new(),
+            captured: None,
+            timings: Default::default(),
+            guest_result: result,
+            kvm_internal_error: false,
+            out_of_memory: None,
+        }
+    }
+
+    #[test]
+    fn a_guest_ends_well_only_with_the_agents_result() {
+        let result = |runner_started| GuestResult {
+            exit_code: 0,
+            started: 1,
+            runner_started,
+            ended: 2,
+        };
+        assert_eq!(
+            ending(&outcome(VmExit::Exited(0), Some(result(Some(1))))),
+            Ending::Finished {
+                runner_started: true
+            }
+        );
+        assert_eq!(
+            ending(&outcome(VmExit::Exited(0), Some(result(None)))),
+            Ending::Finished {
+                runner_started: false
+            }
+        );
+        let Ending::Failed(how) = ending(&outcome(VmExit::Exited(0), None)) else {
+            panic!("exit 0 without a result is a failure");
+        };
+        assert!(how.contains("without the agent's result"), "{how}");
+        assert_eq!(ending(&outcome(VmExit::Stopped, None)), Ending::Stopped);
+        let Ending::Failed(how) = ending(&outcome(VmExit::Exited(3), Some(result(Some(1))))) else {
+            panic!("exit 3 is a failure");
+        };
+        assert!(how.contains('3'), "{how}");
+        let mut kvm = outcome(VmExit::Exited(1), None);
+        kvm.kvm_internal_error = true;
+        let Ending::Failed(how) = ending(&kvm) else {
+            panic!("a KVM internal error is a failure");
+        };
+        assert!(
+            how.contains(crate::doctor::KVM_INTERNAL_ERROR_HELP),
+            "{how}"
+        );
+    }
 
     #[test]
     fn prune_keeps_the_newest_logs_of_this_instance_only() {
