@@ -246,7 +246,7 @@ pub fn krun_child_main(spec_path: &Path) -> i32 {
     let paths = match &spec.vmm_jail {
         Some(jail) => {
             // Before the pivot: the tree holds no library directory.
-            if !vmm_jail::preload_libkrunfw() {
+            if !preload_libkrunfw() {
                 eprintln!("krunner vm child: libkrunfw.so.5 could not be loaded before the jail; libkrun will say why");
             }
             let built = vmm_jail::build(&LinuxSys, &spec, jail).and_then(|(userns, paths)| {
@@ -367,4 +367,19 @@ pub fn probe_kvm() -> KvmProbe {
     // closes it once.
     drop(unsafe { OwnedFd::from_raw_fd(vm) });
     KvmProbe::Ok { api_version: api }
+}
+
+/// Loads libkrunfw now, while the host's library directories are in view: libkrun's own
+/// dlopen of the same name, inside the tree, then finds it loaded. A failure here is left
+/// to libkrun, which reports it at start.
+fn preload_libkrunfw() -> bool {
+    let name = if cfg!(target_os = "macos") {
+        c"libkrunfw.5.dylib"
+    } else {
+        c"libkrunfw.so.5"
+    };
+    // SAFETY: `name` is a NUL-terminated constant; dlopen runs libkrunfw's constructors,
+    // which only register its kernel bundle. The handle is deliberately never closed.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    !handle.is_null()
 }

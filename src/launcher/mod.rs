@@ -25,6 +25,7 @@
 //! - [`krun_child`], [`ns_child`]: the child entry points; [`sys`]: their system calls.
 
 pub mod cgroup;
+pub mod child_sys;
 pub mod ids;
 pub mod krun_child;
 pub mod leftovers;

@@ -32,8 +32,9 @@ use nix::sys::stat::{mkdirat, Mode};
 use nix::sys::statvfs::{statvfs, FsFlags};
 use std::os::fd::{BorrowedFd, OwnedFd};
 
+use super::child_sys;
 use super::spec::{IdMap, LaunchSpec, RootSpec};
-use super::vmm_jail::{self, IdmapAttrs};
+use super::vmm_jail::IdmapAttrs;
 
 /// The system calls the children's setup makes, and nothing else.
 ///
@@ -219,7 +220,7 @@ impl Sys for LinuxSys {
     }
 
     fn new_user_ns(&self, ids: IdMap) -> nix::Result<OwnedFd> {
-        vmm_jail::new_user_ns(ids)
+        child_sys::new_user_ns(ids)
     }
 
     fn idmap_bind(
@@ -229,15 +230,15 @@ impl Sys for LinuxSys {
         userns: BorrowedFd<'_>,
         attrs: IdmapAttrs,
     ) -> nix::Result<()> {
-        vmm_jail::idmap_bind(src, dst, userns, attrs)
+        child_sys::idmap_bind(src, dst, userns, attrs)
     }
 
     fn shift_owners(&self, dir: &Path, ids: IdMap) -> nix::Result<()> {
-        vmm_jail::shift_owners(dir, ids)
+        child_sys::shift_owners(dir, ids)
     }
 
     fn mknod_char(&self, path: &Path, major: u64, minor: u64, mode: u32) -> nix::Result<()> {
-        vmm_jail::mknod_char(path, major, minor, mode)
+        child_sys::mknod_char(path, major, minor, mode)
     }
 
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
@@ -258,7 +259,7 @@ impl Sys for LinuxSys {
     }
 
     fn enter_user_ns(&self, userns: BorrowedFd<'_>) -> nix::Result<()> {
-        vmm_jail::enter_user_ns(userns)
+        child_sys::enter_user_ns(userns)
     }
 }
 
