@@ -5,6 +5,8 @@
 #
 #   tests/l1.sh prepare                 fetch the kernel, build the initramfs (cached)
 #   tests/l1.sh run [OPTIONS] -- CMD…   boot L1, run CMD there, print its output, exit with its status
+#                                       (3: CMD did not finish within --timeout in a healthy L1;
+#                                       4: L1 itself froze, crashed or reported a kernel lockup)
 #   tests/l1.sh check                   say whether L1 can be prepared here, and why not
 #
 # run options: --mem MIB (default 6144), --cpus N (default 2), --timeout SECONDS (default 1800),
@@ -282,7 +284,7 @@ run() {
   qemu-system-x86_64 -accel tcg,thread=multi -machine q35 -cpu max -smp "$cpus" -m "$mem" \
     "${firmware[@]}" \
     -kernel "$L1_DIR/kernel/vmlinuz" -initrd "$L1_DIR/initramfs.cpio.gz" \
-    -append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=3" \
+    -append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=5 softlockup_all_cpu_backtrace=1" \
     -display none -serial "file:$job/console.log" -no-reboot -nodefaults -nic none \
     -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$job,mount_tag=job,security_model=none" \
@@ -291,13 +293,14 @@ run() {
   local qemu=$!
   tail -n +1 -f --pid="$qemu" "$job/output" &
   local tailer=$!
-  local waited=0
+  local waited=0 froze=0
   while kill -0 "$qemu" 2>/dev/null; do
     # A frozen L1 (its own init loop stops touching $job/alive; seen now and then under TCG,
     # with nothing on its console) is given up after 120 s instead of at the timeout.
     if [[ -e $job/alive ]] && (($(date +%s) - $(stat -c %Y "$job/alive") > 120)); then
       echo "tests/l1.sh: L1 froze: no sign of life for 120 s (QEMU: $(ps -o pcpu=,stat= -p "$qemu") %CPU/state); stopping it" >&2
       kill -KILL "$qemu" 2>/dev/null || true
+      froze=1
       break
     fi
     if ((waited >= timeout)); then
@@ -321,6 +324,13 @@ run() {
     cat "$job/qemu.log" >&2
     echo "tests/l1.sh: L1 console ($L1_DIR/console.log), last lines:" >&2
     tail -n 40 "$L1_DIR/console.log" >&2
+    # 4: L1 itself failed: it froze, QEMU ended before the timeout (a panic of L1's kernel
+    # ends it, -no-reboot), or L1's kernel reported a lockup, stall or bug of its own.
+    # 3: L1 was healthy and CMD simply did not finish.
+    if ((froze)) || ((waited < timeout)) ||
+      grep -qE 'soft lockup|hard LOCKUP|rcu.*stall|BUG:|Oops|Kernel panic' "$L1_DIR/console.log"; then
+      exit 4
+    fi
     exit 3
   fi
   exit "$(cat "$job/status")"
