@@ -14,6 +14,7 @@ use super::run::{env_ms, pull_image, runner_plan, template, web_url, Ctx};
 use crate::cli::RunArgs;
 use crate::github::actions::Actions;
 use crate::image::{Cancel, PulledImage};
+use crate::launcher::run::RunRequest;
 use crate::orchestrator::budget::{Budget, Size};
 use crate::orchestrator::pools::{self, PoolSection};
 use crate::orchestrator::scaleset::{self, ScaleSetConfig};
@@ -47,6 +48,46 @@ fn pools_and_budget(args: &RunArgs) -> anyhow::Result<(Vec<PoolSection>, Size)> 
     Ok((pools, budget))
 }
 
+/// The run request of one of `pool`'s guests: the shared template with the pool's size, which
+/// must fit the host budget on its own.
+fn pool_template(
+    ctx: &Ctx<'_>,
+    pool: &PoolSection,
+    image: &PulledImage,
+    total: Size,
+) -> anyhow::Result<RunRequest> {
+    let args = ctx.args;
+    let mut t = template(
+        args,
+        image,
+        ctx.shares.clone(),
+        ctx.egress.clone(),
+        ctx.prefix,
+    );
+    t.cpus = pool.cpus.unwrap_or(args.guest.cpus);
+    t.memory_mib = pool.memory_mib.unwrap_or(args.guest.memory);
+    if u32::from(t.cpus) > total.cpus || u64::from(t.memory_mib) > total.memory_mib {
+        anyhow::bail!(
+            "pool {}: one guest ({} CPUs, {} MiB) is larger than the host budget ({} CPUs, {} MiB; --host-cpus, --host-memory)",
+            pool.name,
+            t.cpus,
+            t.memory_mib,
+            total.cpus,
+            total.memory_mib
+        );
+    }
+    tracing::info!(
+        "pool {}: {} CPU(s), {} MiB per guest, min idle {}, max {}, from {}",
+        pool.name,
+        t.cpus,
+        t.memory_mib,
+        pool.min_idle,
+        pool.max,
+        image.reference
+    );
+    Ok(t)
+}
+
 /// Serves every pool until shutdown.
 pub(super) async fn serve(ctx: Ctx<'_>) -> anyhow::Result<ExitCode> {
     let args = ctx.args;
@@ -77,36 +118,7 @@ pub(super) async fn serve(ctx: Ctx<'_>) -> anyhow::Result<ExitCode> {
             let interval = Duration::from_secs(args.runner_check_interval);
             tokio::spawn(u.run(interval, ctx.shutdown.drain.clone()));
         }
-        let mut template = template(
-            args,
-            &image,
-            ctx.shares.clone(),
-            ctx.egress.clone(),
-            ctx.prefix,
-        );
-        template.cpus = pool.cpus.unwrap_or(args.guest.cpus);
-        template.memory_mib = pool.memory_mib.unwrap_or(args.guest.memory);
-        if u32::from(template.cpus) > total.cpus
-            || u64::from(template.memory_mib) > total.memory_mib
-        {
-            anyhow::bail!(
-                "pool {}: one guest ({} CPUs, {} MiB) is larger than the host budget ({} CPUs, {} MiB; --host-cpus, --host-memory)",
-                pool.name,
-                template.cpus,
-                template.memory_mib,
-                total.cpus,
-                total.memory_mib
-            );
-        }
-        tracing::info!(
-            "pool {}: {} CPU(s), {} MiB per guest, min idle {}, max {}, from {}",
-            pool.name,
-            template.cpus,
-            template.memory_mib,
-            pool.min_idle,
-            pool.max,
-            image.reference
-        );
+        let template = pool_template(&ctx, &pool, &image, total)?;
         configs.push(ScaleSetConfig {
             state_file: ctx
                 .state_dir

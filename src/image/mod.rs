@@ -312,22 +312,8 @@ impl ImageStore {
 
         // A digest reference, or --offline: the cache may answer without the network.
         let known = self.find_ref(&image, &platform).map_err(|e| ctx.cache(e))?;
-        if let Some(rec) = &known {
-            let pinned_hit = reference
-                .digest()
-                .is_some_and(|d| d == rec.resolved.as_str() || d == rec.manifest.as_str());
-            if opts.offline || pinned_hit {
-                if let Some(meta) = self.cache.rootfs_meta(&rec.manifest) {
-                    return ctx.finish(rec.resolved.clone(), &platform, meta);
-                }
-            }
-        }
-        if opts.offline {
-            return Err(PullError::NotCached {
-                image,
-                platform,
-                cache: self.cache.root().to_path_buf(),
-            });
+        if let Some(done) = self.answer_offline(&ctx, &reference, known.as_ref(), &platform, opts) {
+            return done;
         }
 
         let reg =
@@ -349,30 +335,9 @@ impl ImageStore {
             .put_blob(&top_digest, &top)
             .map_err(|e| ctx.cache(e))?;
 
-        let (manifest_digest, manifest_bytes) = if is_index(&top) {
-            let chosen = pick_platform(&ctx, &top, &top_digest, &platform)?;
-            let bytes = if self.cache.has_blob(&chosen, None) {
-                self.cache.read_blob(&chosen).map_err(|e| ctx.cache(e))?
-            } else {
-                let by_digest = Reference::with_digest(
-                    reference.registry().to_string(),
-                    reference.repository().to_string(),
-                    chosen.to_string(),
-                );
-                let (b, d) = tokio::select! {
-                    r = reg.manifest(&by_digest) => r.map_err(|e| ctx.registry(e))?,
-                    _ = cancel.cancelled() => return Err(ctx.interrupted()),
-                };
-                if d != chosen {
-                    return Err(ctx.bad("manifest", &chosen, format!("registry sent {d}")));
-                }
-                self.cache.put_blob(&d, &b).map_err(|e| ctx.cache(e))?;
-                b.to_vec()
-            };
-            (chosen, bytes)
-        } else {
-            (top_digest.clone(), top.to_vec())
-        };
+        let (manifest_digest, manifest_bytes) = self
+            .platform_manifest(&ctx, &reference, &reg, &top, &top_digest, &platform, cancel)
+            .await?;
 
         if let Some(meta) = self.cache.rootfs_meta(&manifest_digest) {
             return ctx.finish(top_digest, &platform, meta);
@@ -400,6 +365,72 @@ impl ImageStore {
             )
             .await?;
         ctx.finish(top_digest, &platform, meta)
+    }
+
+    /// What the cache alone can answer: an image pinned by a digest it already holds, or
+    /// anything cached under `--offline` (and, offline, the error when it is not cached).
+    fn answer_offline(
+        &self,
+        ctx: &Ctx,
+        reference: &Reference,
+        known: Option<&RefRecord>,
+        platform: &Platform,
+        opts: &PullOptions,
+    ) -> Option<Result<PulledImage, PullError>> {
+        if let Some(rec) = known {
+            let pinned_hit = reference
+                .digest()
+                .is_some_and(|d| d == rec.resolved.as_str() || d == rec.manifest.as_str());
+            if opts.offline || pinned_hit {
+                if let Some(meta) = self.cache.rootfs_meta(&rec.manifest) {
+                    return Some(ctx.finish(rec.resolved.clone(), platform, meta));
+                }
+            }
+        }
+        opts.offline.then(|| {
+            Err(PullError::NotCached {
+                image: ctx.image.clone(),
+                platform: platform.clone(),
+                cache: self.cache.root().to_path_buf(),
+            })
+        })
+    }
+
+    /// The image manifest for `platform`: `top` itself, or the one an index names for it (from
+    /// the cache when it is there, else fetched by digest and checked against it).
+    #[allow(clippy::too_many_arguments)]
+    async fn platform_manifest(
+        &self,
+        ctx: &Ctx,
+        reference: &Reference,
+        reg: &Registry,
+        top: &[u8],
+        top_digest: &Digest,
+        platform: &Platform,
+        cancel: &Cancel,
+    ) -> Result<(Digest, Vec<u8>), PullError> {
+        if !is_index(top) {
+            return Ok((top_digest.clone(), top.to_vec()));
+        }
+        let chosen = pick_platform(ctx, top, top_digest, platform)?;
+        if self.cache.has_blob(&chosen, None) {
+            let bytes = self.cache.read_blob(&chosen).map_err(|e| ctx.cache(e))?;
+            return Ok((chosen, bytes));
+        }
+        let by_digest = Reference::with_digest(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            chosen.to_string(),
+        );
+        let (b, d) = tokio::select! {
+            r = reg.manifest(&by_digest) => r.map_err(|e| ctx.registry(e))?,
+            _ = cancel.cancelled() => return Err(ctx.interrupted()),
+        };
+        if d != chosen {
+            return Err(ctx.bad("manifest", &chosen, format!("registry sent {d}")));
+        }
+        self.cache.put_blob(&d, &b).map_err(|e| ctx.cache(e))?;
+        Ok((chosen, b.to_vec()))
     }
 
     /// The cached record of `image` for `platform`.

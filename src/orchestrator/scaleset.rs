@@ -357,32 +357,8 @@ async fn poll(
         match got {
             Ok(Some(m)) => {
                 wait = Duration::from_secs(1);
-                let id = m.id;
-                let available: Vec<u64> = m
-                    .jobs
-                    .iter()
-                    .filter(|j| j.message_type == "JobAvailable")
-                    .map(|j| j.runner_request_id)
-                    .collect();
-                if !available.is_empty() {
-                    if let Err(e) = actions.acquire_jobs(set_id, &session, &available).await {
-                        // Not acknowledged: the message comes again.
-                        tracing::warn!("cannot acquire jobs: {}", crate::error_chain(&e));
-                        continue;
-                    }
-                }
-                let (done_tx, done_rx) = oneshot::channel();
-                if events.send(Event::Message(m, done_tx)).await.is_err() {
+                if !deliver(&actions, &cfg, set_id, &session, &mut state, &events, m).await {
                     break;
-                }
-                let _ = done_rx.await;
-                state.last_message_id = id;
-                save(&cfg.state_file, &state);
-                if let Err(e) = actions.ack(&session, id).await {
-                    tracing::warn!(
-                        "cannot acknowledge message {id}: {}",
-                        crate::error_chain(&e)
-                    );
                 }
             }
             Ok(None) => {
@@ -445,6 +421,47 @@ async fn poll(
         state.session_id = None;
         save(&cfg.state_file, &state);
     }
+}
+
+/// Acquires a message's available jobs, hands it to the reconciler, waits until it has acted,
+/// then records and acknowledges the message. False once the reconciler is gone.
+async fn deliver(
+    actions: &Actions,
+    cfg: &ScaleSetConfig,
+    set_id: u64,
+    session: &Session,
+    state: &mut Persisted,
+    events: &mpsc::Sender<Event>,
+    m: Message,
+) -> bool {
+    let id = m.id;
+    let available: Vec<u64> = m
+        .jobs
+        .iter()
+        .filter(|j| j.message_type == "JobAvailable")
+        .map(|j| j.runner_request_id)
+        .collect();
+    if !available.is_empty() {
+        if let Err(e) = actions.acquire_jobs(set_id, session, &available).await {
+            // Not acknowledged: the message comes again.
+            tracing::warn!("cannot acquire jobs: {}", crate::error_chain(&e));
+            return true;
+        }
+    }
+    let (done_tx, done_rx) = oneshot::channel();
+    if events.send(Event::Message(m, done_tx)).await.is_err() {
+        return false;
+    }
+    let _ = done_rx.await;
+    state.last_message_id = id;
+    save(&cfg.state_file, state);
+    if let Err(e) = actions.ack(session, id).await {
+        tracing::warn!(
+            "cannot acknowledge message {id}: {}",
+            crate::error_chain(&e)
+        );
+    }
+    true
 }
 
 /// Ensures the set again and opens a new session; tells the reconciler a new set id.
