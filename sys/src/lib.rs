@@ -1,6 +1,6 @@
 //! Raw, generated bindings to the libkrun C API (the subset krunner uses), the link to
-//! libkrun itself, and the one raw system call krunner makes outside them
-//! ([`seccomp_filter_tsync`]).
+//! libkrun itself, and the raw system calls krunner makes outside them
+//! ([`seccomp_filter_tsync`], and in [`linux`] the jail's idmapped mounts and user namespace).
 //!
 //! Nothing here has logic: see `include/krunner-libkrun.h` for the declarations and krunner's
 //! VM child (`src/launcher/krun_child.rs`) for the only caller of the bindings.
@@ -17,6 +17,9 @@
 extern crate krun;
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+
+#[cfg(target_os = "linux")]
+pub mod linux;
 
 /// Whether this build links a system libkrun (feature `system`) rather than the bundled one.
 pub const SYSTEM_LIBKRUN: bool = cfg!(krunner_system_libkrun);
